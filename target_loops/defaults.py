@@ -1,0 +1,122 @@
+"""The built-in knowledge of Segment's shapes, as data.
+
+Each Loops field is declared once with its default source for Segment's nested JSON and for Segment's warehouse
+rows (see ``segment-shapes.md``). A rule names only what differs from these defaults, so
+``{"stream": "order_completed", "action": "send_event"}`` is a complete rule for a per-event warehouse table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NESTED = "nested"
+FLAT = "flat"
+
+#: Columns Segment's warehouse loader, SQL taps and Singer add that are never user data.
+SYSTEM_COLUMNS = frozenset(
+    {
+        "id",
+        "uuid",
+        "uuid_ts",
+        "loaded_at",
+        "received_at",
+        "sent_at",
+        "original_timestamp",
+        "timestamp",
+        "anonymous_id",
+        "user_id",
+        "event",
+        "event_text",
+    }
+)
+SYSTEM_PREFIXES = ("context_", "_sdc_")
+
+#: Envelope keys of a Segment message (nested JSON) that are never user data.
+NESTED_SYSTEM_KEYS = frozenset(
+    {
+        "type",
+        "messageId",
+        "anonymousId",
+        "userId",
+        "timestamp",
+        "originalTimestamp",
+        "receivedAt",
+        "sentAt",
+        "context",
+        "integrations",
+        "channel",
+        "version",
+        "event",
+        "_metadata",
+        "writeKey",
+    }
+)
+
+#: Body keys that Loops reads as fields of the contact itself: only their own field spec may set them.
+CONTACT_BODY_KEYS = frozenset(
+    {"email", "userId", "firstName", "lastName", "source", "subscribed", "userGroup", "mailingLists", "optInStatus"}
+)
+
+#: Names Loops reserves or computes: never sent as custom contact properties.
+RESERVED_NAMES = frozenset(
+    {"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "createdAt", "eventName", "eventProperties"}
+)
+
+#: Field spec → (Loops body key, nested default, flat default). ``None``: no default, mapped only by a rule.
+CONTACT_FIELDS: dict[str, tuple[str, Any, Any]] = {
+    "email": ("email", ["traits.email", "email"], ["email"]),
+    "user_id": ("userId", ["userId"], ["user_id"]),
+    "first_name": ("firstName", ["traits.firstName", "traits.first_name"], ["first_name"]),
+    "last_name": ("lastName", ["traits.lastName", "traits.last_name"], ["last_name"]),
+    "user_group": ("userGroup", ["traits.userGroup", "traits.user_group"], ["user_group"]),
+    "source": ("source", ["traits.source"], ["source"]),
+    "subscribed": ("subscribed", None, None),
+    "mailing_lists": ("mailingLists", ["traits.mailingLists"], {"prefix": "mailing_lists_"}),
+}
+
+#: Where a contact upsert's custom properties come from by default.
+CONTACT_PROPERTIES: dict[str, Any] = {NESTED: "traits", FLAT: "*"}
+
+EVENT_FIELDS: dict[str, tuple[str, Any, Any]] = {
+    "email": ("email", ["properties.email", "context.traits.email"], ["email", "context_traits_email"]),
+    "user_id": ("userId", ["userId"], ["user_id"]),
+    "event_name": ("eventName", ["event"], ["event_text", "event"]),
+    "idempotency_key": ("", ["messageId"], ["id"]),
+    "mailing_lists": ("mailingLists", None, None),
+}
+
+#: Where an event's ``eventProperties`` come from by default (a per-event table's own columns, when flat).
+EVENT_PROPERTIES: dict[str, Any] = {NESTED: "properties", FLAT: "*"}
+
+DELETE_FIELDS: dict[str, tuple[str, Any, Any]] = {
+    "email": ("email", ["traits.email", "email"], ["email"]),
+    "user_id": ("userId", ["userId"], ["user_id"]),
+}
+
+#: The field that orders updates of one contact inside a batch (Segment's ``timestamp``: when it happened).
+ORDER_BY: dict[str, Any] = {NESTED: ["timestamp"], FLAT: ["timestamp"]}
+
+#: The rules used when ``default_mappings`` is on (after the user's own rules): Segment's standard streams.
+DEFAULT_RULES: list[dict[str, Any]] = [
+    {"stream": "identifies", "action": "upsert_contact"},
+    {"stream": "identify", "action": "upsert_contact"},
+    # Segment's `users` table: the latest traits per user, keyed by `id` (there is no user_id column).
+    {"stream": "users", "action": "upsert_contact", "user_id": ["id", "userId", "user_id"]},
+    {"stream": "tracks", "action": "send_event"},
+    {"stream": "track", "action": "send_event"},
+]
+
+
+def is_system_column(name: str) -> bool:
+    """True for a warehouse/loader column that never becomes a Loops property."""
+    return name in SYSTEM_COLUMNS or name.startswith(SYSTEM_PREFIXES)
+
+
+def looks_nested(record: dict[str, Any]) -> bool:
+    """True for a Segment message (nested JSON) rather than a warehouse row: the check that picks the defaults."""
+    return (
+        "messageId" in record
+        or isinstance(record.get("traits"), dict)
+        or isinstance(record.get("properties"), dict)
+        or isinstance(record.get("context"), dict)
+    )

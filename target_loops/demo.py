@@ -1,0 +1,104 @@
+"""``target-loops-demo``: the bundled sample streams → the real CLI → the bundled sandbox, with no account.
+
+It starts the sandbox on a free local port (seeded with ``sample_streams/sandbox_team.json``), runs
+``target-loops`` on every sample file, then prints what the sandbox holds: what Loops would hold after the sync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from target_loops.sandbox import Sandbox, SandboxConfig
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_streams"
+SAMPLE_FILES = ("segment_export.singer", "warehouse_rows.singer", "custom_table.singer")
+DEMO_KEY = "sandbox-demo-key"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns the exit status (non-zero when a sync failed)."""
+    parser = argparse.ArgumentParser(prog="target-loops-demo", description=__doc__)
+    parser.add_argument("--samples", type=Path, default=SAMPLES, help="folder with the sample streams")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where config, rejects and STATE go")
+    parser.add_argument("--port", type=int, default=0, help="sandbox port (default: a free one)")
+    parser.add_argument("--keep-running", action="store_true", help="leave the sandbox up to look at it")
+    args = parser.parse_args(argv)
+
+    team = json.loads((args.samples / "sandbox_team.json").read_text())
+    rules = json.loads((args.samples / "rules.json").read_text())
+    args.out.mkdir(parents=True, exist_ok=True)
+    config_path = args.out / "config.json"
+
+    with Sandbox(
+        SandboxConfig(
+            api_key=DEMO_KEY,
+            team_name=team.get("teamName", "Sample team"),
+            properties=team.get("properties", []),
+            lists=team.get("lists", []),
+        ),
+        port=args.port,
+    ) as sandbox:
+        print(f"Loops sandbox at {sandbox.url}")
+        config = {
+            "api_key": DEMO_KEY,
+            "base_url": sandbox.url,
+            "rejects_path": str(args.out / "loops_rejects.jsonl"),
+            **rules,
+        }
+        config_path.write_text(json.dumps(config, indent=2))
+        (args.out / "loops_rejects.jsonl").unlink(missing_ok=True)
+        status = 0
+        for name in SAMPLE_FILES:
+            print(f"\n=== target-loops --config {config_path} --input {args.samples / name}")
+            state_path = args.out / f"{Path(name).stem}.state.jsonl"
+            with state_path.open("w") as state_out:
+                run = subprocess.run(
+                    [sys.executable, "-m", "target_loops.target", "--config", str(config_path),
+                     "--input", str(args.samples / name)],
+                    stdout=state_out,
+                    check=False,
+                )
+            lines = state_path.read_text().splitlines()
+            print(f"exit status {run.returncode}; last STATE: {lines[-1] if lines else '(none)'}")
+            status = status or run.returncode
+        print_sandbox(sandbox, args.out / "loops_rejects.jsonl")
+        if args.keep_running:
+            print(f"\nSandbox still running: open {sandbox.url.removesuffix('/api')}/_sandbox/state (Ctrl-C to stop)")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    return status
+
+
+def print_sandbox(sandbox: Sandbox, rejects: Path) -> None:
+    """What Loops would now hold, in a form a person can check at a glance."""
+    contacts = sandbox.store.contacts()
+    print(f"\n--- {len(contacts)} contacts in the sandbox")
+    defaults = {"id", "email", "userId", "firstName", "lastName", "source", "subscribed", "userGroup",
+                "mailingLists", "optInStatus", "createdAt"}
+    for c in contacts:
+        props = {k: v for k, v in c.items() if k not in defaults and v is not None}
+        lists = sorted(k for k, v in (c.get("mailingLists") or {}).items() if v)
+        name = " ".join(x for x in (c.get("firstName"), c.get("lastName")) if x)
+        print(f"  {c.get('email') or '-':32} userId={c.get('userId') or '-':8} {name:20} {props} lists={lists}")
+    events = sandbox.store.events()
+    print(f"\n--- {len(events)} events in the sandbox")
+    for e in events:
+        who = e.get("userId") or e.get("email")
+        print(f"  {e['eventName']:18} {who:26} key={e.get('idempotencyKey')} {e.get('eventProperties') or {}}")
+    lines = rejects.read_text().splitlines() if rejects.exists() else []
+    print(f"\n--- {len(lines)} rejected records in {rejects}")
+    for line in lines:
+        item = json.loads(line)
+        print(f"  [{item['stream']}] {item['reason']}: {item['message']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

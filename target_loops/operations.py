@@ -1,0 +1,92 @@
+"""The small values that flow between the rule engine, the sinks and the HTTP client.
+
+record → rules → ``Operation`` (or ``Rejection``) → sink coalesces → ``LoopsRequest`` → client → ``Outcome``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Action(str, enum.Enum):
+    """What a rule does with each record of its stream."""
+
+    UPSERT_CONTACT = "upsert_contact"
+    SEND_EVENT = "send_event"
+    DELETE_CONTACT = "delete_contact"
+
+
+@dataclass(frozen=True, slots=True)
+class LoopsRequest:
+    """One HTTP call to Loops: ``path`` is relative to ``base_url`` (e.g. ``/v1/contacts/update``)."""
+
+    method: str
+    path: str
+    body: dict[str, Any]
+    idempotency_key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The request as written to the rejects file and the dry-run plan (never any header but the key)."""
+        return {
+            "method": self.method,
+            "path": self.path,
+            "body": self.body,
+            "idempotency_key": self.idempotency_key,
+        }
+
+
+@dataclass(slots=True)
+class Operation:
+    """A record that mapped cleanly: the request it asks for, and what coalescing needs to know.
+
+    ``contact_key`` groups upserts of one contact (``u:<userId>``, else ``e:<email>``); ``sort_key`` is the
+    record's timestamp (ISO string, or None) so that later facts override earlier ones.
+    """
+
+    action: Action
+    request: LoopsRequest
+    record: dict[str, Any]
+    contact_key: str
+    sort_key: str | None = None
+    skipped_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record the rule engine refused before anything was sent; ``reason`` is a stable code."""
+
+    reason: str
+    message: str
+    record: dict[str, Any] = field(repr=False)
+    request: LoopsRequest | None = None
+
+
+class OutcomeKind(str, enum.Enum):
+    """How one request ended."""
+
+    DELIVERED = "delivered"  # 200
+    DUPLICATE = "duplicate"  # 409 on events/send: Loops had already accepted this idempotency key
+    ALREADY_DONE = "already_done"  # 404 on contacts/delete: nothing left to delete
+    REJECTED = "rejected"  # a permanent 4xx for this record
+    FAILED = "failed"  # a transient failure that outlived max_retries
+    ABORTED = "aborted"  # not sent because the run is stopping (bad key, another failure)
+    PLANNED = "planned"  # dry run: not sent
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The end of one request, with what it cost."""
+
+    kind: OutcomeKind
+    status: int | None = None
+    message: str | None = None
+    attempts: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+
+    @property
+    def done(self) -> bool:
+        """True when Loops holds the effect of the request (or holds nothing to undo, for a delete)."""
+        return self.kind in (OutcomeKind.DELIVERED, OutcomeKind.DUPLICATE, OutcomeKind.ALREADY_DONE)

@@ -1,0 +1,615 @@
+"""The rule engine: which rule a stream gets, and how a record becomes one Loops request.
+
+Pure functions and immutable values, no I/O: rules are parsed and validated once at start (errors name the rule
+and the key), compiled once per stream and shape, then applied to each record to give an ``Operation`` or a
+``Rejection``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from target_loops import defaults
+from target_loops.defaults import FLAT, NESTED
+from target_loops.operations import Action, LoopsRequest, Operation, Rejection
+from target_loops.serialization import canonical_json, iso_datetime, json_number, stable_hash
+
+MAX_STRING = 500
+MAX_IDEMPOTENCY_KEY = 100
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+UPSERT_PATH = "/v1/contacts/update"
+EVENT_PATH = "/v1/events/send"
+DELETE_PATH = "/v1/contacts/delete"
+
+_COMMON_KEYS = {"stream", "action", "email", "user_id", "shape", "order_by"}
+_PROPERTY_OPTIONS = {"include", "exclude", "rename", "camel_case", "send_nulls"}
+ALLOWED_KEYS: dict[Action, frozenset[str]] = {
+    Action.UPSERT_CONTACT: frozenset(
+        _COMMON_KEYS
+        | _PROPERTY_OPTIONS
+        | {"properties", "first_name", "last_name", "user_group", "source", "subscribed", "mailing_lists"}
+    ),
+    Action.SEND_EVENT: frozenset(
+        _COMMON_KEYS
+        | _PROPERTY_OPTIONS
+        | {"event_name", "event_properties", "idempotency_key", "properties", "mailing_lists"}
+    ),
+    Action.DELETE_CONTACT: frozenset(_COMMON_KEYS),
+}
+
+
+class RuleError(ValueError):
+    """A rule in ``mappings`` is malformed; the message names the rule and says what to write instead."""
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+# --- field specs
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """Where one value comes from: dot paths (first non-null wins), a constant, or columns sharing a prefix."""
+
+    paths: tuple[str, ...] = ()
+    constant: Any = None
+    has_constant: bool = False
+    prefix: str | None = None
+
+    def get(self, record: Mapping[str, Any]) -> Any:
+        """The value for ``record``, or None when every path is absent or null."""
+        if self.has_constant:
+            return self.constant
+        if self.prefix is not None:
+            found = {k[len(self.prefix) :]: v for k, v in record.items() if k.startswith(self.prefix)}
+            return found or None
+        for path in self.paths:
+            value = resolve_path(record, path)
+            if value is not None:
+                return value
+        return None
+
+    def top_level_keys(self) -> set[str]:
+        """The record keys this spec reads, so that ``"*"`` does not send them a second time."""
+        return {path.split(".", 1)[0] for path in self.paths}
+
+    def describe(self) -> str:
+        """How the spec reads, for error messages."""
+        if self.has_constant:
+            return f"the constant {self.constant!r}"
+        if self.prefix is not None:
+            return f"columns starting with {self.prefix!r}"
+        return " or ".join(repr(p) for p in self.paths)
+
+
+def resolve_path(record: Mapping[str, Any], path: str) -> Any:
+    """Follow a dot path (``traits.email``) into nested objects; a key that itself holds a dot is tried first."""
+    if path in record:
+        return record[path]
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+        if value is None:
+            return None
+    return value
+
+
+def parse_field_spec(raw: Any, where: str) -> FieldSpec:
+    """A field spec from config: ``"a.b"``, ``["a", "b"]``, ``{"value": x}`` or ``{"prefix": "mailing_lists_"}``."""
+    if isinstance(raw, str) and raw:
+        return FieldSpec(paths=(raw,))
+    if isinstance(raw, list) and raw and all(isinstance(p, str) and p for p in raw):
+        return FieldSpec(paths=tuple(raw))
+    if isinstance(raw, dict) and set(raw) == {"value"}:
+        return FieldSpec(constant=raw["value"], has_constant=True)
+    if isinstance(raw, dict) and set(raw) == {"prefix"} and isinstance(raw["prefix"], str) and raw["prefix"]:
+        return FieldSpec(prefix=raw["prefix"])
+    raise RuleError(
+        f'{where}: {raw!r} is not a field spec. Write a dot path ("traits.email"), a list of paths '
+        f'(["email", "context_traits_email"]), a constant ({{"value": "Segment"}}) '
+        f'or a column prefix ({{"prefix": "mailing_lists_"}}).'
+    )
+
+
+# --- property sets
+
+
+def camel_case(name: str) -> str:
+    """``first_name`` → ``firstName``, ``Favorite-Color`` → ``favoriteColor``, ``USER_ID`` → ``userId``.
+
+    A name that is already camelCase (``planId``) is left as it is.
+    """
+    parts = [p for p in re.split(r"[_\-\s]+", name) if p]
+    if not parts:
+        return name
+    words = [p.lower() if p.isupper() else p for p in parts]
+    head = words[0][:1].lower() + words[0][1:]
+    return head + "".join(w[:1].upper() + w[1:] for w in words[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class PropertySource:
+    """A set of properties: every key of the object at ``path``, or every usable top-level column (``"*"``)."""
+
+    path: str  # "*" or a dot path
+    include: frozenset[str] | None
+    exclude: frozenset[str]
+    rename: Mapping[str, str]
+    camel_case: bool
+
+    def loops_name(self, source_name: str) -> str:
+        """The Loops property name for a source key: renamed, else camelCased when asked."""
+        renamed = self.rename.get(source_name)
+        if renamed is not None:
+            return renamed
+        return camel_case(source_name) if self.camel_case else source_name
+
+
+# --- rules
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One validated entry of ``mappings``: a stream pattern, an action and the field specs it overrides."""
+
+    index: int
+    stream: str
+    action: Action
+    fields: Mapping[str, FieldSpec]
+    options: Mapping[str, Any]
+    shape: str | None = None  # NESTED, FLAT or None (detected per record)
+    builtin: bool = False
+
+    def matches(self, stream_name: str) -> bool:
+        """Exact name or glob (``*_events``)."""
+        return self.stream == stream_name or fnmatch.fnmatchcase(stream_name, self.stream)
+
+    @property
+    def label(self) -> str:
+        """How error messages name the rule."""
+        origin = "built-in rule" if self.builtin else f"mappings[{self.index}]"
+        return f"{origin} (stream {self.stream!r}, action {self.action.value})"
+
+
+def parse_rule(raw: Any, index: int, *, builtin: bool = False) -> Rule:
+    """Validate one rule from config; every mistake is reported with the rule's position and a fix."""
+    where = f"mappings[{index}]"
+    if not isinstance(raw, dict):
+        raise RuleError(
+            f'{where}: a rule must be an object like {{"stream": "identifies", "action": "upsert_contact"}}'
+        )
+    stream = raw.get("stream")
+    if not isinstance(stream, str) or not stream:
+        raise RuleError(f'{where}: "stream" is required (an exact stream name or a glob such as "*_events")')
+    try:
+        action = Action(raw.get("action"))
+    except ValueError:
+        raise RuleError(
+            f'{where} (stream {stream!r}): "action" must be one of '
+            f"{', '.join(a.value for a in Action)}, not {raw.get('action')!r}"
+        ) from None
+    where = f"{where} (stream {stream!r}, action {action.value})"
+    unknown = sorted(set(raw) - ALLOWED_KEYS[action])
+    if unknown:
+        raise RuleError(
+            f"{where}: unknown key(s) {unknown}; a {action.value} rule accepts {sorted(ALLOWED_KEYS[action])}"
+        )
+
+    spec_keys = (
+        ALLOWED_KEYS[action] - {"stream", "action", "shape", "properties", "event_properties"} - _PROPERTY_OPTIONS
+    )
+    fields = {k: parse_field_spec(raw[k], f'{where} "{k}"') for k in sorted(spec_keys) if k in raw}
+
+    options: dict[str, Any] = {}
+    for key in ("properties", "event_properties"):
+        if key in raw:
+            value = raw[key]
+            if not isinstance(value, str) or not value:
+                raise RuleError(f'{where}: "{key}" must be a dot path to an object ("traits") or "*" (every column)')
+            options[key] = value
+    for key in ("include", "exclude"):
+        if key in raw:
+            value = raw[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise RuleError(f'{where}: "{key}" must be a list of property names')
+            options[key] = frozenset(value)
+    if "rename" in raw:
+        rename = raw["rename"]
+        if not isinstance(rename, dict) or not all(isinstance(v, str) and v for v in rename.values()):
+            raise RuleError(f'{where}: "rename" must map source names to Loops names, e.g. {{"plan_name": "plan"}}')
+        bad = sorted(v for v in rename.values() if v in defaults.RESERVED_NAMES or v in defaults.CONTACT_BODY_KEYS)
+        if bad and action is Action.UPSERT_CONTACT:
+            raise RuleError(f'{where}: "rename" targets {bad} are reserved by Loops; choose other property names')
+        options["rename"] = dict(rename)
+    for key in ("camel_case", "send_nulls"):
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise RuleError(f'{where}: "{key}" must be true or false')
+            options[key] = raw[key]
+    shape = raw.get("shape")
+    if shape not in (None, NESTED, FLAT):
+        raise RuleError(f'{where}: "shape" must be "nested" (Segment JSON) or "flat" (warehouse rows)')
+    return Rule(index=index, stream=stream, action=action, fields=fields, options=options, shape=shape, builtin=builtin)
+
+
+def parse_rules(raw_rules: Sequence[Any] | None, *, use_defaults: bool = True) -> list[Rule]:
+    """The user's rules first (first match wins), then the built-in Segment rules unless turned off."""
+    if raw_rules is not None and not isinstance(raw_rules, list):
+        raise RuleError("mappings: must be a list of rules")
+    rules = [parse_rule(raw, i) for i, raw in enumerate(raw_rules or [])]
+    if use_defaults:
+        rules += [parse_rule(raw, i, builtin=True) for i, raw in enumerate(defaults.DEFAULT_RULES)]
+    return rules
+
+
+def match_rule(rules: Sequence[Rule], stream_name: str) -> Rule | None:
+    """The first rule whose pattern matches ``stream_name``."""
+    return next((rule for rule in rules if rule.matches(stream_name)), None)
+
+
+def suggest_rule(stream_name: str, properties: Sequence[str]) -> str:
+    """A rule to paste into ``mappings`` for an unmapped stream, guessed from its columns."""
+    names = set(properties)
+    looks_like_event = bool(names & {"event", "event_text", "event_name", "eventName"})
+    action = "send_event" if looks_like_event else "upsert_contact"
+    return canonical_json({"stream": stream_name, "action": action})
+
+
+# --- compiled plans
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A rule resolved against one shape: every field spec and property source, ready to apply."""
+
+    fields: dict[str, tuple[str, FieldSpec]]  # field name → (Loops key, spec)
+    properties: PropertySource | None
+    event_properties: PropertySource | None
+    idempotency_key: FieldSpec | None
+    order_by: FieldSpec
+    skip_top_level: frozenset[str]  # columns "*" must not spread because a field spec reads them
+    skip_prefixes: tuple[str, ...]  # column prefixes read by a prefix spec (``mailing_lists_``)
+    used_paths: frozenset[str]  # exact paths read by a field spec (``traits.email``), skipped by a path spread
+    nested: bool
+
+
+@dataclass
+class StreamMapper:
+    """A rule bound to one stream: turns each record into an ``Operation`` or a ``Rejection``."""
+
+    rule: Rule
+    stream_name: str
+    key_properties: tuple[str, ...] = ()
+    _plans: dict[str, _Plan] = field(default_factory=dict)
+
+    def map(self, record: dict[str, Any]) -> Operation | Rejection:
+        """Apply the rule to one record. Never raises for bad data: a bad record is a ``Rejection``."""
+        shape = self.rule.shape or (NESTED if defaults.looks_nested(record) else FLAT)
+        plan = self._plans.get(shape) or self._compile(shape)
+        try:
+            if self.rule.action is Action.UPSERT_CONTACT:
+                return self._upsert(plan, record)
+            if self.rule.action is Action.SEND_EVENT:
+                return self._event(plan, record)
+            return self._delete(plan, record)
+        except _Reject as exc:
+            return Rejection(reason=exc.reason, message=exc.message, record=record)
+
+    # ----- compilation
+
+    def _compile(self, shape: str) -> _Plan:
+        rule, opts = self.rule, self.rule.options
+        table = {
+            Action.UPSERT_CONTACT: defaults.CONTACT_FIELDS,
+            Action.SEND_EVENT: defaults.EVENT_FIELDS,
+            Action.DELETE_CONTACT: defaults.DELETE_FIELDS,
+        }[rule.action]
+        fields: dict[str, tuple[str, FieldSpec]] = {}
+        for name, (loops_key, nested_default, flat_default) in table.items():
+            spec = rule.fields.get(name)
+            if spec is None:
+                default = nested_default if shape == NESTED else flat_default
+                if default is None:
+                    continue
+                spec = parse_field_spec(default, f"default for {name}")
+            fields[name] = (loops_key, spec)
+        idem = fields.pop("idempotency_key", (None, None))[1]
+        order_by = rule.fields.get("order_by") or parse_field_spec(defaults.ORDER_BY[shape], "order_by")
+
+        def source(key: str, default_table: dict[str, Any] | None) -> PropertySource | None:
+            path = opts.get(key) or (default_table[shape] if default_table else None)
+            if path is None:
+                return None
+            return PropertySource(
+                path=path,
+                include=opts.get("include"),
+                exclude=opts.get("exclude", frozenset()),
+                rename=opts.get("rename", {}),
+                camel_case=opts.get("camel_case", path == "*"),
+            )
+
+        if rule.action is Action.UPSERT_CONTACT:
+            properties = source("properties", defaults.CONTACT_PROPERTIES)
+            event_properties = None
+        elif rule.action is Action.SEND_EVENT:
+            properties = source("properties", None)
+            event_properties = source("event_properties", defaults.EVENT_PROPERTIES)
+        else:
+            properties = event_properties = None
+
+        specs = [spec for _, spec in fields.values()] + ([idem] if idem is not None else [])
+        plan = _Plan(
+            fields=fields,
+            properties=properties,
+            event_properties=event_properties,
+            idempotency_key=idem,
+            order_by=order_by,
+            skip_top_level=frozenset(k for spec in specs for k in spec.top_level_keys()),
+            skip_prefixes=tuple(spec.prefix for spec in specs if spec.prefix is not None),
+            used_paths=frozenset(p for spec in specs for p in spec.paths),
+            nested=shape == NESTED,
+        )
+        self._plans[shape] = plan
+        return plan
+
+    # ----- actions
+
+    def _identity(self, plan: _Plan, record: dict[str, Any], body: dict[str, Any]) -> str:
+        email = _clean_email(plan.fields["email"][1].get(record))
+        user_id = _clean_user_id(plan.fields["user_id"][1].get(record))
+        if email is None and user_id is None:
+            raise _Reject(
+                "no_identifier",
+                f"no email and no user id: looked for the email in {plan.fields['email'][1].describe()} and the "
+                f'user id in {plan.fields["user_id"][1].describe()}; map "email" or "user_id" in the rule',
+            )
+        if email is not None:
+            if not EMAIL_RE.match(email):
+                raise _Reject("invalid_email", f"{email!r} is not an email address")
+            if len(email) > MAX_STRING:
+                raise _Reject("string_too_long", f"email is longer than {MAX_STRING} characters")
+            body["email"] = email
+        if user_id is not None:
+            if len(user_id) > MAX_STRING:
+                raise _Reject("string_too_long", f"userId is longer than {MAX_STRING} characters")
+            body["userId"] = user_id
+        return f"u:{user_id}" if user_id is not None else f"e:{email.lower()}"  # type: ignore[union-attr]
+
+    def _upsert(self, plan: _Plan, record: dict[str, Any]) -> Operation:
+        send_nulls = self.rule.options.get("send_nulls", False)
+        body: dict[str, Any] = {}
+        skipped: list[str] = []
+        if plan.properties is not None:
+            self._spread(plan, plan.properties, record, body, skipped, send_nulls=send_nulls, contact=True)
+        contact_key = self._identity(plan, record, body)
+        for name, (loops_key, spec) in plan.fields.items():
+            if name in ("email", "user_id"):
+                continue
+            value = spec.get(record)
+            if name == "mailing_lists":
+                lists = _mailing_lists(value)
+                if lists:
+                    body["mailingLists"] = lists
+            elif name == "subscribed":
+                if value is not None:
+                    body["subscribed"] = _boolean(value, "subscribed")
+            elif value is not None:
+                body[loops_key] = _scalar(loops_key, value)
+            elif send_nulls:
+                body[loops_key] = None
+        request = LoopsRequest("PUT", UPSERT_PATH, body)
+        return Operation(
+            Action.UPSERT_CONTACT, request, record, contact_key, _sort_key(plan.order_by.get(record)), tuple(skipped)
+        )
+
+    def _event(self, plan: _Plan, record: dict[str, Any]) -> Operation:
+        body: dict[str, Any] = {}
+        skipped: list[str] = []
+        name = plan.fields["event_name"][1].get(record)
+        if name is None or (isinstance(name, str) and not name.strip()):
+            raise _Reject("no_event_name", f"no event name in {plan.fields['event_name'][1].describe()}")
+        name = str(name).strip()
+        if ":" in name:
+            raise _Reject("event_name_colon", f"event name {name!r} contains ':', which Loops does not allow")
+        if len(name) > MAX_STRING:
+            raise _Reject("string_too_long", f"event name is longer than {MAX_STRING} characters")
+        if plan.properties is not None:
+            send_nulls = self.rule.options.get("send_nulls", False)
+            self._spread(plan, plan.properties, record, body, skipped, send_nulls=send_nulls, contact=True)
+        contact_key = self._identity(plan, record, body)
+        body["eventName"] = name
+        if plan.event_properties is not None:
+            event_props: dict[str, Any] = {}
+            self._spread(plan, plan.event_properties, record, event_props, skipped, send_nulls=False, contact=False)
+            if event_props:
+                body["eventProperties"] = event_props
+        if "mailing_lists" in plan.fields:
+            lists = _mailing_lists(plan.fields["mailing_lists"][1].get(record))
+            if lists:
+                body["mailingLists"] = lists
+        key = self._idempotency_key(plan, record)
+        request = LoopsRequest("POST", EVENT_PATH, body, key)
+        return Operation(
+            Action.SEND_EVENT, request, record, contact_key, _sort_key(plan.order_by.get(record)), tuple(skipped)
+        )
+
+    def _delete(self, plan: _Plan, record: dict[str, Any]) -> Operation:
+        found: dict[str, Any] = {}
+        contact_key = self._identity(plan, record, found)
+        body = {"userId": found["userId"]} if "userId" in found else {"email": found["email"]}
+        return Operation(Action.DELETE_CONTACT, LoopsRequest("POST", DELETE_PATH, body), record, contact_key)
+
+    # ----- pieces
+
+    def _spread(
+        self,
+        plan: _Plan,
+        source: PropertySource,
+        record: dict[str, Any],
+        out: dict[str, Any],
+        skipped: list[str],
+        *,
+        send_nulls: bool,
+        contact: bool,
+    ) -> None:
+        """Copy a property set into ``out`` under Loops names, refusing nested values and long strings."""
+        if source.path == "*":
+            items = record.items()
+            top = True
+        else:
+            obj = resolve_path(record, source.path)
+            if obj is None:
+                return
+            if not isinstance(obj, Mapping):
+                raise _Reject(
+                    "properties_not_object", f"{source.path!r} holds {type(obj).__name__}, not an object of properties"
+                )
+            items = obj.items()
+            top = False
+        prefix = f"{source.path}." if not top else ""
+        used = plan.skip_top_level
+        for key, value in items:
+            if top:
+                if (
+                    key in used
+                    or defaults.is_system_column(key)
+                    or (plan.nested and key in defaults.NESTED_SYSTEM_KEYS)
+                    or (plan.skip_prefixes and key.startswith(plan.skip_prefixes))
+                ):
+                    continue
+            elif f"{prefix}{key}" in plan.used_paths:
+                continue
+            if source.include is not None and key not in source.include:
+                continue
+            if key in source.exclude:
+                continue
+            name = source.loops_name(key)
+            if contact and (name in defaults.CONTACT_BODY_KEYS or name in defaults.RESERVED_NAMES):
+                skipped.append(key)
+                continue
+            if value is None:
+                if send_nulls:
+                    out[name] = None
+                continue
+            out[name] = _scalar(name, value, where=f"{prefix}{key}")
+
+    def _idempotency_key(self, plan: _Plan, record: dict[str, Any]) -> str:
+        """The mapped key (hashed when over 100 characters), else a hash of the stream and key properties or record."""
+        value = plan.idempotency_key.get(record) if plan.idempotency_key is not None else None
+        if value is not None and str(value).strip():
+            key = str(value).strip()
+            return key if len(key) <= MAX_IDEMPOTENCY_KEY else "tl-" + stable_hash(key)[:64]
+        if self.key_properties and all(record.get(k) is not None for k in self.key_properties):
+            return "tl-" + stable_hash(self.stream_name, [record[k] for k in self.key_properties])[:64]
+        payload = {k: v for k, v in record.items() if not k.startswith("_sdc_")}
+        return "tl-" + stable_hash(self.stream_name, payload)[:64]
+
+
+# --- values
+
+
+def _clean_email(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _clean_user_id(value: Any) -> str | None:
+    """Loops user ids are strings; warehouse ids are often integers (``42``, never ``42.0``)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, decimal.Decimal) and value.is_finite():
+        value = json_number(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _scalar(name: str, value: Any, where: str | None = None) -> Any:
+    """A JSON scalar Loops accepts, or a rejection that names the property."""
+    where = where or name
+    if isinstance(value, str):
+        if len(value) > MAX_STRING:
+            raise _Reject(
+                "string_too_long", f"property {where!r} is {len(value)} characters long; Loops allows {MAX_STRING}"
+            )
+        return value
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _Reject("invalid_number", f"property {where!r} is {value}, which JSON cannot carry")
+        return value
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise _Reject("invalid_number", f"property {where!r} is {value}, which JSON cannot carry")
+        return json_number(value)
+    if isinstance(value, dt.datetime):
+        return iso_datetime(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Mapping | list | tuple):
+        kind = "an object" if isinstance(value, Mapping) else "a list"
+        raise _Reject(
+            "nested_value",
+            f"property {where!r} is {kind}; Loops properties are scalars. Add {where.split('.')[-1]!r} to the "
+            f'rule\'s "exclude", or flatten it (flattening_enabled, stream_maps)',
+        )
+    return str(value)
+
+
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+
+
+def _boolean(value: Any, where: str) -> bool:
+    """JSON booleans as they are; 1/0 and "true"/"false" read as booleans; anything else rejects the record."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | decimal.Decimal) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _Reject("invalid_boolean", f"{where} is {value!r}, not a boolean")
+
+
+def _mailing_lists(value: Any) -> dict[str, bool]:
+    """``{listId: bool}`` with nulls left out (a NULL warehouse column says nothing about the list)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _Reject("invalid_mailing_lists", f"mailing lists must be an object {{listId: true|false}}, got {value!r}")
+    return {str(k): _boolean(v, f"mailing list {k!r}") for k, v in value.items() if v is not None}
+
+
+def _sort_key(value: Any) -> str | None:
+    """A comparable form of the record's timestamp (UTC ISO text), or None when it has none."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).isoformat()
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return _sort_key(parsed)
+    return None

@@ -1,0 +1,181 @@
+"""The sink: buffers one stream's records, coalesces them into the fewest requests, sends, records outcomes.
+
+Records are mapped as they arrive (``process_record``), so a batch holds small operations; at drain time upserts of
+one contact are merged into one request, events keep one request each (never merged, duplicates by idempotency key
+dropped), and every outcome lands in the counters or, for a refusal, the rejects file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from singer_sdk.sinks import BatchSink
+
+from target_loops.client import LoopsUnavailableError
+from target_loops.operations import Action, LoopsRequest, Operation, Outcome, OutcomeKind, Rejection
+from target_loops.rules import StreamMapper
+
+if TYPE_CHECKING:
+    from target_loops.target import TargetLoops
+
+
+def coalesce_upserts(ops: Sequence[Operation]) -> list[tuple[LoopsRequest, list[Operation]]]:
+    """One request per contact: later records override earlier keys, nothing else an earlier record set is lost.
+
+    "Later" is by the record's timestamp when every record of the contact has one, else by input order.
+    ``mailingLists`` are merged list by list rather than replaced.
+    """
+    groups: dict[str, list[Operation]] = {}
+    for op in ops:
+        groups.setdefault(op.contact_key, []).append(op)
+    merged: list[tuple[LoopsRequest, list[Operation]]] = []
+    for members in groups.values():
+        if len(members) == 1:
+            merged.append((members[0].request, members))
+            continue
+        if all(m.sort_key is not None for m in members):
+            members.sort(key=lambda m: m.sort_key)  # type: ignore[arg-type, return-value]  # stable: ties keep order
+        body: dict[str, Any] = {}
+        for member in members:
+            for key, value in member.request.body.items():
+                if key == "mailingLists":
+                    body["mailingLists"] = {**body.get("mailingLists", {}), **value}
+                else:
+                    body[key] = value
+        first = members[0].request
+        merged.append((LoopsRequest(first.method, first.path, body, first.idempotency_key), members))
+    return merged
+
+
+def dedupe_events(ops: Sequence[Operation]) -> tuple[list[tuple[LoopsRequest, list[Operation]]], int]:
+    """One request per event; a second record with the same idempotency key rides on the first (a replayed row)."""
+    by_key: dict[str | None, tuple[LoopsRequest, list[Operation]]] = {}
+    plain: list[tuple[LoopsRequest, list[Operation]]] = []
+    duplicates = 0
+    for op in ops:
+        key = op.request.idempotency_key
+        if key is None:
+            plain.append((op.request, [op]))
+        elif key in by_key:
+            by_key[key][1].append(op)
+            duplicates += 1
+        else:
+            by_key[key] = (op.request, [op])
+    return list(by_key.values()) + plain, duplicates
+
+
+class LoopsSink(BatchSink):
+    """One stream, one rule. The target owns the client, the rejects file and the counters."""
+
+    MAX_SIZE_DEFAULT = 500
+
+    def __init__(
+        self, target: TargetLoops, stream_name: str, schema: dict, key_properties: Sequence[str] | None
+    ) -> None:
+        super().__init__(target, stream_name, schema, key_properties)
+        self.loops: TargetLoops = target
+        rule = target.rule_for_stream(stream_name, schema)
+        self.action: Action | None = rule.action if rule is not None else None
+        self.mapper = StreamMapper(rule, stream_name, tuple(key_properties or ())) if rule is not None else None
+        self.stats = target.stats.for_stream(stream_name, self.action.value if self.action else None)
+        self._warned_keys: set[str] = set()
+        self._in_batch = False
+
+    def process_record(self, record: dict, context: dict) -> None:
+        """Map the record now, keeping only the operation (or the rejection) until the drain."""
+        self.stats.read += 1
+        if self.mapper is None:
+            self.stats.skipped += 1
+            return
+        result = self.mapper.map(record)
+        if isinstance(result, Operation) and result.skipped_keys:
+            self._warn_skipped(result.skipped_keys)
+        context.setdefault("results", []).append(result)
+
+    def process_batch(self, context: dict) -> None:
+        """Send the batch; raise (failing the run, with no STATE) if anything transient was not delivered."""
+        results: list[Operation | Rejection] = context.get("results", [])
+        if not results:
+            return
+        if self._in_batch:
+            # A termination signal re-entered the drain (a known SDK behaviour): never send a batch twice at once.
+            raise LoopsUnavailableError(f"stream {self.stream_name}: drain interrupted; stopping without a checkpoint")
+        self._in_batch = True
+        started = time.monotonic()
+        try:
+            if self.action is Action.SEND_EVENT:
+                self.loops.drain_contact_sinks()
+            self._send(results)
+        finally:
+            self.stats.elapsed += time.monotonic() - started
+            self._in_batch = False
+
+    # --- internals
+
+    def _send(self, results: list[Operation | Rejection]) -> None:
+        ops: list[Operation] = []
+        for result in results:
+            if isinstance(result, Rejection):
+                self._reject(result.record, result.reason, result.message, result.request)
+            else:
+                ops.append(result)
+        if not ops:
+            return
+        if self.action is Action.UPSERT_CONTACT:
+            planned = coalesce_upserts(ops)
+            merged = len(ops) - len(planned)
+            self.stats.coalesced += merged
+            if merged:
+                self.tally_duplicate_merged(merged)
+        elif self.action is Action.SEND_EVENT:
+            planned, duplicates = dedupe_events(ops)
+            self.stats.duplicates += duplicates
+        else:
+            planned = [(op.request, [op]) for op in ops]
+
+        outcomes = self.loops.send([request for request, _ in planned])
+        failures: list[str] = []
+        for (request, members), outcome in zip(planned, outcomes, strict=True):
+            self.stats.add_outcome(outcome)
+            if outcome.kind is OutcomeKind.REJECTED:
+                for op in members:
+                    self._reject(op.record, _reason(outcome), outcome.message, request, outcome.status)
+            elif outcome.kind in (OutcomeKind.FAILED, OutcomeKind.ABORTED):
+                failures.append(f"{request.method} {request.path}: {outcome.message}")
+        if failures:
+            raise LoopsUnavailableError(
+                f"stream {self.stream_name}: {len(failures)} request(s) could not be delivered "
+                f"(first: {failures[0]}). No STATE was emitted for them; re-run to replay from the last state."
+            )
+
+    def _reject(
+        self,
+        record: dict[str, Any],
+        reason: str,
+        message: str | None,
+        request: LoopsRequest | None = None,
+        status: int | None = None,
+    ) -> None:
+        self.stats.rejected += 1
+        self.stats.reasons[reason] += 1
+        self.loops.rejects.write(
+            stream=self.stream_name, record=record, reason=reason, message=message, request=request, status=status
+        )
+
+    def _warn_skipped(self, keys: Sequence[str]) -> None:
+        new = [k for k in keys if k not in self._warned_keys]
+        if new:
+            self._warned_keys.update(new)
+            self.logger.warning(
+                "Stream %s: %s are reserved Loops names and are not sent as properties; "
+                'use the rule\'s "rename" to send them under another name',
+                self.stream_name,
+                sorted(new),
+            )
+
+
+def _reason(outcome: Outcome) -> str:
+    """The rejects file's reason code for a refusal by Loops."""
+    return f"http_{outcome.status}" if outcome.status else "refused"

@@ -1,0 +1,292 @@
+"""``TargetLoops``: the settings, the stream → rule routing, and the pieces every sink shares.
+
+The target owns what must be one per run: the HTTP client (one session, one rate limiter), the rejects file,
+the dry-run plan and the counters. It also orders drains so that contacts exist before their events are sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from singer_sdk import typing as th
+from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.sinks import Sink
+from singer_sdk.target_base import Target
+
+from target_loops.client import (
+    BaseUrlError,
+    ClientSettings,
+    LoopsAuthError,
+    LoopsClient,
+    LoopsUnavailableError,
+    check_base_url,
+)
+from target_loops.operations import Action, LoopsRequest, Outcome, OutcomeKind
+from target_loops.rejects import RejectsWriter
+from target_loops.report import RunStats
+from target_loops.rules import Rule, RuleError, match_rule, parse_rules, suggest_rule
+from target_loops.serialization import dumps
+from target_loops.sinks import LoopsSink
+
+DEFAULT_BASE_URL = "https://app.loops.so/api"
+
+
+class UnmappedStreamError(RuntimeError):
+    """A stream matches no rule and ``unmapped_streams`` is ``error``."""
+
+
+#: Errors that end a run with one clear line instead of a traceback.
+USER_ERRORS = (RuleError, UnmappedStreamError, LoopsAuthError, LoopsUnavailableError, BaseUrlError)
+
+SETTINGS = th.PropertiesList(
+    th.Property(
+        "api_key",
+        th.StringType,
+        secret=True,
+        description="Loops API key (Loops → Settings → API), sent as a Bearer token and never logged. "
+        "Required unless dry_run is true.",
+    ),
+    th.Property(
+        "base_url",
+        th.StringType,
+        default=DEFAULT_BASE_URL,
+        description="API root. Point it at the sandbox (http://127.0.0.1:8787/api) to rehearse a sync. "
+        "Plain http:// is refused for any host that is not loopback.",
+    ),
+    th.Property(
+        "requests_per_second",
+        th.IntegerType,
+        default=10,
+        description="Ceiling for all requests of the run, shared by every stream (Loops allows 10/s per team).",
+    ),
+    th.Property(
+        "max_concurrency",
+        th.IntegerType,
+        default=4,
+        description="Requests in flight at once; needed to reach the ceiling when each call takes 100-300 ms.",
+    ),
+    th.Property("timeout_seconds", th.IntegerType, default=30, description="Timeout of each request, in seconds."),
+    th.Property(
+        "max_retries",
+        th.IntegerType,
+        default=8,
+        description="Retries of a transient failure (5xx, timeout, connection error) before the run fails; "
+        "waits after a 429 do not use this budget.",
+    ),
+    th.Property(
+        "retry_backoff_seconds",
+        th.NumberType,
+        default=1.0,
+        description="First backoff step of a retry; it doubles each retry (with jitter), up to 60 s.",
+    ),
+    th.Property(
+        "mappings",
+        th.ArrayType(th.ObjectType(additional_properties=True)),
+        description="Stream-to-action rules, first match wins: {stream (name or glob), action (upsert_contact, "
+        "send_event, delete_contact), field specs...}. See the README's rule reference.",
+    ),
+    th.Property(
+        "default_mappings",
+        th.BooleanType,
+        default=True,
+        description="Append the built-in Segment rules (identifies, identify, users, tracks, track) after "
+        "the rules in mappings.",
+    ),
+    th.Property(
+        "unmapped_streams",
+        th.StringType,
+        default="error",
+        allowed_values=["error", "skip"],
+        description="What a stream that no rule matches gets: error (stop before any write, naming the stream "
+        "and a rule to add) or skip (read and count its records, send nothing).",
+    ),
+    th.Property(
+        "rejects_path",
+        th.StringType,
+        default="loops_rejects.jsonl",
+        description="JSONL file (appended to) with one line per rejected record: stream, record, the request "
+        "attempted, HTTP status, Loops' message and the reason.",
+    ),
+    th.Property(
+        "dry_run",
+        th.BooleanType,
+        default=False,
+        description="Map and plan everything, send nothing (no API key needed).",
+    ),
+    th.Property(
+        "dry_run_path",
+        th.StringType,
+        description="With dry_run: a JSONL file that gets one line per planned request "
+        "(method, path, body, idempotency key).",
+    ),
+)
+
+
+class TargetLoops(Target):
+    """Singer target for Loops: upserts contacts, sends events and deletes contacts, as the rules say."""
+
+    name = "target-loops"
+    config_jsonschema = SETTINGS.to_dict()
+    default_sink_class = LoopsSink
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rules: list[Rule] = self._parse_rules()
+        self._check_settings()
+        self.stats = RunStats()
+        self.rejects = RejectsWriter(self.config.get("rejects_path") or "loops_rejects.jsonl")
+        self.client: LoopsClient | None = None
+        self._plan_file: IO[str] | None = None
+        self._plan_lock = threading.Lock()
+        self._drain_lock = threading.RLock()
+        self._started = False
+        self._finished = False
+
+    # --- settings
+
+    @property
+    def dry_run(self) -> bool:
+        """True when nothing may be sent."""
+        return bool(self.config.get("dry_run"))
+
+    def _parse_rules(self) -> list[Rule]:
+        try:
+            return parse_rules(self.config.get("mappings"), use_defaults=self.config.get("default_mappings", True))
+        except RuleError as exc:
+            raise ConfigValidationError(str(exc), errors=[str(exc)]) from None
+
+    def _check_settings(self) -> None:
+        errors: list[str] = []
+        if not self.dry_run and not self.config.get("api_key"):
+            errors.append("api_key is required (or set dry_run: true to plan without sending)")
+        try:
+            check_base_url(self.config.get("base_url") or DEFAULT_BASE_URL)
+        except BaseUrlError as exc:
+            errors.append(str(exc))
+        for name in ("requests_per_second", "max_concurrency", "timeout_seconds"):
+            if self.config.get(name) is not None and self.config[name] < 1:
+                errors.append(f"{name} must be at least 1, not {self.config[name]}")
+        if self.config.get("max_retries") is not None and self.config["max_retries"] < 0:
+            errors.append(f"max_retries must be 0 or more, not {self.config['max_retries']}")
+        if errors:
+            raise ConfigValidationError(errors[0], errors=errors)
+
+    def rule_for_stream(self, stream_name: str, schema: dict) -> Rule | None:
+        """The stream's rule; an unmapped stream stops the run (before any write) unless told to skip it."""
+        rule = match_rule(self.rules, stream_name)
+        if rule is None and self.config.get("unmapped_streams", "error") == "error":
+            example = suggest_rule(stream_name, list((schema or {}).get("properties", {})))
+            raise UnmappedStreamError(
+                f"Stream {stream_name!r} matches no rule in mappings, so target-loops does not know what to send "
+                f'for it. Add a rule to mappings, e.g. {example} (with "email"/"user_id" paths if its columns '
+                f"differ from the defaults), or set unmapped_streams: skip to ignore it."
+            )
+        if rule is None:
+            self.logger.warning("Stream %r matches no rule: its records are counted and skipped", stream_name)
+        else:
+            self.logger.info("Stream %r → %s", stream_name, rule.label)
+        return rule
+
+    # --- start, send, finish
+
+    def _start(self) -> None:
+        """Once, before the first record: connect and check the key (a bad key stops here, with no writes)."""
+        if self._started:
+            return
+        self._started = True
+        if self.dry_run:
+            path = self.config.get("dry_run_path")
+            if path:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self._plan_file = Path(path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in _finish
+            self.logger.info("Dry run: nothing will be sent to Loops")
+            return
+        config = self.config
+        self.client = LoopsClient(
+            ClientSettings(
+                base_url=config.get("base_url") or DEFAULT_BASE_URL,
+                api_key=config["api_key"],
+                requests_per_second=config.get("requests_per_second", 10),
+                max_concurrency=config.get("max_concurrency", 4),
+                timeout_seconds=config.get("timeout_seconds", 30),
+                max_retries=config.get("max_retries", 8),
+                backoff_seconds=config.get("retry_backoff_seconds", 1.0),
+            )
+        )
+        team = self.client.check_api_key()
+        self.logger.info("Connected to Loops team %r at %s", team, self.client.base_url)
+
+    def send(self, batch: Sequence[LoopsRequest]) -> list[Outcome]:
+        """Send through the shared client, or, in a dry run, write the plan and send nothing."""
+        if self.dry_run:
+            if self._plan_file is not None:
+                with self._plan_lock:
+                    for request in batch:
+                        self._plan_file.write(dumps(request.as_dict()) + "\n")
+            return [Outcome(OutcomeKind.PLANNED) for _ in batch]
+        assert self.client is not None, "the client is created before the first record"
+        return self.client.send_many(batch)
+
+    def _process_schema_message(self, message_dict: dict) -> None:
+        self._start()
+        super()._process_schema_message(message_dict)
+
+    def process_endofpipe(self) -> None:
+        """Drain everything (STATE is written only if it all went through), then report and close."""
+        try:
+            super().process_endofpipe()
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        for stats in self.stats.streams.values():
+            self.logger.info("Summary: %s", stats.summary_line())
+        if self.rejects.count:
+            self.logger.warning("%d record(s) rejected this run: see %s", self.rejects.count, self.rejects.path)
+        self.rejects.close()
+        if self._plan_file is not None:
+            self._plan_file.close()
+        if self.client is not None:
+            self.client.close()
+
+    # --- drain order: contacts before the events that may need them
+
+    def _drain_all(self, sink_list: Iterable[Sink], parallelism: int) -> None:
+        """Drain upserts first, then events, then deletes; each phase in parallel across streams."""
+        sinks = list(sink_list)
+        for phase in (Action.UPSERT_CONTACT, Action.SEND_EVENT, Action.DELETE_CONTACT, None):
+            group = [s for s in sinks if getattr(s, "action", None) is phase]
+            if group:
+                super()._drain_all(group, parallelism)
+
+    def drain_contact_sinks(self) -> None:
+        """Send buffered upserts of every stream now (called before a batch of events is sent)."""
+        with self._drain_lock:
+            for sink in list(self._sinks_active.values()):
+                if getattr(sink, "action", None) is Action.UPSERT_CONTACT and sink.current_size:
+                    self.drain_one(sink)
+
+    # --- CLI
+
+    @classmethod
+    def invoke(cls, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Run the target; a user error ends the run with one clear line and exit status 1."""
+        try:
+            super().invoke(*args, **kwargs)
+        except USER_ERRORS as exc:
+            cls.logger.error("target-loops: %s", exc)
+            sys.exit(1)
+
+
+logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+if __name__ == "__main__":
+    TargetLoops.cli()
