@@ -58,8 +58,15 @@ def main(argv: list[str] | None = None) -> int:
             state_path = args.out / f"{Path(name).stem}.state.jsonl"
             with state_path.open("w") as state_out:
                 run = subprocess.run(
-                    [sys.executable, "-m", "target_loops.target", "--config", str(config_path),
-                     "--input", str(args.samples / name)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "target_loops.target",
+                        "--config",
+                        str(config_path),
+                        "--input",
+                        str(args.samples / name),
+                    ],
                     stdout=state_out,
                     check=False,
                 )
@@ -81,8 +88,19 @@ def print_sandbox(sandbox: Sandbox, rejects: Path) -> None:
     """What Loops would now hold, in a form a person can check at a glance."""
     contacts = sandbox.store.contacts()
     print(f"\n--- {len(contacts)} contacts in the sandbox")
-    defaults = {"id", "email", "userId", "firstName", "lastName", "source", "subscribed", "userGroup",
-                "mailingLists", "optInStatus", "createdAt"}
+    defaults = {
+        "id",
+        "email",
+        "userId",
+        "firstName",
+        "lastName",
+        "source",
+        "subscribed",
+        "userGroup",
+        "mailingLists",
+        "optInStatus",
+        "createdAt",
+    }
     for c in contacts:
         props = {k: v for k, v in c.items() if k not in defaults and v is not None}
         lists = sorted(k for k, v in (c.get("mailingLists") or {}).items() if v)

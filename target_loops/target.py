@@ -211,11 +211,12 @@ class TargetLoops(Target):
             ClientSettings(
                 base_url=config.get("base_url") or DEFAULT_BASE_URL,
                 api_key=config["api_key"],
-                requests_per_second=config.get("requests_per_second", 10),
-                max_concurrency=config.get("max_concurrency", 4),
-                timeout_seconds=config.get("timeout_seconds", 30),
-                max_retries=config.get("max_retries", 8),
-                backoff_seconds=config.get("retry_backoff_seconds", 1.0),
+                # The SDK parses config numbers as Decimal; the client does float arithmetic.
+                requests_per_second=float(config.get("requests_per_second", 10)),
+                max_concurrency=int(config.get("max_concurrency", 4)),
+                timeout_seconds=float(config.get("timeout_seconds", 30)),
+                max_retries=int(config.get("max_retries", 8)),
+                backoff_seconds=float(config.get("retry_backoff_seconds", 1.0)),
             )
         )
         team = self.client.check_api_key()

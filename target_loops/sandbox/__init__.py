@@ -1,0 +1,11 @@
+"""A local, Loops-compatible API server for testing target-loops without a real Loops team.
+
+``Sandbox`` runs it in a background thread (tests, notebooks); ``target-loops-sandbox`` runs it from a shell.
+Its behaviour follows ``loops-api.md``; faults, latency and the rate limit are configurable.
+"""
+
+from target_loops.sandbox.app import SandboxApp, SandboxConfig
+from target_loops.sandbox.server import Sandbox, main
+from target_loops.sandbox.store import LoopsError, Store
+
+__all__ = ["LoopsError", "Sandbox", "SandboxApp", "SandboxConfig", "Store", "main"]

@@ -1,0 +1,599 @@
+"""The sandbox's state and Loops' rules: contacts, events, properties, lists, idempotency keys.
+
+Pure Python with no HTTP, so the rules of ``loops-api.md`` can be read (and tested) in one place. Every
+public method takes the store's single lock: the threaded server calls in from many threads at once, and one
+lock makes each request's validate-then-mutate step atomic (e.g. an Idempotency-Key check and the event it
+guards).
+
+Rule violations raise :class:`LoopsError` carrying the HTTP status and message Loops would answer; the WSGI
+app turns it into ``{"success": false, "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+PROPERTY_TYPES: frozenset[str] = frozenset({"string", "number", "boolean", "date"})
+"""The four contact property types Loops knows."""
+
+DEFAULT_PROPERTIES: tuple[tuple[str, str, str], ...] = (
+    ("email", "Email", "string"),
+    ("firstName", "First Name", "string"),
+    ("lastName", "Last Name", "string"),
+    ("notes", "Notes", "string"),
+    ("source", "Source", "string"),
+    ("subscribed", "Subscribed", "boolean"),
+    ("userGroup", "User Group", "string"),
+    ("userId", "User ID", "string"),
+    ("createdAt", "Created At", "date"),
+)
+"""Loops' built-in contact properties, as ``GET /v1/contacts/properties`` lists them: (key, label, type)."""
+
+RESERVED_BODY_KEYS: frozenset[str] = frozenset(
+    {"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "createdAt"}
+)
+"""Never valid as body keys: Loops owns them (``notes`` and ``createdAt`` are not writable by API)."""
+
+DEFAULT_STRING_FIELDS: tuple[str, ...] = ("firstName", "lastName", "source", "userGroup")
+"""Built-in string fields settable through the API (besides the identifiers)."""
+
+EVENT_BODY_KEYS: frozenset[str] = frozenset({"eventName", "eventProperties"})
+"""Keys of an events/send body that are about the event, not the contact."""
+
+BODY_ONLY_KEYS: frozenset[str] = frozenset({"mailingLists", "optInStatus", "eventName", "eventProperties"})
+"""Body keys with a meaning of their own: never valid names for a new custom property."""
+
+MAX_STRING = 500
+MAX_IDEMPOTENCY_KEY = 100
+IDEMPOTENCY_WINDOW_S = 24 * 3600
+
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_PROPERTY_NAME_RE = re.compile(r"^[a-z][a-zA-Z0-9]*$")
+_ISO_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+
+
+class LoopsError(Exception):
+    """A request Loops would refuse: carries the HTTP status and the message of the error body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def bad_request(message: str) -> LoopsError:
+    """Shorthand for the most common refusal, so rule code reads as a list of rules."""
+    return LoopsError(400, message)
+
+
+def iso_timestamp(epoch_s: float) -> str:
+    """Format a store-clock instant the way Loops does (UTC, milliseconds, ``Z``)."""
+    moment = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def label_for(key: str) -> str:
+    """Derive a display label from a camelCase key (``planName`` → ``Plan Name``), as Loops' UI does."""
+    words = re.sub(r"(?<!^)(?=[A-Z])", " ", key)
+    return words[:1].upper() + words[1:]
+
+
+def is_number(value: Any) -> bool:
+    """True for JSON numbers; ``bool`` is an ``int`` subclass in Python but a different type in JSON."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_date(value: Any) -> bool:
+    """A Loops date: an ISO-8601 string (date or date-time) or a number of epoch *milliseconds*."""
+    if is_number(value):
+        return math.isfinite(value)
+    if not isinstance(value, str) or not _ISO_DATE_RE.match(value):
+        return False
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+_TYPE_CHECKS = {
+    "string": lambda value: isinstance(value, str),
+    "number": lambda value: is_number(value) and math.isfinite(value),
+    "boolean": lambda value: isinstance(value, bool),
+    "date": is_date,
+}
+
+
+def matches_type(value: Any, type_name: str) -> bool:
+    """Whether a non-null JSON value is acceptable for a property of ``type_name``."""
+    return _TYPE_CHECKS[type_name](value)
+
+
+def new_contact_id() -> str:
+    """A cuid-looking id (``c`` + 24 base-36 characters) like the ids Loops hands out."""
+    number = uuid.uuid4().int
+    chars = []
+    for _ in range(24):
+        number, digit = divmod(number, 36)
+        chars.append("0123456789abcdefghijklmnopqrstuvwxyz"[digit])
+    return "c" + "".join(chars)
+
+
+@dataclass
+class ContactChange:
+    """A validated contact write: identifiers, property values (``None`` = clear) and list memberships."""
+
+    email: str | None = None
+    user_id: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    mailing_lists: dict[str, bool] = field(default_factory=dict)
+
+
+def normalize_property(spec: Mapping[str, Any]) -> dict[str, str]:
+    """Validate a configured custom property, so a typo in a test or team file fails at start, not mid-run."""
+    key = spec.get("key") or spec.get("name")
+    type_name = spec.get("type", "string")
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"custom property needs a non-empty 'key': {dict(spec)!r}")
+    if type_name not in PROPERTY_TYPES:
+        raise ValueError(
+            f"custom property {key!r}: type must be one of {sorted(PROPERTY_TYPES)}, not {type_name!r}"
+        )
+    if key in RESERVED_BODY_KEYS | BODY_ONLY_KEYS or any(key == default[0] for default in DEFAULT_PROPERTIES):
+        raise ValueError(f"custom property {key!r} clashes with a default or reserved Loops name")
+    return {"key": key, "label": str(spec.get("label") or label_for(key)), "type": type_name}
+
+
+def normalize_list(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate one configured mailing list and fill Loops' fields (description, isPublic)."""
+    list_id = spec.get("id")
+    if not isinstance(list_id, str) or not list_id:
+        raise ValueError(f"mailing list needs a non-empty 'id': {dict(spec)!r}")
+    return {
+        "id": list_id,
+        "name": str(spec.get("name") or list_id),
+        "description": str(spec.get("description") or ""),
+        "isPublic": bool(spec.get("isPublic", True)),
+    }
+
+
+class Store:
+    """All sandbox state behind one lock, plus a clock that tests can move forward without sleeping."""
+
+    def __init__(
+        self,
+        properties: Iterable[Mapping[str, Any]] = (),
+        lists: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
+        self._lock = threading.RLock()
+        self._clock_offset = 0.0
+        self._seed_properties: list[dict[str, str]] = []
+        self._properties: list[dict[str, str]] = []
+        self._lists: list[dict[str, Any]] = []
+        self._contacts: dict[str, dict[str, Any]] = {}
+        self._by_email: dict[str, str] = {}
+        self._by_user_id: dict[str, str] = {}
+        self._events: list[dict[str, Any]] = []
+        self._requests: list[dict[str, Any]] = []
+        self._idempotency: dict[str, float] = {}
+        self.configure_team(properties, lists)
+
+    # ----- configuration, clock, inspection -------------------------------------------------------------
+
+    def configure_team(
+        self,
+        properties: Iterable[Mapping[str, Any]] | None = None,
+        lists: Iterable[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Replace the team's seeded custom properties and/or mailing lists (``None`` leaves one as it is)."""
+        with self._lock:
+            if properties is not None:
+                seeded = [normalize_property(spec) for spec in properties]
+                keys = [spec["key"] for spec in seeded]
+                if len(set(keys)) != len(keys):
+                    raise ValueError(f"duplicate custom property keys in {keys}")
+                self._seed_properties = seeded
+                self._properties = copy.deepcopy(seeded)
+            if lists is not None:
+                self._lists = [normalize_list(spec) for spec in lists]
+
+    def now(self) -> float:
+        """The store clock in epoch seconds: real time plus whatever :meth:`advance_clock` added."""
+        with self._lock:
+            return time.time() + self._clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the store clock forward, no sleeping (idempotency window, timestamps, rate-limit windows)."""
+        if seconds < 0:
+            raise ValueError("the store clock only moves forward")
+        with self._lock:
+            self._clock_offset += seconds
+
+    def reset(self) -> None:
+        """Forget contacts, events, the request log and idempotency keys; properties go back to the seeded."""
+        with self._lock:
+            self._contacts.clear()
+            self._by_email.clear()
+            self._by_user_id.clear()
+            self._events.clear()
+            self._requests.clear()
+            self._idempotency.clear()
+            self._properties = copy.deepcopy(self._seed_properties)
+
+    def contacts(self) -> list[dict[str, Any]]:
+        """Every contact (deep copies, so callers cannot corrupt the store), in creation order."""
+        with self._lock:
+            return copy.deepcopy(list(self._contacts.values()))
+
+    def find(self, email: str | None = None, user_id: str | None = None) -> dict[str, Any] | None:
+        """The contact matching every given identifier (email compared case-insensitively), or ``None``."""
+        if email is None and user_id is None:
+            raise ValueError("find() needs an email or a user_id")
+        with self._lock:
+            found = self._lookup(email, user_id)
+            return copy.deepcopy(found) if found is not None else None
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every accepted event, in acceptance order."""
+        with self._lock:
+            return copy.deepcopy(self._events)
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The /api request log, in completion order."""
+        with self._lock:
+            return copy.deepcopy(self._requests)
+
+    def properties(self, which: str = "all") -> list[dict[str, str]]:
+        """Contact properties as ``GET /v1/contacts/properties?list=all|custom`` lists them."""
+        if which not in ("all", "custom"):
+            raise bad_request(f"Invalid list parameter '{which}': use 'all' or 'custom'.")
+        with self._lock:
+            custom = copy.deepcopy(self._properties)
+        if which == "custom":
+            return custom
+        defaults = [{"key": key, "label": label, "type": type_} for key, label, type_ in DEFAULT_PROPERTIES]
+        return defaults + custom
+
+    def lists(self) -> list[dict[str, Any]]:
+        """The team's mailing lists as ``GET /v1/lists`` answers them."""
+        with self._lock:
+            return copy.deepcopy(self._lists)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything at once, consistently (one lock hold), for the ``/_sandbox/state`` view."""
+        with self._lock:
+            return {
+                "contacts": self.contacts(),
+                "events": self.events(),
+                "requests": self.requests(),
+                "properties": self.properties("all"),
+                "lists": self.lists(),
+            }
+
+    def log_request(self, entry: Mapping[str, Any]) -> None:
+        """Append one /api request to the log (the app decides what an entry holds)."""
+        with self._lock:
+            self._requests.append(copy.deepcopy(dict(entry)))
+
+    # ----- Loops operations -----------------------------------------------------------------------------
+
+    def upsert_contact(self, body: Any, *, strict: bool = True) -> str:
+        """``PUT /v1/contacts/update``: update the matching contact or create one; returns its id."""
+        with self._lock:
+            change = self._contact_change(body, strict=strict)
+            return self._apply_upsert(change)["id"]
+
+    def create_contact(self, body: Any, *, strict: bool = True) -> str:
+        """``POST /v1/contacts/create``: create-only, 409 when the email or userId is taken."""
+        with self._lock:
+            change = self._contact_change(body, strict=strict)
+            if change.email is None:
+                raise bad_request("An email is required to create a contact.")
+            if self._lookup(change.email, None) is not None:
+                raise LoopsError(409, f"A contact with email '{change.email}' already exists.")
+            if change.user_id is not None and self._lookup(None, change.user_id) is not None:
+                raise LoopsError(409, f"A contact with userId '{change.user_id}' already exists.")
+            return self._create(change)["id"]
+
+    def find_contacts(self, email: str | None = None, user_id: str | None = None) -> list[dict[str, Any]]:
+        """``GET /v1/contacts/find``: an array, empty when nothing matches (never a 404)."""
+        if (email is None) == (user_id is None):
+            raise bad_request("Provide exactly one of 'email' or 'userId'.")
+        with self._lock:
+            found = self._lookup(email, user_id)
+            return [copy.deepcopy(found)] if found is not None else []
+
+    def delete_contact(self, body: Any) -> None:
+        """``POST /v1/contacts/delete`` with exactly one string identifier; 404 when no contact has it."""
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object.")
+        given = {key: body[key] for key in ("email", "userId") if body.get(key) is not None}
+        if len(given) != 1:
+            raise bad_request("Provide exactly one of 'email' or 'userId'.")
+        ((key, value),) = given.items()
+        if not isinstance(value, str):
+            raise bad_request(f"'{key}' must be a string, not {type(value).__name__}.")
+        with self._lock:
+            found = self._lookup(value if key == "email" else None, value if key == "userId" else None)
+            if found is None:
+                raise LoopsError(404, f"No contact with {key} '{value}' was found.")
+            self._unindex(found)
+            del self._contacts[found["id"]]
+
+    def create_property(self, body: Any) -> None:
+        """``POST /v1/contacts/properties``: a new camelCase custom property of one of the four types."""
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object.")
+        name, type_name = body.get("name"), body.get("type")
+        if not isinstance(name, str) or not _PROPERTY_NAME_RE.match(name):
+            raise bad_request(f"Invalid property name {name!r}: it must be camelCase (e.g. 'planName').")
+        if type_name not in PROPERTY_TYPES:
+            raise bad_request(
+                f"Invalid property type {type_name!r}: use one of string, number, boolean, date."
+            )
+        with self._lock:
+            if name in RESERVED_BODY_KEYS or name in BODY_ONLY_KEYS:
+                raise bad_request(f"'{name}' is a reserved name and cannot be a custom property.")
+            if self._property_type(name) is not None:
+                raise bad_request(f"A property named '{name}' already exists.")
+            self._properties.append({"key": name, "label": label_for(name), "type": type_name})
+
+    def send_event(self, body: Any, *, idempotency_key: str | None = None, strict: bool = True) -> None:
+        """``POST /v1/events/send``: resolve (or create) the contact, update it, record the event.
+
+        The idempotency check, validation and recording happen under one lock hold, so two concurrent
+        requests with the same key cannot both be accepted. A key is remembered only once the event is.
+        """
+        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise bad_request(f"The Idempotency-Key header is longer than {MAX_IDEMPOTENCY_KEY} characters.")
+        with self._lock:
+            now = self.now()
+            if idempotency_key is not None:
+                seen_at = self._idempotency.get(idempotency_key)
+                if seen_at is not None and now - seen_at < IDEMPOTENCY_WINDOW_S:
+                    raise LoopsError(
+                        409,
+                        f"Idempotency key '{idempotency_key}' has already been used in the last 24 hours.",
+                    )
+            if not isinstance(body, dict):
+                raise bad_request("The request body must be a JSON object.")
+            event_name = self._event_name(body.get("eventName"))
+            event_properties = self._event_properties(body.get("eventProperties"), strict=strict)
+            contact_body = {key: value for key, value in body.items() if key not in EVENT_BODY_KEYS}
+            change = self._contact_change(contact_body, strict=strict)
+            contact = self._apply_upsert(change)
+            self._events.append(
+                {
+                    "eventName": event_name,
+                    "email": body.get("email"),
+                    "userId": body.get("userId"),
+                    "contactId": contact["id"],
+                    "eventProperties": copy.deepcopy(event_properties),
+                    "mailingLists": dict(change.mailing_lists),
+                    "contactProperties": copy.deepcopy(change.values),
+                    "idempotencyKey": idempotency_key,
+                    "at": iso_timestamp(now),
+                }
+            )
+            if idempotency_key is not None:
+                self._idempotency[idempotency_key] = now
+
+    # ----- validation -----------------------------------------------------------------------------------
+
+    def _contact_change(self, body: Any, *, strict: bool) -> ContactChange:
+        """Validate a contact body (update, create, or the contact part of an event) into a ContactChange.
+
+        Always refused: a non-object body, reserved keys, strings over 500 characters, a bad email,
+        a non-boolean ``subscribed`` or ``mailingLists`` value. Refused only when ``strict``: unknown
+        property keys, values of the wrong type, unknown list ids (Loops' behaviour there is unconfirmed).
+        """
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object.")
+        for key in body:
+            if key in RESERVED_BODY_KEYS:
+                raise bad_request(f"'{key}' is a reserved name and cannot be set through the API.")
+        for key, value in body.items():
+            if isinstance(value, str) and len(value) > MAX_STRING:
+                raise bad_request(f"'{key}' is longer than {MAX_STRING} characters.")
+        change = ContactChange(
+            email=self._email(body.get("email")),
+            user_id=self._user_id(body.get("userId"), strict=strict),
+            mailing_lists=self._mailing_lists(body.get("mailingLists"), strict=strict),
+        )
+        for key, value in body.items():
+            if key not in ("email", "userId", "mailingLists"):
+                self._check_value(key, value, strict=strict)
+                change.values[key] = value
+        return change
+
+    @staticmethod
+    def _email(value: Any) -> str | None:
+        """A valid email or ``None`` (``null`` counts as not given: an identifier cannot be cleared)."""
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _EMAIL_RE.match(value):
+            raise bad_request(f"Invalid email address {value!r}.")
+        return value
+
+    @staticmethod
+    def _user_id(value: Any, *, strict: bool) -> str | None:
+        """A userId string; a number is stringified in lenient mode only."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return value
+        if not strict and is_number(value):
+            return str(value)
+        raise bad_request(f"'userId' must be a string, not {type(value).__name__}.")
+
+    def _mailing_lists(self, value: Any, *, strict: bool) -> dict[str, bool]:
+        """``{"<listId>": true|false}`` with JSON booleans; unknown ids refused in strict mode."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise bad_request("'mailingLists' must be an object of list ids to booleans.")
+        known = {spec["id"] for spec in self._lists}
+        for list_id, member in value.items():
+            if not isinstance(member, bool):
+                raise bad_request(f"mailingLists['{list_id}'] must be true or false, not {member!r}.")
+            if strict and list_id not in known:
+                raise bad_request(f"Unknown mailing list id '{list_id}'.")
+        return dict(value)
+
+    def _check_value(self, key: str, value: Any, *, strict: bool) -> None:
+        """Check one contact property value against the property's type (``null`` always clears)."""
+        if key == "subscribed":
+            if not isinstance(value, bool):
+                raise bad_request(f"'subscribed' must be true or false, not {value!r}.")
+            return
+        if value is None:
+            return
+        type_name = self._property_type(key)
+        if type_name is None:
+            if strict:
+                raise bad_request(f"Unknown contact property '{key}': create it in Loops first.")
+            return
+        if strict and not matches_type(value, type_name):
+            raise bad_request(f"Invalid value {value!r} for contact property '{key}' of type {type_name}.")
+
+    def _property_type(self, key: str) -> str | None:
+        """The type of a settable default or custom property; ``None`` for an unknown key."""
+        if key in DEFAULT_STRING_FIELDS or key in ("email", "userId"):
+            return "string"
+        if key == "subscribed":
+            return "boolean"
+        for spec in self._properties:
+            if spec["key"] == key:
+                return spec["type"]
+        return None
+
+    @staticmethod
+    def _event_name(value: Any) -> str:
+        """``eventName`` is required, a non-empty string, and has no ``:`` in it."""
+        if not isinstance(value, str) or not value.strip():
+            raise bad_request("'eventName' is required.")
+        if ":" in value:
+            raise bad_request(f"Invalid eventName '{value}': it cannot contain ':'.")
+        if len(value) > MAX_STRING:
+            raise bad_request(f"'eventName' is longer than {MAX_STRING} characters.")
+        return value
+
+    @staticmethod
+    def _event_properties(value: Any, *, strict: bool) -> dict[str, Any]:
+        """Scalar values only and no nulls (strict); strings over 500 characters are always refused."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise bad_request("'eventProperties' must be an object.")
+        for key, item in value.items():
+            if isinstance(item, str) and len(item) > MAX_STRING:
+                raise bad_request(f"eventProperties['{key}'] is longer than {MAX_STRING} characters.")
+            if not strict:
+                continue
+            if item is None:
+                raise bad_request(f"eventProperties['{key}'] is null: event properties cannot be null.")
+            if not (isinstance(item, (str, bool)) or is_number(item)):
+                raise bad_request(f"eventProperties['{key}'] must be a string, number, boolean or date.")
+        return dict(value)
+
+    # ----- matching and mutation ------------------------------------------------------------------------
+
+    def _lookup(self, email: str | None, user_id: str | None) -> dict[str, Any] | None:
+        """The contact matching all given identifiers (caller holds the lock)."""
+        ids = set()
+        if email is not None:
+            ids.add(self._by_email.get(email.lower()))
+        if user_id is not None:
+            ids.add(self._by_user_id.get(user_id))
+        if len(ids) != 1 or None in ids:
+            return None
+        return self._contacts[ids.pop()]
+
+    def _resolve(self, change: ContactChange) -> dict[str, Any] | None:
+        """Loops' matching rules: the contact to update, or ``None`` to create one (caller holds the lock).
+
+        Only email → match or create. Only userId → match, else 400 (no email to create with). Both → the
+        contact matching either (it receives the other value), or create; two different contacts → 400.
+        """
+        if change.email is None and change.user_id is None:
+            raise bad_request("Provide an email or a userId.")
+        by_email = self._lookup(change.email, None) if change.email is not None else None
+        by_user_id = self._lookup(None, change.user_id) if change.user_id is not None else None
+        if change.email is None:
+            if by_user_id is None:
+                raise bad_request(
+                    f"No contact has userId '{change.user_id}'; a contact cannot be created without an email."
+                )
+            return by_user_id
+        if by_email is not None and by_user_id is not None and by_email["id"] != by_user_id["id"]:
+            raise bad_request(
+                f"Email '{change.email}' and userId '{change.user_id}' belong to two different contacts."
+            )
+        return by_user_id or by_email
+
+    def _apply_upsert(self, change: ContactChange) -> dict[str, Any]:
+        """Update the resolved contact, or create one (caller holds the lock)."""
+        contact = self._resolve(change)
+        if contact is None:
+            return self._create(change)
+        self._apply(contact, change)
+        return contact
+
+    def _create(self, change: ContactChange) -> dict[str, Any]:
+        """A new contact with Loops' defaults (subscribed, source "API"), then the change applied."""
+        contact: dict[str, Any] = {
+            "id": new_contact_id(),
+            "email": None,
+            "firstName": None,
+            "lastName": None,
+            "source": "API",
+            "subscribed": True,
+            "userGroup": None,
+            "userId": None,
+            "mailingLists": {},
+            "optInStatus": None,
+            "createdAt": iso_timestamp(self.now()),
+        }
+        self._contacts[contact["id"]] = contact
+        self._apply(contact, change)
+        return contact
+
+    def _apply(self, contact: dict[str, Any], change: ContactChange) -> None:
+        """Write only the keys present: ``None`` clears (default fields become None, custom ones go away)."""
+        self._unindex(contact)
+        if change.email is not None:
+            contact["email"] = change.email
+        if change.user_id is not None:
+            contact["userId"] = change.user_id
+        for key, value in change.values.items():
+            if value is None and key not in DEFAULT_STRING_FIELDS:
+                contact.pop(key, None)
+            else:
+                contact[key] = copy.deepcopy(value)
+        for list_id, member in change.mailing_lists.items():
+            if member:
+                contact["mailingLists"][list_id] = True
+            else:
+                contact["mailingLists"].pop(list_id, None)
+        self._index(contact)
+
+    def _index(self, contact: dict[str, Any]) -> None:
+        if contact.get("email"):
+            self._by_email[contact["email"].lower()] = contact["id"]
+        if contact.get("userId"):
+            self._by_user_id[contact["userId"]] = contact["id"]
+
+    def _unindex(self, contact: dict[str, Any]) -> None:
+        if contact.get("email"):
+            self._by_email.pop(contact["email"].lower(), None)
+        if contact.get("userId"):
+            self._by_user_id.pop(contact["userId"], None)

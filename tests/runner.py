@@ -1,0 +1,90 @@
+"""Run the real ``target-loops`` CLI in a subprocess, as a user or Meltano would, and read what it left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "sample_streams"
+SANDBOX_KEY = "sandbox-key"
+
+
+@dataclass
+class Run:
+    """What one CLI run printed and wrote."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    rejects_path: Path
+    states: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rejects(self) -> list[dict[str, Any]]:
+        """The rejects file's lines, parsed (empty when none was written)."""
+        if not self.rejects_path.exists():
+            return []
+        return [json.loads(line) for line in self.rejects_path.read_text().splitlines()]
+
+    @property
+    def final_state(self) -> dict[str, Any] | None:
+        return self.states[-1] if self.states else None
+
+
+def run_target(
+    config: dict[str, Any],
+    input_text: str | None = None,
+    *,
+    input_path: Path | None = None,
+    tmp_path: Path,
+    timeout: float = 120,
+) -> Run:
+    """``target-loops --config <tmp>/config.json --input <file>``; STATE lines are parsed from stdout."""
+    config = {"rejects_path": str(tmp_path / "rejects.jsonl"), "retry_backoff_seconds": 0.01, **config}
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    if input_path is None:
+        input_path = tmp_path / "input.singer"
+        input_path.write_text(input_text or "")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TARGET_LOOPS_", "LOOPS_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "target_loops.target", "--config", str(config_path), "--input", str(input_path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    states = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return Run(proc.returncode, proc.stdout, proc.stderr, Path(config["rejects_path"]), states)
+
+
+def singer(*messages: dict[str, Any]) -> str:
+    """Singer messages as the text of a ``.singer`` file."""
+    return "".join(json.dumps(m) + "\n" for m in messages)
+
+
+def schema(stream: str, properties: dict[str, Any], keys: list[str] | None = None) -> dict[str, Any]:
+    """A SCHEMA message whose properties are all nullable strings unless given a type."""
+    props = {k: (v if isinstance(v, dict) else {"type": [v, "null"]}) for k, v in properties.items()}
+    return {
+        "type": "SCHEMA",
+        "stream": stream,
+        "schema": {"type": "object", "properties": props},
+        "key_properties": keys or [],
+    }
+
+
+def record(stream: str, rec: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "RECORD", "stream": stream, "record": rec}
+
+
+def state(value: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "STATE", "value": value}

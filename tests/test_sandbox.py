@@ -1,0 +1,776 @@
+"""The sandbox against loops-api.md, over real HTTP: each Loops rule the target relies on, and its faults.
+
+Most tests share two module-scoped sandboxes (strict and lenient, reset before each test) because starting one
+per parametrized case would dominate the runtime; tests that change config or count requests make their own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from target_loops.sandbox import Sandbox, SandboxConfig
+from target_loops.sandbox.server import build_parser, config_from_args
+
+KEY = "sandbox-key"
+LIST_ID = "cm06f5v0e45nf0ml5754o9cix"
+TEAM: dict[str, Any] = {
+    "properties": [
+        {"key": "plan", "type": "string"},
+        {"key": "seats", "type": "number"},
+        {"key": "trial", "type": "boolean"},
+        {"key": "renewsAt", "type": "date", "label": "Renews"},
+    ],
+    "lists": [{"id": LIST_ID, "name": "Newsletter", "description": "", "isPublic": True}],
+}
+_ABSENT = object()
+
+
+def call(
+    sb: Sandbox,
+    method: str,
+    path: str,
+    body: Any = _ABSENT,
+    *,
+    key: str | None = KEY,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> requests.Response:
+    """One request to the sandbox's Loops API (``path`` after ``/api``, e.g. ``/v1/lists``)."""
+    all_headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    all_headers.update(headers or {})
+    if body is not _ABSENT:
+        kwargs["json"] = body
+    return requests.request(method, sb.url + path, headers=all_headers, timeout=5, **kwargs)
+
+
+def upsert(sb: Sandbox, **body: Any) -> requests.Response:
+    return call(sb, "PUT", "/v1/contacts/update", body)
+
+
+def send_event(sb: Sandbox, body: dict[str, Any], key: str | None = None) -> requests.Response:
+    headers = {"Idempotency-Key": key} if key is not None else {}
+    return call(sb, "POST", "/v1/events/send", body, headers=headers)
+
+
+def assert_error(response: requests.Response, status: int, *fragments: str) -> None:
+    """Loops' error shape, with a message naming what was wrong."""
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert payload["success"] is False
+    for fragment in fragments:
+        assert fragment in payload["message"], payload["message"]
+
+
+@pytest.fixture(scope="module")
+def _shared() -> Iterator[dict[str, Sandbox]]:
+    strict = Sandbox(SandboxConfig(rate_limit=0, **TEAM)).start()
+    lenient = Sandbox(SandboxConfig(rate_limit=0, lenient=True, **TEAM)).start()
+    yield {"strict": strict, "lenient": lenient}
+    strict.stop()
+    lenient.stop()
+
+
+def _fresh(sb: Sandbox) -> Sandbox:
+    """Empty store, no fault left queued by an earlier test."""
+    sb.store.reset()
+    sb.app.clear_injected()
+    return sb
+
+
+@pytest.fixture
+def team(_shared: dict[str, Sandbox]) -> Sandbox:
+    """A strict sandbox with custom properties plan/seats/trial/renewsAt and one list, freshly reset."""
+    return _fresh(_shared["strict"])
+
+
+@pytest.fixture
+def lenient_team(_shared: dict[str, Sandbox]) -> Sandbox:
+    """The same team in lenient mode (unknown properties and wrong types accepted)."""
+    return _fresh(_shared["lenient"])
+
+
+# ----- auth ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [(f"Bearer {KEY}", 200), (f"bearer {KEY}", 200), ("Bearer wrong", 401), (KEY, 401), (None, 401)],
+)
+def test_api_key_checks_the_bearer_key(sandbox: Sandbox, authorization: str | None, status: int) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    response = requests.get(sandbox.url + "/v1/api-key", headers=headers, timeout=5)
+    assert response.status_code == status
+    if status == 200:
+        assert response.json() == {"success": True, "teamName": "Sandbox team"}
+    else:
+        assert response.json() == {"success": False, "message": "Invalid API key"}
+
+
+def test_bad_key_is_refused_everywhere_and_does_nothing(team: Sandbox) -> None:
+    assert_error(call(team, "PUT", "/v1/contacts/update", {"email": "a@x.io"}, key="nope"), 401)
+    assert team.store.contacts() == []
+
+
+# ----- contacts/update: matching rules ------------------------------------------------------------------
+
+MATCHING = [
+    # (case, existing contacts, body, status, (email, userId) of the answered contact, contacts after)
+    ("email only creates", [], {"email": "a@x.io"}, 200, ("a@x.io", None), 1),
+    (
+        "email only matches",
+        [{"email": "a@x.io", "userId": "u1"}],
+        {"email": "a@x.io"},
+        200,
+        ("a@x.io", "u1"),
+        1,
+    ),
+    (
+        "userId only matches",
+        [{"email": "a@x.io", "userId": "u1"}],
+        {"userId": "u1"},
+        200,
+        ("a@x.io", "u1"),
+        1,
+    ),
+    ("userId only unknown: 400", [], {"userId": "u1"}, 400, None, 0),
+    (
+        "both, email matches",
+        [{"email": "a@x.io"}],
+        {"email": "a@x.io", "userId": "u1"},
+        200,
+        ("a@x.io", "u1"),
+        1,
+    ),
+    (
+        "both, userId matches: email changes",
+        [{"email": "a@x.io", "userId": "u1"}],
+        {"email": "b@x.io", "userId": "u1"},
+        200,
+        ("b@x.io", "u1"),
+        1,
+    ),
+    (
+        "both, none matches",
+        [{"email": "a@x.io"}],
+        {"email": "b@x.io", "userId": "u2"},
+        200,
+        ("b@x.io", "u2"),
+        2,
+    ),
+    (
+        "both match two different contacts: 400",
+        [{"email": "a@x.io", "userId": "u1"}, {"email": "b@x.io", "userId": "u2"}],
+        {"email": "a@x.io", "userId": "u2"},
+        400,
+        None,
+        2,
+    ),
+    ("no identifier: 400", [], {"firstName": "Al"}, 400, None, 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("existing", "body", "status", "identity", "count"),
+    [case[1:] for case in MATCHING],
+    ids=[c[0] for c in MATCHING],
+)
+def test_update_matching_rules(
+    team: Sandbox,
+    existing: list[dict[str, Any]],
+    body: dict[str, Any],
+    status: int,
+    identity: tuple[str, str | None] | None,
+    count: int,
+) -> None:
+    existing_ids = [upsert(team, **contact).json()["id"] for contact in existing]
+    response = upsert(team, **body)
+    assert response.status_code == status, response.text
+    contacts = team.store.contacts()
+    assert len(contacts) == count
+    if identity is None:
+        assert_error(response, 400)
+        assert [contact["id"] for contact in contacts] == existing_ids
+        return
+    answered = next(contact for contact in contacts if contact["id"] == response.json()["id"])
+    assert (answered["email"], answered["userId"]) == identity
+    assert response.json() == {"success": True, "id": answered["id"]}
+
+
+def test_update_conflict_message_names_both_values(team: Sandbox) -> None:
+    upsert(team, email="a@x.io", userId="u1")
+    upsert(team, email="b@x.io", userId="u2")
+    assert_error(upsert(team, email="a@x.io", userId="u2"), 400, "a@x.io", "u2", "different contacts")
+
+
+def test_update_changes_only_present_keys_and_null_clears(team: Sandbox) -> None:
+    upsert(team, email="a@x.io", firstName="Ada", lastName="L", plan="pro", seats=3, source="Segment")
+    upsert(team, email="a@x.io", firstName=None, plan=None, userGroup="admins")
+    contact = team.store.find(email="a@x.io")
+    assert contact is not None
+    assert contact["firstName"] is None  # default field cleared: present as None
+    assert "plan" not in contact  # custom property cleared: absent
+    assert contact["lastName"] == "L" and contact["seats"] == 3 and contact["source"] == "Segment"
+    assert contact["userGroup"] == "admins"
+
+
+def test_new_contact_defaults(team: Sandbox) -> None:
+    contact_id = upsert(team, email="a@x.io").json()["id"]
+    contact = team.store.find(email="a@x.io")
+    assert contact == {
+        "id": contact_id,
+        "email": "a@x.io",
+        "firstName": None,
+        "lastName": None,
+        "source": "API",
+        "subscribed": True,
+        "userGroup": None,
+        "userId": None,
+        "mailingLists": {},
+        "optInStatus": None,
+        "createdAt": contact["createdAt"],
+    }
+    assert contact["createdAt"].endswith("Z")
+
+
+def test_subscribed_false_unsubscribes_and_true_resubscribes(team: Sandbox) -> None:
+    upsert(team, email="a@x.io", subscribed=False)
+    assert team.store.find(email="a@x.io")["subscribed"] is False  # type: ignore[index]
+    upsert(team, email="a@x.io", firstName="Ada")
+    assert team.store.find(email="a@x.io")["subscribed"] is False  # type: ignore[index]
+    upsert(team, email="a@x.io", subscribed=True)
+    assert team.store.find(email="a@x.io")["subscribed"] is True  # type: ignore[index]
+
+
+def test_mailing_lists_true_joins_and_false_leaves(team: Sandbox) -> None:
+    upsert(team, email="a@x.io", mailingLists={LIST_ID: True})
+    assert team.store.find(email="a@x.io")["mailingLists"] == {LIST_ID: True}  # type: ignore[index]
+    upsert(team, email="a@x.io", mailingLists={LIST_ID: False})
+    contact = team.store.find(email="a@x.io")
+    assert contact is not None and contact["mailingLists"] == {} and contact["subscribed"] is True
+
+
+# ----- validation (update, create, events/send; strict and lenient) --------------------------------------
+
+VALIDATION = [
+    # (case, extra body keys, fragment of the message, accepted in lenient mode)
+    ("string over 500", {"firstName": "x" * 501}, "firstName", False),
+    ("bad email", {"email": "not-an-email"}, "not-an-email", False),
+    ("list value not boolean", {"mailingLists": {LIST_ID: "yes"}}, LIST_ID, False),
+    ("mailingLists not an object", {"mailingLists": [LIST_ID]}, "mailingLists", False),
+    ("subscribed not boolean", {"subscribed": "true"}, "subscribed", False),
+    ("unknown list id", {"mailingLists": {"nolist": True}}, "nolist", True),
+    ("unknown property", {"favouriteColour": "blue"}, "favouriteColour", True),
+    ("number into string", {"plan": 5}, "plan", True),
+    ("boolean into number", {"seats": True}, "seats", True),
+    ("string into number", {"seats": "5"}, "seats", True),
+    ("string into boolean", {"trial": "yes"}, "trial", True),
+    ("bad date string", {"renewsAt": "next week"}, "renewsAt", True),
+    ("impossible date", {"renewsAt": "2024-02-30"}, "renewsAt", True),
+    ("nested value", {"plan": {"name": "pro"}}, "plan", True),
+    ("userId not a string", {"userId": 42}, "userId", True),
+] + [
+    (f"reserved {name}", {name: "x"}, name, False)
+    for name in sorted({"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "createdAt"})
+]
+
+ENDPOINTS = {
+    "update": ("PUT", "/v1/contacts/update", {}),
+    "create": ("POST", "/v1/contacts/create", {}),
+    "event": ("POST", "/v1/events/send", {"eventName": "signup"}),
+}
+
+
+@pytest.mark.parametrize("endpoint", sorted(ENDPOINTS))
+@pytest.mark.parametrize(
+    ("extra", "fragment", "lenient_ok"), [c[1:] for c in VALIDATION], ids=[c[0] for c in VALIDATION]
+)
+def test_validation_strict_and_lenient(
+    team: Sandbox,
+    lenient_team: Sandbox,
+    endpoint: str,
+    extra: dict[str, Any],
+    fragment: str,
+    lenient_ok: bool,
+) -> None:
+    method, path, base = ENDPOINTS[endpoint]
+    body = {**base, "email": "a@x.io", **extra}
+    assert_error(call(team, method, path, body), 400, fragment)
+    assert team.store.contacts() == [] and team.store.events() == []
+    lenient = call(lenient_team, method, path, body)
+    assert lenient.status_code == (200 if lenient_ok else 400), lenient.text
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"renewsAt": "2024-01-02"},
+        {"renewsAt": "2024-01-02T10:30"},
+        {"renewsAt": "2024-01-02T10:30:00.123Z"},
+        {"renewsAt": "2024-01-02T10:30:00+02:00"},
+        {"renewsAt": 1704067200000},
+        {"seats": 3.5},
+        {"trial": False},
+        {"plan": None, "seats": None},
+        {"source": "x" * 500},
+    ],
+    ids=repr,
+)
+def test_valid_values_are_accepted_in_strict_mode(team: Sandbox, extra: dict[str, Any]) -> None:
+    assert upsert(team, email="a@x.io", **extra).status_code == 200
+
+
+# ----- contacts/create, find, delete ---------------------------------------------------------------------
+
+
+def test_create_is_create_only(team: Sandbox) -> None:
+    created = call(team, "POST", "/v1/contacts/create", {"email": "a@x.io", "userId": "u1"})
+    assert created.status_code == 200 and created.json()["success"] is True
+    assert_error(call(team, "POST", "/v1/contacts/create", {"email": "a@x.io"}), 409, "a@x.io")
+    assert_error(call(team, "POST", "/v1/contacts/create", {"email": "b@x.io", "userId": "u1"}), 409, "u1")
+    assert_error(call(team, "POST", "/v1/contacts/create", {"userId": "u2"}), 400, "email")
+    assert len(team.store.contacts()) == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "found"),
+    [
+        ({"email": "a@x.io"}, 200, 1),
+        ({"userId": "u1"}, 200, 1),
+        ({"email": "nobody@x.io"}, 200, 0),
+        ({"userId": "nobody"}, 200, 0),
+        ({"email": "a@x.io", "userId": "u1"}, 400, 0),
+        ({}, 400, 0),
+    ],
+)
+def test_find(team: Sandbox, params: dict[str, str], status: int, found: int) -> None:
+    upsert(team, email="a@x.io", userId="u1", plan="pro")
+    response = call(team, "GET", "/v1/contacts/find", params=params)
+    assert response.status_code == status
+    if status == 200:
+        assert isinstance(response.json(), list) and len(response.json()) == found
+        if found:
+            assert response.json()[0] == team.store.find(email="a@x.io")
+    else:
+        assert_error(response, 400, "exactly one")
+
+
+def test_find_url_encodes_plus_addresses(team: Sandbox) -> None:
+    upsert(team, email="a+tag@x.io")
+    assert len(call(team, "GET", "/v1/contacts/find", params={"email": "a+tag@x.io"}).json()) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"email": "a@x.io"}, 200),
+        ({"userId": "u1"}, 200),
+        ({"email": "nobody@x.io"}, 404),
+        ({"email": "a@x.io", "userId": "u1"}, 400),
+        ({}, 400),
+        ({"userId": ["u1"]}, 400),
+    ],
+)
+def test_delete(team: Sandbox, body: dict[str, Any], status: int) -> None:
+    upsert(team, email="a@x.io", userId="u1")
+    response = call(team, "POST", "/v1/contacts/delete", body)
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert response.json() == {"success": True, "message": "Contact deleted."}
+        assert team.store.contacts() == []
+    else:
+        assert_error(response, status)
+        assert len(team.store.contacts()) == 1
+
+
+# ----- properties and lists ------------------------------------------------------------------------------
+
+
+def test_properties_lists_defaults_then_custom(team: Sandbox) -> None:
+    everything = call(team, "GET", "/v1/contacts/properties").json()
+    types = {prop["key"]: prop["type"] for prop in everything}
+    assert [prop["key"] for prop in everything[:9]] == [
+        "email", "firstName", "lastName", "notes", "source", "subscribed", "userGroup", "userId", "createdAt",
+    ]  # fmt: skip
+    assert types["subscribed"] == "boolean" and types["createdAt"] == "date" and types["email"] == "string"
+    custom = call(team, "GET", "/v1/contacts/properties", params={"list": "custom"}).json()
+    assert custom == everything[9:]
+    assert {"key": "renewsAt", "label": "Renews", "type": "date"} in custom
+    assert {"key": "plan", "label": "Plan", "type": "string"} in custom
+    assert call(team, "GET", "/v1/contacts/properties", params={"list": "all"}).json() == everything
+    assert_error(call(team, "GET", "/v1/contacts/properties", params={"list": "some"}), 400, "some")
+
+
+def test_property_create_then_usable(team: Sandbox) -> None:
+    assert upsert(team, email="a@x.io", planName="pro").status_code == 400
+    created = call(team, "POST", "/v1/contacts/properties", {"name": "planName", "type": "string"})
+    assert created.status_code == 200 and created.json()["success"] is True
+    custom = call(team, "GET", "/v1/contacts/properties", params={"list": "custom"}).json()
+    assert {"key": "planName", "label": "Plan Name", "type": "string"} in custom
+    assert upsert(team, email="a@x.io", planName="pro").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"name": "plan", "type": "string"}, "already exists"),
+        ({"name": "email", "type": "string"}, "already exists"),
+        ({"name": "id", "type": "string"}, "reserved"),
+        ({"name": "mailingLists", "type": "string"}, "reserved"),
+        ({"name": "favouriteColour", "type": "text"}, "text"),
+        ({"name": "plan_name", "type": "string"}, "plan_name"),
+        ({"name": "PlanName", "type": "string"}, "PlanName"),
+        ({"name": "", "type": "string"}, "camelCase"),
+        ({"type": "string"}, "camelCase"),
+    ],
+)
+def test_property_create_refusals(team: Sandbox, body: dict[str, Any], fragment: str) -> None:
+    assert_error(call(team, "POST", "/v1/contacts/properties", body), 400, fragment)
+
+
+def test_lists(team: Sandbox, sandbox: Sandbox) -> None:
+    assert call(team, "GET", "/v1/lists").json() == TEAM["lists"]
+    assert call(sandbox, "GET", "/v1/lists").json() == []
+
+
+# ----- events/send ---------------------------------------------------------------------------------------
+
+
+def test_event_creates_contact_updates_it_and_is_recorded(team: Sandbox) -> None:
+    body = {
+        "eventName": "signup",
+        "email": "a@x.io",
+        "eventProperties": {"plan": "pro", "seats": 3, "trial": True, "at": "2024-01-02"},
+        "mailingLists": {LIST_ID: True},
+        "plan": "pro",
+    }
+    response = send_event(team, body, key="msg-1")
+    assert response.status_code == 200 and response.json() == {"success": True}
+    contact = team.store.find(email="a@x.io")
+    assert contact is not None
+    assert (
+        contact["subscribed"] is True
+        and contact["plan"] == "pro"
+        and contact["mailingLists"] == {LIST_ID: True}
+    )
+    (event,) = team.store.events()
+    assert event == {
+        "eventName": "signup",
+        "email": "a@x.io",
+        "userId": None,
+        "contactId": contact["id"],
+        "eventProperties": body["eventProperties"],
+        "mailingLists": {LIST_ID: True},
+        "contactProperties": {"plan": "pro"},
+        "idempotencyKey": "msg-1",
+        "at": event["at"],
+    }
+
+
+def test_event_by_user_id_needs_an_existing_contact(team: Sandbox) -> None:
+    assert_error(send_event(team, {"eventName": "login", "userId": "u1"}), 400, "u1")
+    upsert(team, email="a@x.io", userId="u1")
+    assert send_event(team, {"eventName": "login", "userId": "u1"}).status_code == 200
+    assert team.store.events()[0]["contactId"] == team.store.find(user_id="u1")["id"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"email": "a@x.io"}, "eventName"),
+        ({"eventName": "", "email": "a@x.io"}, "eventName"),
+        ({"eventName": "app:signup", "email": "a@x.io"}, ":"),
+        ({"eventName": "signup"}, "email or a userId"),
+        ({"eventName": "signup", "email": "a@x.io", "eventProperties": ["x"]}, "eventProperties"),
+        ({"eventName": "signup", "email": "a@x.io", "eventProperties": {"plan": None}}, "plan"),
+        ({"eventName": "signup", "email": "a@x.io", "eventProperties": {"plan": {"a": 1}}}, "plan"),
+        ({"eventName": "signup", "email": "a@x.io", "eventProperties": {"note": "x" * 501}}, "note"),
+    ],
+)
+def test_event_refusals(team: Sandbox, body: dict[str, Any], fragment: str) -> None:
+    assert_error(send_event(team, body), 400, fragment)
+    assert team.store.events() == [] and team.store.contacts() == []
+
+
+def test_event_properties_nulls_accepted_when_lenient(lenient_team: Sandbox) -> None:
+    body = {"eventName": "signup", "email": "a@x.io", "eventProperties": {"plan": None}, "colour": "blue"}
+    assert send_event(lenient_team, body).status_code == 200
+    assert lenient_team.store.find(email="a@x.io")["colour"] == "blue"  # type: ignore[index]
+
+
+# ----- Idempotency-Key -----------------------------------------------------------------------------------
+
+
+def test_idempotency_key_reuse_is_409_and_records_nothing(team: Sandbox) -> None:
+    body = {"eventName": "signup", "email": "a@x.io", "plan": "pro"}
+    assert send_event(team, body, key="msg-1").status_code == 200
+    assert_error(send_event(team, {**body, "plan": "team"}, key="msg-1"), 409, "msg-1")
+    assert len(team.store.events()) == 1
+    assert team.store.find(email="a@x.io")["plan"] == "pro"  # type: ignore[index]
+    assert send_event(team, body, key="msg-2").status_code == 200
+    assert send_event(team, body).status_code == 200  # no key: no protection
+    assert len(team.store.events()) == 3
+
+
+def test_idempotency_holds_under_concurrent_retries(team: Sandbox) -> None:
+    body = {"eventName": "signup", "email": "a@x.io"}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = sorted(pool.map(lambda _: send_event(team, body, key="msg-1").status_code, range(8)))
+    assert statuses == [200] + [409] * 7
+    assert len(team.store.events()) == 1 and len(team.store.contacts()) == 1
+
+
+def test_idempotency_key_length_limit(team: Sandbox) -> None:
+    body = {"eventName": "signup", "email": "a@x.io"}
+    assert_error(send_event(team, body, key="k" * 101), 400, "100")
+    assert send_event(team, body, key="k" * 100).status_code == 200
+
+
+def test_idempotency_key_is_remembered_only_on_success(team: Sandbox) -> None:
+    assert send_event(team, {"eventName": "bad:name", "email": "a@x.io"}, key="msg-1").status_code == 400
+    team.inject("500")
+    assert send_event(team, {"eventName": "signup", "email": "a@x.io"}, key="msg-1").status_code == 500
+    assert send_event(team, {"eventName": "signup", "email": "a@x.io"}, key="msg-1").status_code == 200
+
+
+def test_idempotency_key_expires_after_24_hours(team: Sandbox) -> None:
+    body = {"eventName": "signup", "email": "a@x.io"}
+    assert send_event(team, body, key="msg-1").status_code == 200
+    team.store.advance_clock(24 * 3600 - 5)
+    assert send_event(team, body, key="msg-1").status_code == 409
+    team.store.advance_clock(10)
+    assert send_event(team, body, key="msg-1").status_code == 200
+    assert len(team.store.events()) == 2
+
+
+# ----- HTTP protocol -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("GET", "/v1/contacts/update", {}, 405),
+        ("DELETE", "/v1/lists", {}, 405),
+        ("GET", "/v1/contacts/nope", {}, 404),
+        ("GET", "/v2/lists", {}, 404),
+        ("PUT", "/v1/contacts/update", {"data": b"email=a@x.io"}, 400),
+        ("PUT", "/v1/contacts/update", {"data": b""}, 400),
+        (
+            "PUT",
+            "/v1/contacts/update",
+            {"data": b"NaN", "headers": {"Content-Type": "application/json"}},
+            400,
+        ),
+        ("PUT", "/v1/contacts/update", {"json": ["a@x.io"]}, 400),
+    ],
+)
+def test_protocol_errors(team: Sandbox, method: str, path: str, kwargs: dict[str, Any], status: int) -> None:
+    assert_error(call(team, method, path, **kwargs), status)
+
+
+def test_answers_are_json_and_unknown_paths_outside_api_are_404(team: Sandbox) -> None:
+    response = call(team, "GET", "/v1/lists")
+    assert response.headers["Content-Type"] == "application/json"
+    assert requests.get(team.url.removesuffix("/api") + "/nope", timeout=5).status_code == 404
+
+
+# ----- rate limit ----------------------------------------------------------------------------------------
+
+
+def _start_fresh_window(sb: Sandbox) -> None:
+    """Jump the store clock to the start of a 1-second window, leaving a full real second for the test."""
+    now = sb.store.now()
+    sb.store.advance_clock(math.floor(now) + 1 - now + 0.001)
+
+
+def test_rate_limit_headers_and_429(make_sandbox: Any) -> None:
+    sb = make_sandbox(rate_limit=3)
+    _start_fresh_window(sb)
+    responses = [call(sb, "PUT", "/v1/contacts/update", {"email": f"{i}@x.io"}) for i in range(5)]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429, 429]
+    assert [r.headers["x-ratelimit-remaining"] for r in responses] == ["2", "1", "0", "0", "0"]
+    assert {r.headers["x-ratelimit-limit"] for r in responses} == {"3"}
+    assert_error(responses[3], 429, "Rate limit exceeded")
+    assert len(sb.store.contacts()) == 3  # over the limit: no work done
+    assert [entry["fault"] for entry in sb.store.requests()][-2:] == ["rate_limited", "rate_limited"]
+    sb.store.advance_clock(1)
+    assert call(sb, "GET", "/v1/api-key").status_code == 200
+
+
+def test_rate_limit_ignores_unauthenticated_requests_and_changes_at_runtime(make_sandbox: Any) -> None:
+    sb = make_sandbox(rate_limit=2)
+    _start_fresh_window(sb)
+    bad = call(sb, "GET", "/v1/api-key", key="nope")
+    assert bad.status_code == 401 and bad.headers["x-ratelimit-remaining"] == "2"
+    assert [call(sb, "GET", "/v1/api-key").status_code for _ in range(3)] == [200, 200, 429]
+    sb.configure(rate_limit=0)
+    response = call(sb, "GET", "/v1/api-key")
+    assert response.status_code == 200 and "x-ratelimit-limit" not in response.headers
+
+
+# ----- faults and latency --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "work_done"),
+    [
+        ("500", 500, False),
+        ("429", 429, False),
+        ("502", 502, False),
+        ("drop", None, False),
+        ("lost", None, True),
+    ],
+)
+def test_injected_faults(team: Sandbox, fault: str, status: int | None, work_done: bool) -> None:
+    team.inject(fault, path="/api/v1/events/send")
+    assert upsert(team, email="other@x.io").status_code == 200  # another path: not affected
+    body = {"eventName": "signup", "email": "a@x.io"}
+    if status is None:
+        with pytest.raises(requests.ConnectionError):
+            send_event(team, body, key="msg-1")
+    else:
+        response = send_event(team, body, key="msg-1")
+        assert response.status_code == status
+        if fault == "502":
+            assert response.headers["Content-Type"].startswith("text/html")  # a proxy page, not JSON
+        else:
+            assert_error(response, status)
+    assert len(team.store.events()) == (1 if work_done else 0)
+    assert (team.store.find(email="a@x.io") is not None) == work_done
+    assert team.store.requests()[-1]["fault"] == fault
+    retry = send_event(team, body, key="msg-1")  # the queued fault is used up
+    assert retry.status_code == (409 if work_done else 200)
+
+
+def test_injected_faults_queue_in_order_for_any_path(team: Sandbox) -> None:
+    team.inject("500", count=2)
+    team.inject("429")
+    statuses = [call(team, "GET", "/v1/lists").status_code for _ in range(4)]
+    assert statuses == [500, 500, 429, 200]
+
+
+def test_fault_fractions_are_reproducible_with_a_seed(make_sandbox: Any) -> None:
+    runs = []
+    for _ in range(2):
+        sb = make_sandbox(fail_500=0.3, fail_429=0.2, seed=7)
+        runs.append([call(sb, "GET", "/v1/lists").status_code for _ in range(30)])
+    assert runs[0] == runs[1]
+    assert {200, 429, 500} <= set(runs[0])
+    sb = make_sandbox(fail_drop=1.0)
+    with pytest.raises(requests.ConnectionError):
+        call(sb, "GET", "/v1/lists")
+    sb.configure(fail_drop=0.0)
+    assert call(sb, "GET", "/v1/lists").status_code == 200
+
+
+def test_latency_is_applied_per_request_concurrently(make_sandbox: Any) -> None:
+    sb = make_sandbox(latency_ms=200)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = list(pool.map(lambda _: call(sb, "GET", "/v1/lists").status_code, range(6)))
+    elapsed = time.monotonic() - started
+    assert statuses == [200] * 6
+    assert 0.2 <= elapsed < 0.8  # six 200 ms requests overlapped instead of taking 1.2 s
+
+
+# ----- request log, views, reset -------------------------------------------------------------------------
+
+
+def test_request_log(team: Sandbox) -> None:
+    send_event(team, {"eventName": "signup", "email": "a@x.io"}, key="msg-1")
+    call(team, "GET", "/v1/contacts/find", params={"email": "a@x.io"})
+    call(team, "GET", "/v1/lists", key="nope")
+    first, second, third = team.store.requests()
+    assert first["method"] == "POST" and first["path"] == "/api/v1/events/send" and first["status"] == 200
+    assert (
+        first["idempotencyKey"] == "msg-1"
+        and first["body"]["eventName"] == "signup"
+        and first["fault"] is None
+    )
+    assert second["query"] == {"email": "a@x.io"} and second["body"] is None
+    assert third["status"] == 401
+
+
+def test_views_need_no_auth_and_are_not_logged(team: Sandbox) -> None:
+    send_event(team, {"eventName": "signup", "email": "a@x.io"})
+    base = team.url.removesuffix("/api") + "/_sandbox"
+    contacts = requests.get(f"{base}/contacts", timeout=5).json()
+    events = requests.get(f"{base}/events", timeout=5).json()
+    log = requests.get(f"{base}/requests", timeout=5).json()
+    state = requests.get(f"{base}/state", timeout=5).json()
+    assert contacts == team.store.contacts() and events == team.store.events() and len(log) == 1
+    assert set(state) == {"teamName", "contacts", "events", "requests", "properties", "lists"}
+    assert state["lists"] == TEAM["lists"] and len(state["requests"]) == 1
+    assert requests.post(f"{base}/contacts", timeout=5).status_code == 405
+    assert len(team.store.requests()) == 1
+
+
+def test_reset_keeps_the_team_schema(team: Sandbox) -> None:
+    call(team, "POST", "/v1/contacts/properties", {"name": "planName", "type": "string"})
+    send_event(team, {"eventName": "signup", "email": "a@x.io"}, key="msg-1")
+    team.store.reset()
+    assert team.store.contacts() == [] and team.store.events() == [] and team.store.requests() == []
+    assert [prop["key"] for prop in team.store.properties("custom")] == ["plan", "seats", "trial", "renewsAt"]
+    assert team.store.lists() == TEAM["lists"]
+    assert send_event(team, {"eventName": "signup", "email": "a@x.io"}, key="msg-1").status_code == 200
+
+
+def test_configure_rejects_bad_values(sandbox: Sandbox) -> None:
+    with pytest.raises(ValueError):
+        sandbox.configure(fail_500=0.8, fail_429=0.5)
+    with pytest.raises(TypeError):
+        sandbox.configure(nonsense=1)
+    with pytest.raises(ValueError):
+        sandbox.inject("teapot")
+
+
+# ----- CLI -----------------------------------------------------------------------------------------------
+
+
+def test_cli_config_merges_team_file_and_flags(tmp_path: Path) -> None:
+    team_file = tmp_path / "team.json"
+    team_file.write_text(json.dumps({"teamName": "Acme", **TEAM}))
+    args = build_parser().parse_args(
+        ["--team-file", str(team_file), "--property", "score:number", "--list", "l2:Beta", "--lenient"]
+    )
+    config = config_from_args(args)
+    assert config.team_name == "Acme" and config.lenient is True and config.api_key == KEY
+    assert config.properties[-1] == {"key": "score", "type": "number"}
+    assert config.lists[-1] == {"id": "l2", "name": "Beta"}
+
+
+def test_cli_starts_prints_its_url_and_stops_on_ctrl_c() -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "target_loops.sandbox", "--port", "0", "--rate-limit", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("Loops sandbox listening on http://127.0.0.1:") and "key: sandbox-key" in line
+        url = line.split()[4]
+        assert requests.get(url + "/v1/api-key", headers={"Authorization": f"Bearer {KEY}"}, timeout=5).ok
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert "Traceback" not in stderr and "GET /api" not in stderr  # quiet by default

@@ -1,0 +1,300 @@
+"""End to end through the CLI: each sample file → exactly the contacts and events Loops (the sandbox) would hold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runner import SAMPLES, SANDBOX_KEY, record, run_target, schema, singer, state
+
+from target_loops.sandbox import Sandbox
+
+L1, L2 = "cm06f5v0e45nf0ml5754o9cix", "cm06f5v0e45nf0ml5754o9ciy"
+TEAM = json.loads((SAMPLES / "sandbox_team.json").read_text())
+RULES = json.loads((SAMPLES / "rules.json").read_text())
+CONTACT_FIELDS = ("email", "userId", "firstName", "lastName", "source", "subscribed", "userGroup")
+
+
+@pytest.fixture
+def team_sandbox(make_sandbox: Any) -> Sandbox:
+    """The sandbox seeded with the sample team's properties and lists (strict: unknown keys are 400)."""
+    return make_sandbox(properties=TEAM["properties"], lists=TEAM["lists"])
+
+
+def config_for(sandbox: Sandbox, **extra: Any) -> dict[str, Any]:
+    return {"api_key": SANDBOX_KEY, "base_url": sandbox.url, **extra}
+
+
+def contacts_by_email(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
+    return {c["email"]: c for c in sandbox.store.contacts()}
+
+
+def custom(contact: dict[str, Any]) -> dict[str, Any]:
+    """A contact's custom properties (those that are not Loops' own fields)."""
+    own = {*CONTACT_FIELDS, "id", "mailingLists", "optInStatus", "createdAt", "notes"}
+    return {k: v for k, v in contact.items() if k not in own and v is not None}
+
+
+def writes(sandbox: Sandbox) -> list[dict[str, Any]]:
+    return [r for r in sandbox.store.requests() if r["method"] != "GET"]
+
+
+def last_state_in(path: Path) -> dict[str, Any]:
+    states = [json.loads(line) for line in path.read_text().splitlines() if '"STATE"' in line]
+    return states[-1]["value"]
+
+
+def test_segment_export_end_to_end(team_sandbox: Sandbox, tmp_path: Path) -> None:
+    run = run_target(config_for(team_sandbox), input_path=SAMPLES / "segment_export.singer", tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+
+    contacts = contacts_by_email(team_sandbox)
+    assert set(contacts) == {
+        "ada@example.com",
+        "grace.hopper@example.com",
+        "alan@example.com",
+        "new.visitor@example.com",
+    }
+    ada = contacts["ada@example.com"]
+    assert (ada["userId"], ada["firstName"], ada["lastName"]) == ("u_1001", "Ada", "Lovelace")
+    # The 10:00 upgrade wins over the 08:00 identify that arrived later; the older one's other trait is kept.
+    assert custom(ada) == {"plan": "team", "seats": 3, "favoriteColor": "green"}
+    assert ada["mailingLists"] == {L1: True, L2: True}
+    assert ada["subscribed"] is True and ada["source"] == "API"
+    grace = contacts["grace.hopper@example.com"]
+    assert grace["userId"] == "u_1002"
+    assert custom(grace) == {"plan": "pro", "companyName": "US Navy", "seats": 12}
+    assert contacts["alan@example.com"]["userId"] == "u_1003"
+    assert contacts["alan@example.com"]["firstName"] == "Alan"
+    assert contacts["new.visitor@example.com"]["userId"] is None
+
+    events = {(e["eventName"], e["idempotencyKey"]): e for e in team_sandbox.store.events()}
+    assert set(events) == {
+        ("Signed Up", "ajs-trk-001"),
+        ("Order Completed", "ajs-trk-002"),
+        ("Viewed Pricing", "ajs-trk-003"),
+    }
+    assert len(team_sandbox.store.events()) == 3  # the replayed ajs-trk-001 reached Loops once
+    assert events["Signed Up", "ajs-trk-001"]["eventProperties"] == {"plan": "starter", "referrer": "newsletter"}
+    assert events["Order Completed", "ajs-trk-002"]["eventProperties"] == {
+        "orderId": "o-9001",
+        "revenue": 49.99,
+        "currency": "USD",
+    }
+    assert events["Viewed Pricing", "ajs-trk-003"]["email"] == "new.visitor@example.com"
+
+    # Four identifies of three users with an identity became three upserts (coalesced within the batch).
+    upserts = [r for r in writes(team_sandbox) if r["path"] == "/api/v1/contacts/update"]
+    assert len(upserts) == 3
+    reasons = sorted((r["stream"], r["reason"]) for r in run.rejects)
+    assert reasons == [
+        ("identify", "invalid_email"),
+        ("identify", "nested_value"),
+        ("identify", "no_identifier"),
+        ("track", "event_name_colon"),
+        ("track", "http_400"),
+        ("track", "nested_value"),
+    ]
+    assert run.final_state == last_state_in(SAMPLES / "segment_export.singer")
+    assert "Summary: stream identify (upsert_contact): read 9" in run.stderr
+
+
+def test_rejects_file_lines_say_what_and_why(team_sandbox: Sandbox, tmp_path: Path) -> None:
+    run = run_target(config_for(team_sandbox), input_path=SAMPLES / "segment_export.singer", tmp_path=tmp_path)
+    by_reason = {r["reason"]: r for r in run.rejects}
+    refused = by_reason["http_400"]
+    assert refused["stream"] == "track"
+    assert refused["status"] == 400
+    assert "u_9999" in refused["message"]
+    assert refused["request"] == {
+        "method": "POST",
+        "path": "/v1/events/send",
+        "body": {"userId": "u_9999", "eventName": "Logged In"},
+        "idempotency_key": "ajs-trk-006",
+    }
+    assert refused["record"]["messageId"] == "ajs-trk-006"
+    local = by_reason["event_name_colon"]
+    assert local["request"] is None and local["status"] is None
+    assert "Plan:Upgraded" in local["message"]
+    assert set(refused) == {"at", "stream", "reason", "message", "status", "request", "record"}
+
+
+def test_warehouse_rows_end_to_end(team_sandbox: Sandbox, tmp_path: Path) -> None:
+    run = run_target(config_for(team_sandbox, **RULES), input_path=SAMPLES / "warehouse_rows.singer", tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    contacts = contacts_by_email(team_sandbox)
+    assert set(contacts) == {"linus@example.com", "margaret.hamilton@example.com"}
+    linus = contacts["linus@example.com"]
+    assert (linus["userId"], linus["firstName"], linus["lastName"]) == ("w_2001", "Linus", "Torvalds")
+    # NULL columns of the repeat left the plan alone; dates go out as ISO-8601 with an offset.
+    assert custom(linus) == {"plan": "team", "seats": 6, "trialEndsAt": "2026-12-01T00:00:00+00:00"}
+    assert linus["mailingLists"] == {L1: True}
+    margaret = contacts["margaret.hamilton@example.com"]
+    assert margaret["userId"] == "w_2002"
+    assert custom(margaret) == {"plan": "enterprise", "seats": 40, "isAdmin": True}
+    assert margaret["mailingLists"] in ({}, {L1: False}, None)
+
+    events = sorted((e["eventName"], e["userId"], e["idempotencyKey"]) for e in team_sandbox.store.events())
+    assert events == [
+        ("Logged In", "w_2001", "wh-trk-001"),
+        ("Order Completed", "w_2001", "wh-ord-001"),
+        ("Order Completed", "w_2002", "wh-ord-002"),
+        ("Signed Up", "w_2002", "wh-trk-002"),
+    ]
+    orders = {e["idempotencyKey"]: e["eventProperties"] for e in team_sandbox.store.events()}
+    assert orders["wh-ord-001"] == {"orderId": "o-1", "revenue": 120.5, "currency": "EUR"}  # NULL coupon left out
+    assert orders["wh-ord-002"] == {"orderId": "o-2", "revenue": 18, "currency": "USD", "coupon": "WELCOME10"}
+    assert orders["wh-trk-001"] == {} or orders["wh-trk-001"] is None
+    assert sorted(r["reason"] for r in run.rejects) == ["http_400", "no_identifier"]
+    assert run.final_state == last_state_in(SAMPLES / "warehouse_rows.singer")
+
+
+def test_custom_table_with_explicit_rule(team_sandbox: Sandbox, tmp_path: Path) -> None:
+    run = run_target(config_for(team_sandbox, **RULES), input_path=SAMPLES / "custom_table.singer", tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    contacts = contacts_by_email(team_sandbox)
+    assert custom(contacts["katherine@example.com"]) == {
+        "fullName": "Katherine Johnson",
+        "accountStatus": "active",
+        "lifetimeValue": 1250.75,
+    }
+    assert contacts["katherine@example.com"]["userId"] == "7001"  # integer ids become Loops' string user ids
+    assert custom(contacts["dorothy@example.com"]) == {"fullName": "Dorothy Vaughan", "accountStatus": "churned"}
+    bodies = [r["body"] for r in writes(team_sandbox)]
+    assert all("passwordHash" not in b and "password_hash" not in b for b in bodies)
+
+
+def test_events_wait_for_contacts_created_in_the_same_run(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Tracks arrive first and fill their batch; their user ids only exist once the identifies are sent."""
+    messages = [schema("tracks", {"id": "string", "user_id": "string", "event_text": "string"}, ["id"])]
+    messages.append(schema("identifies", {"id": "string", "user_id": "string", "email": "string"}, ["id"]))
+    for i in range(6):
+        messages.append(record("identifies", {"id": f"i{i}", "user_id": f"u{i}", "email": f"u{i}@example.com"}))
+    for i in range(6):
+        messages.append(record("tracks", {"id": f"t{i}", "user_id": f"u{i}", "event_text": "Logged In"}))
+    messages.append(state({"bookmarks": {"tracks": "t5"}}))
+    run = run_target(config_for(sandbox, batch_size_rows=3), singer(*messages), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.rejects == []
+    assert len(sandbox.store.events()) == 6
+    assert run.final_state == {"bookmarks": {"tracks": "t5"}}
+
+
+def test_unmapped_stream_stops_before_any_write(sandbox: Sandbox, tmp_path: Path) -> None:
+    text = singer(
+        schema("identifies", {"id": "string", "user_id": "string", "email": "string"}, ["id"]),
+        record("identifies", {"id": "1", "user_id": "u1", "email": "a@example.com"}),
+        schema("page_views", {"id": "string", "url": "string"}, ["id"]),
+        record("page_views", {"id": "p1", "url": "/"}),
+    )
+    run = run_target(config_for(sandbox), text, tmp_path=tmp_path)
+    assert run.returncode == 1
+    assert "'page_views' matches no rule" in run.stderr
+    assert '{"action":"upsert_contact","stream":"page_views"}' in run.stderr
+    assert "unmapped_streams: skip" in run.stderr
+    assert writes(sandbox) == []
+    assert run.states == []
+
+
+def test_unmapped_stream_skip_counts_and_goes_on(sandbox: Sandbox, tmp_path: Path) -> None:
+    text = singer(
+        schema("page_views", {"id": "string", "url": "string"}, ["id"]),
+        record("page_views", {"id": "p1", "url": "/"}),
+        schema("identifies", {"id": "string", "user_id": "string", "email": "string"}, ["id"]),
+        record("identifies", {"id": "1", "user_id": "u1", "email": "a@example.com"}),
+        state({"bookmarks": {"identifies": "1"}}),
+    )
+    run = run_target(config_for(sandbox, unmapped_streams="skip"), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert [c["email"] for c in sandbox.store.contacts()] == ["a@example.com"]
+    assert "skipped 1 (unmapped)" in run.stderr
+    assert run.final_state == {"bookmarks": {"identifies": "1"}}
+
+
+def test_bad_key_stops_with_a_clear_error_and_no_writes(sandbox: Sandbox, tmp_path: Path) -> None:
+    secret = "sk_live_do-not-print-me-0123456789"
+    run = run_target(
+        {"api_key": secret, "base_url": sandbox.url}, input_path=SAMPLES / "segment_export.singer", tmp_path=tmp_path
+    )
+    assert run.returncode != 0
+    assert "Loops rejected the API key" in run.stderr
+    assert secret not in run.stdout + run.stderr
+    assert writes(sandbox) == []
+    assert sandbox.store.contacts() == []
+    assert run.states == []
+
+
+@pytest.mark.parametrize(
+    ("base_url", "accepted"),
+    [
+        ("http://loops.example.com/api", False),
+        ("http://10.0.0.5:8787/api", False),
+        ("ftp://app.loops.so/api", False),
+    ],
+)
+def test_base_url_must_be_https_unless_loopback(base_url: str, accepted: bool, tmp_path: Path) -> None:
+    run = run_target({"api_key": "k", "base_url": base_url}, "", tmp_path=tmp_path)
+    assert run.returncode != 0
+    assert "base_url" in run.stderr
+
+
+def test_missing_api_key_is_a_config_error(tmp_path: Path) -> None:
+    run = run_target({}, "", tmp_path=tmp_path)
+    assert run.returncode != 0
+    assert "api_key is required" in run.stderr
+
+
+def test_bad_rule_is_reported_with_its_position(tmp_path: Path) -> None:
+    rules = {"mappings": [{"stream": "users", "action": "upsert_contact", "emial": "email"}]}
+    run = run_target({"api_key": "k", **rules}, "", tmp_path=tmp_path)
+    assert run.returncode != 0
+    assert "mappings[0]" in run.stderr and "'emial'" in run.stderr
+
+
+def test_dry_run_plans_without_a_key_and_sends_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.jsonl"
+    run = run_target(
+        {"dry_run": True, "dry_run_path": str(plan), "base_url": sandbox.url},
+        input_path=SAMPLES / "segment_export.singer",
+        tmp_path=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert sandbox.store.requests() == []
+    lines = [json.loads(line) for line in plan.read_text().splitlines()]
+    # 3 coalesced upserts, then 5 events (the replay is dropped, u_9999 is only refused by Loops itself).
+    assert [(x["method"], x["path"]) for x in lines] == [("PUT", "/v1/contacts/update")] * 3 + [
+        ("POST", "/v1/events/send")
+    ] * 4
+    assert {x["idempotency_key"] for x in lines if x["idempotency_key"]} == {
+        "ajs-trk-001",
+        "ajs-trk-002",
+        "ajs-trk-003",
+        "ajs-trk-006",
+    }
+    assert run.final_state is not None
+
+
+def test_rerun_never_sends_an_event_twice(team_sandbox: Sandbox, tmp_path: Path) -> None:
+    first = run_target(config_for(team_sandbox), input_path=SAMPLES / "segment_export.singer", tmp_path=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = run_target(config_for(team_sandbox), input_path=SAMPLES / "segment_export.singer", tmp_path=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert len(team_sandbox.store.events()) == 3
+    assert "Summary: stream track (send_event): read 7" in second.stderr
+    assert "duplicates 4" in second.stderr  # the in-batch replay + three 409s from Loops
+
+
+def test_api_key_is_never_written_anywhere(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A key that Loops accepts, a run with rejects and retries: the key appears in no output."""
+    secret = "sandbox-key-SECRET-7f3a9"
+    sandbox.configure(api_key=secret, fail_500=0.3, seed=3)
+    run = run_target(
+        {"api_key": secret, "base_url": sandbox.url}, input_path=SAMPLES / "segment_export.singer", tmp_path=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.rejects
+    assert "retried" in run.stderr
+    for text in (run.stdout, run.stderr, run.rejects_path.read_text()):
+        assert secret not in text
