@@ -460,11 +460,7 @@ def test_event_creates_contact_updates_it_and_is_recorded(team: Sandbox) -> None
     assert response.status_code == 200 and response.json() == {"success": True}
     contact = team.store.find(email="a@x.io")
     assert contact is not None
-    assert (
-        contact["subscribed"] is True
-        and contact["plan"] == "pro"
-        and contact["mailingLists"] == {LIST_ID: True}
-    )
+    assert contact["subscribed"] is True and contact["plan"] == "pro" and contact["mailingLists"] == {LIST_ID: True}
     (event,) = team.store.events()
     assert event == {
         "eventName": "signup",
@@ -694,11 +690,7 @@ def test_request_log(team: Sandbox) -> None:
     call(team, "GET", "/v1/lists", key="nope")
     first, second, third = team.store.requests()
     assert first["method"] == "POST" and first["path"] == "/api/v1/events/send" and first["status"] == 200
-    assert (
-        first["idempotencyKey"] == "msg-1"
-        and first["body"]["eventName"] == "signup"
-        and first["fault"] is None
-    )
+    assert first["idempotencyKey"] == "msg-1" and first["body"]["eventName"] == "signup" and first["fault"] is None
     assert second["query"] == {"email": "a@x.io"} and second["body"] is None
     assert third["status"] == 401
 

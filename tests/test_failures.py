@@ -1,0 +1,117 @@
+"""Failure paths over real HTTP: 429 storms, 500s, lost answers and dropped connections, retries running out.
+
+The sandbox counts what reached it, so "nothing lost, no event twice" is checked on its side, not the target's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runner import SANDBOX_KEY, record, run_target, schema, singer, state
+
+from target_loops.sandbox import Sandbox
+
+USERS = 25
+
+
+def workload(users: int = USERS) -> str:
+    """``users`` identifies and one event each, warehouse-shaped, with a STATE at the end."""
+    messages = [
+        schema("identifies", {"id": "string", "user_id": "string", "email": "string", "plan": "string"}, ["id"]),
+        schema("tracks", {"id": "string", "user_id": "string", "event_text": "string"}, ["id"]),
+    ]
+    messages += [
+        record("identifies", {"id": f"i{i}", "user_id": f"u{i}", "email": f"u{i}@example.com", "plan": f"p{i % 3}"})
+        for i in range(users)
+    ]
+    messages += [record("tracks", {"id": f"t{i}", "user_id": f"u{i}", "event_text": "Logged In"}) for i in range(users)]
+    messages.append(state({"bookmarks": {"tracks": f"t{users - 1}"}}))
+    return singer(*messages)
+
+
+def config_for(sandbox: Sandbox, **extra: Any) -> dict[str, Any]:
+    return {"api_key": SANDBOX_KEY, "base_url": sandbox.url, **extra}
+
+
+def assert_everything_delivered_once(sandbox: Sandbox, users: int = USERS) -> None:
+    contacts = {c["userId"]: c for c in sandbox.store.contacts()}
+    assert len(contacts) == users
+    assert all(contacts[f"u{i}"]["plan"] == f"p{i % 3}" for i in range(users))
+    keys = [e["idempotencyKey"] for e in sandbox.store.events()]
+    assert sorted(keys) == sorted(f"t{i}" for i in range(users))  # every event, none twice
+
+
+def test_429_storm_is_waited_out_without_using_retries(make_sandbox: Any, tmp_path: Path) -> None:
+    sandbox = make_sandbox(rate_limit=0, fail_429=0.4, seed=11, properties=[{"key": "plan", "type": "string"}])
+    run = run_target(config_for(sandbox, max_retries=0, requests_per_second=100), workload(), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert_everything_delivered_once(sandbox)
+    assert sum(1 for r in sandbox.store.requests() if r["status"] == 429) > 5
+    assert "429s 0" not in run.stderr.split("Summary: stream identifies")[1].split("\n")[0]
+    assert run.final_state == {"bookmarks": {"tracks": f"t{USERS - 1}"}}
+
+
+def test_real_rate_limit_is_followed(make_sandbox: Any, tmp_path: Path) -> None:
+    """The target is told 100/s, the sandbox allows 20/s and says so in x-ratelimit-limit: the target adapts."""
+    sandbox = make_sandbox(rate_limit=20, properties=[{"key": "plan", "type": "string"}])
+    run = run_target(config_for(sandbox, requests_per_second=100), workload(), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert_everything_delivered_once(sandbox)
+    assert "Loops announces a limit of 20 requests/s" in run.stderr
+    limited = sum(1 for r in sandbox.store.requests() if r["status"] == 429)
+    assert limited <= 5, f"{limited} requests answered 429"
+
+
+def test_500s_lost_answers_and_dropped_connections_lose_nothing(make_sandbox: Any, tmp_path: Path) -> None:
+    sandbox = make_sandbox(
+        fail_500=0.15, fail_lost=0.15, fail_drop=0.15, seed=5, properties=[{"key": "plan", "type": "string"}]
+    )
+    run = run_target(config_for(sandbox, max_retries=10), workload(), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert_everything_delivered_once(sandbox)
+    faults = {r["fault"] for r in sandbox.store.requests()}
+    assert {"500", "lost", "drop"} <= faults
+    # A lost answer to events/send was retried and met 409: delivered once, counted as a duplicate.
+    assert any(r["status"] == 409 for r in sandbox.store.requests())
+    assert run.rejects == []
+    assert run.final_state == {"bookmarks": {"tracks": f"t{USERS - 1}"}}
+
+
+def test_transient_failure_beyond_max_retries_fails_the_run_without_state(make_sandbox: Any, tmp_path: Path) -> None:
+    sandbox = make_sandbox(properties=[{"key": "plan", "type": "string"}])
+    sandbox.inject("500", count=1000, path="/api/v1/events/send")
+    run = run_target(config_for(sandbox, max_retries=2), workload(), tmp_path=tmp_path)
+    assert run.returncode != 0
+    assert run.states == []
+    assert "could not be delivered" in run.stderr
+    assert "re-run to replay" in run.stderr
+    assert sandbox.store.events() == []
+    # Contacts went through before the events failed; the rerun replays them harmlessly.
+    assert len(sandbox.store.contacts()) == USERS
+
+    sandbox.app.clear_injected()
+    rerun = run_target(config_for(sandbox), workload(), tmp_path=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert_everything_delivered_once(sandbox)
+
+
+def test_unreachable_loops_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
+    run = run_target(
+        {"api_key": SANDBOX_KEY, "base_url": "http://127.0.0.1:9/api", "max_retries": 1}, workload(2), tmp_path=tmp_path
+    )
+    assert run.returncode != 0
+    assert "cannot reach Loops at http://127.0.0.1:9/api" in run.stderr
+    assert run.states == []
+
+
+def test_rotated_key_stops_the_next_run_before_any_write(make_sandbox: Any, tmp_path: Path) -> None:
+    sandbox = make_sandbox(properties=[{"key": "plan", "type": "string"}])
+    assert run_target(config_for(sandbox), workload(2), tmp_path=tmp_path).returncode == 0
+    writes_before = len(sandbox.store.requests())
+    sandbox.configure(api_key="rotated-key")
+    run = run_target(config_for(sandbox), workload(2), tmp_path=tmp_path)
+    assert run.returncode != 0
+    assert "Loops rejected the API key" in run.stderr
+    assert SANDBOX_KEY not in run.stderr
+    assert [r["path"] for r in sandbox.store.requests()[writes_before:]] == ["/api/v1/api-key"]
