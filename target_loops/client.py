@@ -243,6 +243,10 @@ class LoopsClient:
             outcome.kind = OutcomeKind.REJECTED
             return outcome
 
+    def abort(self) -> None:
+        """Start no new request (the run is stopping); requests in flight finish."""
+        self._stop.set()
+
     def close(self) -> None:
         """Stop the workers and the session (waits for requests in flight)."""
         self._stop.set()

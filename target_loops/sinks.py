@@ -81,7 +81,7 @@ class LoopsSink(BatchSink):
         self.mapper = StreamMapper(rule, stream_name, tuple(key_properties or ())) if rule is not None else None
         self.stats = target.stats.for_stream(stream_name, self.action.value if self.action else None)
         self._warned_keys: set[str] = set()
-        self._in_batch = False
+        self.in_batch = False
 
     def process_record(self, record: dict, context: dict) -> None:
         """Map the record now, keeping only the operation (or the rejection) until the drain."""
@@ -99,10 +99,10 @@ class LoopsSink(BatchSink):
         results: list[Operation | Rejection] = context.get("results", [])
         if not results:
             return
-        if self._in_batch:
+        if self.in_batch:
             # A termination signal re-entered the drain (a known SDK behaviour): never send a batch twice at once.
             raise LoopsUnavailableError(f"stream {self.stream_name}: drain interrupted; stopping without a checkpoint")
-        self._in_batch = True
+        self.in_batch = True
         started = time.monotonic()
         try:
             if self.action is Action.SEND_EVENT:
@@ -110,7 +110,7 @@ class LoopsSink(BatchSink):
             self._send(results)
         finally:
             self.stats.elapsed += time.monotonic() - started
-            self._in_batch = False
+            self.in_batch = False
 
     # --- internals
 

@@ -275,6 +275,28 @@ class TargetLoops(Target):
                 if getattr(sink, "action", None) is Action.UPSERT_CONTACT and sink.current_size:
                     self.drain_one(sink)
 
+    # --- signals
+
+    def _handle_termination(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: checkpoint only what is true.
+
+        Between batches, the SDK's handler drains every sink and writes STATE (all of it delivered). During a
+        batch, re-entering the drain (the SDK's behaviour) could write a STATE that covers requests still in
+        flight; instead the run stops here: in-flight requests finish, nothing new starts, no STATE is written,
+        and the next run replays from the last STATE it did emit.
+        """
+        if any(getattr(sink, "in_batch", False) for sink in self._sinks_active.values()):
+            self.logger.warning(
+                "Received signal %d while sending: stopping without a new STATE; "
+                "the next run replays from the last STATE emitted",
+                signum,
+            )
+            if self.client is not None:
+                self.client.abort()
+            self._finish()
+            raise SystemExit(128 + signum)
+        super()._handle_termination(signum, frame)
+
     # --- CLI
 
     @classmethod
