@@ -51,6 +51,7 @@ class Operation:
     contact_key: str
     sort_key: str | None = None
     skipped_keys: tuple[str, ...] = ()
+    resubscribe_blocked: bool = False  # the record said subscribed: true and the rule does not allow it
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,8 @@ class StreamStats:
     retried: int = 0
     rate_limited: int = 0  # 429 answers
     planned: int = 0  # dry run: requests that would be sent
+    unchanged: int = 0  # records whose contact payload Loops already has (ledger)
+    resubscribe_blocked: int = 0  # subscribed: true dropped (the rule does not allow re-subscribing)
     elapsed: float = 0.0  # seconds spent sending this stream's batches
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -45,7 +47,8 @@ class StreamStats:
         rate = self.requests / self.elapsed if self.elapsed > 0 else 0.0
         line = (
             f"stream {self.stream} ({self.action or 'unmapped'}): read {self.read}, requests {self.requests}, "
-            f"delivered {self.delivered}, coalesced {self.coalesced}, duplicates {self.duplicates}, "
+            f"delivered {self.delivered}, unchanged {self.unchanged}, coalesced {self.coalesced}, "
+            f"duplicates {self.duplicates}, resubscribe_blocked {self.resubscribe_blocked}, "
             f"rejected {self.rejected}, retried {self.retried}, 429s {self.rate_limited}, "
             f"elapsed {self.elapsed:.1f}s, {rate:.1f} requests/s"
         )

@@ -35,6 +35,7 @@ ALLOWED_KEYS: dict[Action, frozenset[str]] = {
         _COMMON_KEYS
         | _PROPERTY_OPTIONS
         | {"properties", "first_name", "last_name", "user_group", "source", "subscribed", "mailing_lists"}
+        | {"allow_resubscribe"}
     ),
     Action.SEND_EVENT: frozenset(
         _COMMON_KEYS
@@ -235,7 +236,7 @@ def parse_rule(raw: Any, index: int, *, builtin: bool = False) -> Rule:
         if bad and action is Action.UPSERT_CONTACT:
             raise RuleError(f'{where}: "rename" targets {bad} are reserved by Loops; choose other property names')
         options["rename"] = dict(rename)
-    for key in ("camel_case", "send_nulls"):
+    for key in ("camel_case", "send_nulls", "allow_resubscribe"):
         if key in raw:
             if not isinstance(raw[key], bool):
                 raise RuleError(f'{where}: "{key}" must be true or false')
@@ -391,6 +392,7 @@ class StreamMapper:
 
     def _upsert(self, plan: _Plan, record: dict[str, Any]) -> Operation:
         send_nulls = self.rule.options.get("send_nulls", False)
+        resubscribe_blocked = False
         body: dict[str, Any] = {}
         skipped: list[str] = []
         if plan.properties is not None:
@@ -406,14 +408,25 @@ class StreamMapper:
                     body["mailingLists"] = lists
             elif name == "subscribed":
                 if value is not None:
-                    body["subscribed"] = _boolean(value, "subscribed")
+                    subscribed = _boolean(value, "subscribed")
+                    if subscribed and not self.rule.options.get("allow_resubscribe", False):
+                        # Loops would re-subscribe someone who opted out: only an explicit opt-in may send true.
+                        resubscribe_blocked = True
+                    else:
+                        body["subscribed"] = subscribed
             elif value is not None:
                 body[loops_key] = _scalar(loops_key, value)
             elif send_nulls:
                 body[loops_key] = None
         request = LoopsRequest("PUT", UPSERT_PATH, body)
         return Operation(
-            Action.UPSERT_CONTACT, request, record, contact_key, _sort_key(plan.order_by.get(record)), tuple(skipped)
+            Action.UPSERT_CONTACT,
+            request,
+            record,
+            contact_key,
+            _sort_key(plan.order_by.get(record)),
+            tuple(skipped),
+            resubscribe_blocked,
         )
 
     def _event(self, plan: _Plan, record: dict[str, Any]) -> Operation:

@@ -7,6 +7,7 @@ dropped), and every outcome lands in the counters or, for a refusal, the rejects
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from singer_sdk.sinks import BatchSink
 
 from target_loops.client import LoopsUnavailableError
+from target_loops.ledger import fingerprint
 from target_loops.operations import Action, LoopsRequest, Operation, Outcome, OutcomeKind, Rejection
 from target_loops.rules import StreamMapper
 
@@ -21,7 +23,11 @@ if TYPE_CHECKING:
     from target_loops.target import TargetLoops
 
 
-def coalesce_upserts(ops: Sequence[Operation]) -> list[tuple[LoopsRequest, list[Operation]]]:
+#: A request and the records it carries (several when coalesced or replayed).
+Planned = tuple[LoopsRequest, list[Operation]]
+
+
+def coalesce_upserts(ops: Sequence[Operation]) -> list[Planned]:
     """One request per contact: later records override earlier keys, nothing else an earlier record set is lost.
 
     "Later" is by the record's timestamp when every record of the contact has one, else by input order.
@@ -116,10 +122,20 @@ class LoopsSink(BatchSink):
 
     def _send(self, results: list[Operation | Rejection]) -> None:
         ops: list[Operation] = []
+        cutoff = self.loops.event_cutoff()
         for result in results:
             if isinstance(result, Rejection):
                 self._reject(result.record, result.reason, result.message, result.request)
+            elif cutoff is not None and _older_than(result.sort_key, cutoff):
+                self._reject(
+                    result.record,
+                    "stale",
+                    f"event at {result.sort_key} is older than max_event_age_hours; not sent so that no workflow "
+                    "fires late",
+                    result.request,
+                )
             else:
+                self.stats.resubscribe_blocked += result.resubscribe_blocked
                 ops.append(result)
         if not ops:
             return
@@ -134,20 +150,75 @@ class LoopsSink(BatchSink):
             self.stats.duplicates += duplicates
         else:
             planned = [(op.request, [op]) for op in ops]
+        planned = self._skip_known(planned)
 
-        outcomes = self.loops.send([request for request, _ in planned])
+        step = self.loops.chunk_size
+        for start in range(0, len(planned), step):
+            chunk = planned[start : start + step]
+            outcomes = self.loops.send([request for request, _ in chunk])
+            self._settle(chunk, outcomes)
+
+    def _skip_known(self, planned: list[Planned]) -> list[Planned]:
+        """Leave out what the ledger says Loops already has: unchanged contacts, delivered events."""
+        ledger, team = self.loops.ledger, self.loops.team
+        if ledger is None or team is None:
+            return planned
+        if self.action is Action.UPSERT_CONTACT:
+            if not self.loops.skip_unchanged:
+                return planned
+            prints = [(members[0].contact_key, fingerprint(request.body)) for request, members in planned]
+            same = ledger.unchanged(team, self.stream_name, prints)
+            kept = [item for item, (identity, _) in zip(planned, prints, strict=True) if identity not in same]
+            self.stats.unchanged += len(planned) - len(kept)  # records merged into them count as coalesced
+            return kept
+        if self.action is Action.SEND_EVENT:
+            keys = [request.idempotency_key for request, _ in planned if request.idempotency_key]
+            known = ledger.delivered_events(team, keys)
+            if not known:
+                return planned
+            kept = [(r, m) for r, m in planned if r.idempotency_key not in known]
+            self.stats.duplicates += len(planned) - len(kept)  # in-batch replays were counted by dedupe_events
+            return kept
+        return planned
+
+    def _settle(self, chunk: list[Planned], outcomes: list[Outcome]) -> None:
+        """Count, reject, and write the ledger for one chunk; raise if anything could not be delivered."""
         failures: list[str] = []
-        for (request, members), outcome in zip(planned, outcomes, strict=True):
+        accepted: list[tuple[LoopsRequest, list[Operation]]] = []
+        for (request, members), outcome in zip(chunk, outcomes, strict=True):
             self.stats.add_outcome(outcome)
-            if outcome.kind is OutcomeKind.REJECTED:
+            if outcome.done:
+                accepted.append((request, members))
+            elif outcome.kind is OutcomeKind.REJECTED:
                 for op in members:
                     self._reject(op.record, _reason(outcome), outcome.message, request, outcome.status)
             elif outcome.kind in (OutcomeKind.FAILED, OutcomeKind.ABORTED):
                 failures.append(f"{request.method} {request.path}: {outcome.message}")
+        self._remember(accepted)
         if failures:
             raise LoopsUnavailableError(
                 f"stream {self.stream_name}: {len(failures)} request(s) could not be delivered "
                 f"(first: {failures[0]}). No STATE was emitted for them; re-run to replay from the last state."
+            )
+
+    def _remember(self, accepted: list[Planned]) -> None:
+        """Write what Loops accepted to the ledger (never anything it did not)."""
+        ledger, team = self.loops.ledger, self.loops.team
+        if ledger is None or team is None or not accepted:
+            return
+        if self.action is Action.UPSERT_CONTACT:
+            ledger.record_contacts(
+                team,
+                self.stream_name,
+                [(m[0].contact_key, r.body.get("email"), fingerprint(r.body)) for r, m in accepted],
+            )
+        elif self.action is Action.SEND_EVENT:
+            ledger.record_events(team, [r.idempotency_key for r, _ in accepted if r.idempotency_key])
+        else:
+            ledger.forget_contacts(
+                team,
+                [m[0].contact_key for _, m in accepted],
+                [r.body["email"] for r, _ in accepted if "email" in r.body],
             )
 
     def _reject(
@@ -174,6 +245,11 @@ class LoopsSink(BatchSink):
                 self.stream_name,
                 sorted(new),
             )
+
+
+def _older_than(sort_key: str | None, cutoff: dt.datetime) -> bool:
+    """True when the record's timestamp is known and before ``cutoff``."""
+    return sort_key is not None and dt.datetime.fromisoformat(sort_key) < cutoff
 
 
 def _reason(outcome: Outcome) -> str:

@@ -6,6 +6,7 @@ the dry-run plan and the counters. It also orders drains so that contacts exist 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sys
 import threading
@@ -26,6 +27,7 @@ from target_loops.client import (
     LoopsUnavailableError,
     check_base_url,
 )
+from target_loops.ledger import Ledger, team_namespace
 from target_loops.operations import Action, LoopsRequest, Outcome, OutcomeKind
 from target_loops.rejects import RejectsWriter
 from target_loops.report import RunStats
@@ -34,6 +36,7 @@ from target_loops.serialization import dumps
 from target_loops.sinks import LoopsSink
 
 DEFAULT_BASE_URL = "https://app.loops.so/api"
+DEFAULT_LEDGER_URL = "sqlite:///.target-loops/ledger.sqlite"
 
 
 class UnmappedStreamError(RuntimeError):
@@ -113,6 +116,39 @@ SETTINGS = th.PropertiesList(
         "attempted, HTTP status, Loops' message and the reason.",
     ),
     th.Property(
+        "ledger_url",
+        th.StringType,
+        default=DEFAULT_LEDGER_URL,
+        description="SQLAlchemy URL of the sync ledger (what Loops has accepted): SQLite by default, a PostgreSQL URL "
+        "(postgresql+psycopg://…, extra 'postgres') for runners without a persistent disk.",
+    ),
+    th.Property(
+        "skip_unchanged",
+        th.BooleanType,
+        default=True,
+        description="Skip contact upserts whose payload fingerprint matches the last one Loops accepted.",
+    ),
+    th.Property(
+        "full_resync",
+        th.BooleanType,
+        default=False,
+        description="Ignore contact fingerprints for this run (new ones are still recorded); delivered events are "
+        "never re-sent.",
+    ),
+    th.Property(
+        "checkpoint_seconds",
+        th.IntegerType,
+        default=60,
+        description="At most this long between emitted STATE messages while input flows (the SDK alone waits "
+        "5 minutes). Each checkpoint sends everything buffered first.",
+    ),
+    th.Property(
+        "max_event_age_hours",
+        th.IntegerType,
+        description="Events whose timestamp is older are rejected with reason 'stale' instead of firing Loops "
+        "workflows late (first backfills, catch-up after an outage).",
+    ),
+    th.Property(
         "dry_run",
         th.BooleanType,
         default=False,
@@ -141,6 +177,12 @@ class TargetLoops(Target):
         self.stats = RunStats()
         self.rejects = RejectsWriter(self.config.get("rejects_path") or "loops_rejects.jsonl")
         self.client: LoopsClient | None = None
+        self.ledger: Ledger | None = None
+        self.team: str | None = None  # the ledger's namespace for this Loops team
+        self.skip_unchanged = bool(self.config.get("skip_unchanged", True)) and not self.config.get("full_resync")
+        self.chunk_size = max(10, int(float(self.config.get("requests_per_second", 10)) * 5))
+        # The SDK drains everything (and writes STATE) when a record arrives after this age; make it our cadence.
+        self._MAX_RECORD_AGE_IN_MINUTES = float(self.config.get("checkpoint_seconds", 60)) / 60
         self._plan_file: IO[str] | None = None
         self._plan_lock = threading.Lock()
         self._drain_lock = threading.RLock()
@@ -168,6 +210,10 @@ class TargetLoops(Target):
             check_base_url(self.config.get("base_url") or DEFAULT_BASE_URL)
         except BaseUrlError as exc:
             errors.append(str(exc))
+        if self.config.get("checkpoint_seconds") is not None and self.config["checkpoint_seconds"] < 0:
+            errors.append(f"checkpoint_seconds must be 0 or more, not {self.config['checkpoint_seconds']}")
+        if self.config.get("max_event_age_hours") is not None and self.config["max_event_age_hours"] < 1:
+            errors.append(f"max_event_age_hours must be at least 1, not {self.config['max_event_age_hours']}")
         for name in ("requests_per_second", "max_concurrency", "timeout_seconds"):
             if self.config.get(name) is not None and self.config[name] < 1:
                 errors.append(f"{name} must be at least 1, not {self.config[name]}")
@@ -195,21 +241,27 @@ class TargetLoops(Target):
     # --- start, send, finish
 
     def _start(self) -> None:
-        """Once, before the first record: connect and check the key (a bad key stops here, with no writes)."""
+        """Once, before the first record: connect and check the key (a bad key stops here), open the ledger."""
         if self._started:
             return
         self._started = True
+        config = self.config
+        base_url = check_base_url(config.get("base_url") or DEFAULT_BASE_URL)
+        self.ledger = Ledger(config.get("ledger_url") or DEFAULT_LEDGER_URL, read_only=self.dry_run)
         if self.dry_run:
-            path = self.config.get("dry_run_path")
+            path = config.get("dry_run_path")
             if path:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self._plan_file = Path(path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in _finish
-            self.logger.info("Dry run: nothing will be sent to Loops")
+            self.team = self.ledger.known_team(base_url)
+            self.logger.info(
+                "Dry run: nothing will be sent to Loops; the ledger is read only%s",
+                "" if self.team else " (no team known yet: every row counts as new)",
+            )
             return
-        config = self.config
         self.client = LoopsClient(
             ClientSettings(
-                base_url=config.get("base_url") or DEFAULT_BASE_URL,
+                base_url=base_url,
                 api_key=config["api_key"],
                 # The SDK parses config numbers as Decimal; the client does float arithmetic.
                 requests_per_second=float(config.get("requests_per_second", 10)),
@@ -219,8 +271,17 @@ class TargetLoops(Target):
                 backoff_seconds=float(config.get("retry_backoff_seconds", 1.0)),
             )
         )
-        team = self.client.check_api_key()
-        self.logger.info("Connected to Loops team %r at %s", team, self.client.base_url)
+        team_name = self.client.check_api_key()
+        self.team = team_namespace(base_url, team_name, config["api_key"])
+        self.ledger.remember_team(self.team, base_url, team_name)
+        self.logger.info("Connected to Loops team %r at %s", team_name, base_url)
+
+    def event_cutoff(self) -> dt.datetime | None:
+        """Events that happened before this instant are stale (``max_event_age_hours``), or None."""
+        hours = self.config.get("max_event_age_hours")
+        if hours is None:
+            return None
+        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=float(hours))
 
     def send(self, batch: Sequence[LoopsRequest]) -> list[Outcome]:
         """Send through the shared client, or, in a dry run, write the plan and send nothing."""
@@ -236,6 +297,16 @@ class TargetLoops(Target):
     def _process_schema_message(self, message_dict: dict) -> None:
         self._start()
         super()._process_schema_message(message_dict)
+
+    def _process_state_message(self, message_dict: dict) -> None:
+        """Checkpoint at least every ``checkpoint_seconds``: send everything buffered, then emit this STATE.
+
+        Every record before a STATE message is in a sink when it arrives, so once all sinks are drained the STATE
+        is true. (The SDK alone only checkpoints when a record arrives after 5 minutes.)
+        """
+        super()._process_state_message(message_dict)
+        if self._max_record_age_in_minutes >= self._MAX_RECORD_AGE_IN_MINUTES:
+            self.drain_all()
 
     def process_endofpipe(self) -> None:
         """Drain everything (STATE is written only if it all went through), then report and close."""
@@ -257,6 +328,8 @@ class TargetLoops(Target):
             self._plan_file.close()
         if self.client is not None:
             self.client.close()
+        if self.ledger is not None:
+            self.ledger.close()
 
     # --- drain order: contacts before the events that may need them
 

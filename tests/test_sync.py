@@ -279,11 +279,18 @@ def test_dry_run_plans_without_a_key_and_sends_nothing(sandbox: Sandbox, tmp_pat
 def test_rerun_never_sends_an_event_twice(team_sandbox: Sandbox, tmp_path: Path) -> None:
     first = run_target(config_for(team_sandbox), input_path=SAMPLES / "segment_export.singer", tmp_path=tmp_path)
     assert first.returncode == 0, first.stderr
+    first_requests = team_sandbox.store.requests()
     second = run_target(config_for(team_sandbox), input_path=SAMPLES / "segment_export.singer", tmp_path=tmp_path)
     assert second.returncode == 0, second.stderr
     assert len(team_sandbox.store.events()) == 3
     assert "Summary: stream track (send_event): read 7" in second.stderr
-    assert "duplicates 4" in second.stderr  # the in-batch replay + three 409s from Loops
+    assert "duplicates 4" in second.stderr  # the in-batch replay + three the ledger knows were delivered
+    second_run = team_sandbox.store.requests()[len(first_requests) :]
+    # Only the key check and the one event Loops refused (its user may exist by now) are sent again.
+    assert [(r["method"], r["path"]) for r in second_run] == [
+        ("GET", "/api/v1/api-key"),
+        ("POST", "/api/v1/events/send"),
+    ]
 
 
 def test_api_key_is_never_written_anywhere(sandbox: Sandbox, tmp_path: Path) -> None:

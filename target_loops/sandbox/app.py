@@ -365,9 +365,7 @@ class SandboxApp:
                 sock.shutdown(socket.SHUT_RDWR)
         raise ConnectionHungUp("sandbox fault: connection closed without an answer")
 
-    def _dispatch(
-        self, request: Request, body: Any, body_error: str | None, config: SandboxConfig
-    ) -> Response:
+    def _dispatch(self, request: Request, body: Any, body_error: str | None, config: SandboxConfig) -> Response:
         """Route to the Loops operation; Loops' refusals become their status and error body."""
         adapter = self._url_map.bind_to_environ(request.environ)
         try:

@@ -150,9 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("LOOPS_SANDBOX_API_KEY", "sandbox-key"),
         help="the Bearer key accepted (default: $LOOPS_SANDBOX_API_KEY or 'sandbox-key')",
     )
-    parser.add_argument(
-        "--team-name", default=None, help="default: the team file's teamName or 'Sandbox team'"
-    )
+    parser.add_argument("--team-name", default=None, help="default: the team file's teamName or 'Sandbox team'")
     parser.add_argument("--rate-limit", type=int, default=10, help="requests per second, 0 = unlimited")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--latency-jitter-ms", type=float, default=0.0)
@@ -162,9 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fail-drop", type=float, default=0.0, help="fraction hung up on, not done")
     parser.add_argument("--seed", type=int, default=None, help="seed for the fault draws")
     parser.add_argument("--lenient", action="store_true", help="accept unknown properties and wrong types")
-    parser.add_argument(
-        "--team-file", type=Path, help='JSON {"teamName", "properties": [...], "lists": [...]}'
-    )
+    parser.add_argument("--team-file", type=Path, help='JSON {"teamName", "properties": [...], "lists": [...]}')
     parser.add_argument("--property", action="append", default=[], metavar="KEY:TYPE", help="repeatable")
     parser.add_argument("--list", action="append", default=[], metavar="ID:NAME", help="repeatable")
     parser.add_argument("--verbose", action="store_true", help="log every request")
@@ -176,9 +172,7 @@ def parse_property(text: str) -> dict[str, str]:
     key, _, type_name = text.partition(":")
     type_name = type_name or "string"
     if not key or type_name not in PROPERTY_TYPES:
-        raise argparse.ArgumentTypeError(
-            f"--property {text!r}: use KEY:TYPE with TYPE in {sorted(PROPERTY_TYPES)}"
-        )
+        raise argparse.ArgumentTypeError(f"--property {text!r}: use KEY:TYPE with TYPE in {sorted(PROPERTY_TYPES)}")
     return {"key": key, "type": type_name}
 
 

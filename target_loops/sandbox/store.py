@@ -145,9 +145,7 @@ def normalize_property(spec: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(key, str) or not key:
         raise ValueError(f"custom property needs a non-empty 'key': {dict(spec)!r}")
     if type_name not in PROPERTY_TYPES:
-        raise ValueError(
-            f"custom property {key!r}: type must be one of {sorted(PROPERTY_TYPES)}, not {type_name!r}"
-        )
+        raise ValueError(f"custom property {key!r}: type must be one of {sorted(PROPERTY_TYPES)}, not {type_name!r}")
     if key in RESERVED_BODY_KEYS | BODY_ONLY_KEYS or any(key == default[0] for default in DEFAULT_PROPERTIES):
         raise ValueError(f"custom property {key!r} clashes with a default or reserved Loops name")
     return {"key": key, "label": str(spec.get("label") or label_for(key)), "type": type_name}
@@ -337,9 +335,7 @@ class Store:
         if not isinstance(name, str) or not _PROPERTY_NAME_RE.match(name):
             raise bad_request(f"Invalid property name {name!r}: it must be camelCase (e.g. 'planName').")
         if type_name not in PROPERTY_TYPES:
-            raise bad_request(
-                f"Invalid property type {type_name!r}: use one of string, number, boolean, date."
-            )
+            raise bad_request(f"Invalid property type {type_name!r}: use one of string, number, boolean, date.")
         with self._lock:
             if name in RESERVED_BODY_KEYS or name in BODY_ONLY_KEYS:
                 raise bad_request(f"'{name}' is a reserved name and cannot be a custom property.")
@@ -535,9 +531,7 @@ class Store:
                 )
             return by_user_id
         if by_email is not None and by_user_id is not None and by_email["id"] != by_user_id["id"]:
-            raise bad_request(
-                f"Email '{change.email}' and userId '{change.user_id}' belong to two different contacts."
-            )
+            raise bad_request(f"Email '{change.email}' and userId '{change.user_id}' belong to two different contacts.")
         return by_user_id or by_email
 
     def _apply_upsert(self, change: ContactChange) -> dict[str, Any]:
