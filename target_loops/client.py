@@ -30,6 +30,8 @@ logger = logging.getLogger("target_loops.client")
 PERMANENT_NOTE = "Loops refused this record; fix the data or the rule and re-send it."
 #: 429s in a row for one request before it is given up as failed (429 waits do not use ``max_retries``).
 MAX_RATE_LIMITED_WAITS = 100
+#: Retries of the start-of-run checks (GET /v1/api-key ...): fail within seconds when Loops cannot be reached.
+START_RETRIES = 3
 
 
 class LoopsAuthError(RuntimeError):
@@ -256,17 +258,24 @@ class LoopsClient:
     # --- internals
 
     def _get_with_retries(self, path: str) -> tuple[int, Any]:
-        """A read-only GET with the same pacing and retry policy, for start-of-run checks."""
+        """A read-only GET with the same pacing, for start-of-run checks.
+
+        Retries are capped at 3 here: at the start nothing is in flight, so a Loops that cannot be reached
+        should end the run within seconds (the next scheduled run tries again) rather than after minutes.
+        """
         transient = 0
+        retries = min(self.settings.max_retries, START_RETRIES)
         while True:
             self._wait(self.limiter.reserve())
             try:
                 response = self.session.get(self.base_url + path, timeout=self.settings.timeout_seconds)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if transient >= self.settings.max_retries:
+                if transient >= retries:
                     raise LoopsUnavailableError(
-                        f"cannot reach Loops at {self.base_url} ({type(exc).__name__}) after {transient} retries"
+                        f"cannot reach Loops at {self.base_url} ({type(exc).__name__}) after {transient} retries; "
+                        "check base_url and the network"
                     ) from None
+                logger.warning("GET %s failed (%s); retry %d of %d", path, type(exc).__name__, transient + 1, retries)
                 self._wait(self._backoff(transient))
                 transient += 1
                 continue
@@ -274,7 +283,10 @@ class LoopsClient:
             if response.status_code == 429:
                 self.limiter.pause(self._rate_limit_pause(response))
                 continue
-            if response.status_code >= 500 and transient < self.settings.max_retries:
+            if response.status_code >= 500 and transient < retries:
+                logger.warning(
+                    "GET %s answered HTTP %d; retry %d of %d", path, response.status_code, transient + 1, retries
+                )
                 self._wait(self._backoff(transient))
                 transient += 1
                 continue

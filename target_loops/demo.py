@@ -48,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
             "api_key": DEMO_KEY,
             "base_url": sandbox.url,
             "rejects_path": str(args.out / "loops_rejects.jsonl"),
+            # A fresh ledger: this sandbox starts empty, so nothing may be skipped as already delivered.
+            "ledger_url": f"sqlite:///{(args.out / 'ledger.sqlite').resolve()}",
             **rules,
         }
         config_path.write_text(json.dumps(config, indent=2))
-        (args.out / "loops_rejects.jsonl").unlink(missing_ok=True)
+        for stale in ("loops_rejects.jsonl", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"):
+            (args.out / stale).unlink(missing_ok=True)
         status = 0
         for name in SAMPLE_FILES:
             print(f"\n=== target-loops --config {config_path} --input {args.samples / name}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import fnmatch
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,9 +79,13 @@ class FieldSpec:
             return found or None
         for path in self.paths:
             value = resolve_path(record, path)
-            if value is not None:
+            if value is not None and value != "":
                 return value
         return None
+
+    def holds_null(self, record: Mapping[str, Any]) -> bool:
+        """True when a path is present in ``record`` with a null value (a NULL column, as opposed to no column)."""
+        return any(_present(record, path) for path in self.paths)
 
     def top_level_keys(self) -> set[str]:
         """The record keys this spec reads, so that ``"*"`` does not send them a second time."""
@@ -107,6 +112,16 @@ def resolve_path(record: Mapping[str, Any], path: str) -> Any:
         if value is None:
             return None
     return value
+
+
+def _present(record: Mapping[str, Any], path: str) -> bool:
+    """True when ``path`` exists in ``record`` (whatever its value, null included)."""
+    if path in record:
+        return True
+    head, _, rest = path.partition(".")
+    if not rest or not isinstance(record.get(head), Mapping):
+        return False
+    return _present(record[head], rest)
 
 
 def parse_field_spec(raw: Any, where: str) -> FieldSpec:
@@ -210,9 +225,8 @@ def parse_rule(raw: Any, index: int, *, builtin: bool = False) -> Rule:
             f"{where}: unknown key(s) {unknown}; a {action.value} rule accepts {sorted(ALLOWED_KEYS[action])}"
         )
 
-    spec_keys = (
-        ALLOWED_KEYS[action] - {"stream", "action", "shape", "properties", "event_properties"} - _PROPERTY_OPTIONS
-    )
+    not_specs = {"stream", "action", "shape", "properties", "event_properties", "allow_resubscribe"}
+    spec_keys = ALLOWED_KEYS[action] - not_specs - _PROPERTY_OPTIONS
     fields = {k: parse_field_spec(raw[k], f'{where} "{k}"') for k in sorted(spec_keys) if k in raw}
 
     options: dict[str, Any] = {}
@@ -352,7 +366,8 @@ class StreamMapper:
         else:
             properties = event_properties = None
 
-        specs = [spec for _, spec in fields.values()] + ([idem] if idem is not None else [])
+        # order_by too: the column that orders updates is bookkeeping, not a property.
+        specs = [spec for _, spec in fields.values()] + [s for s in (idem, order_by) if s is not None]
         plan = _Plan(
             fields=fields,
             properties=properties,
@@ -416,7 +431,7 @@ class StreamMapper:
                         body["subscribed"] = subscribed
             elif value is not None:
                 body[loops_key] = _scalar(loops_key, value)
-            elif send_nulls:
+            elif send_nulls and spec.holds_null(record):
                 body[loops_key] = None
         request = LoopsRequest("PUT", UPSERT_PATH, body)
         return Operation(
@@ -432,10 +447,9 @@ class StreamMapper:
     def _event(self, plan: _Plan, record: dict[str, Any]) -> Operation:
         body: dict[str, Any] = {}
         skipped: list[str] = []
-        name = plan.fields["event_name"][1].get(record)
-        if name is None or (isinstance(name, str) and not name.strip()):
+        name = _identifier(plan.fields["event_name"][1].get(record), "event name")
+        if name is None:
             raise _Reject("no_event_name", f"no event name in {plan.fields['event_name'][1].describe()}")
-        name = str(name).strip()
         if ":" in name:
             raise _Reject("event_name_colon", f"event name {name!r} contains ':', which Loops does not allow")
         if len(name) > MAX_STRING:
@@ -535,23 +549,29 @@ class StreamMapper:
 # --- values
 
 
-def _clean_email(value: Any) -> str | None:
-    if value is None:
+def _identifier(value: Any, what: str) -> str | None:
+    """A scalar identifier as text; an object or list is refused rather than sent as its Python repr."""
+    if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, Mapping | list | tuple):
+        kind = "an object" if isinstance(value, Mapping) else "a list"
+        raise _Reject("nested_value", f"the {what} is {kind} ({value!r:.80}); it must be a single value")
+    if isinstance(value, float | decimal.Decimal):
+        if not (value.is_finite() if isinstance(value, decimal.Decimal) else math.isfinite(value)):
+            raise _Reject("invalid_number", f"the {what} is {value}, which is not an id")
+        if value == int(value):
+            value = int(value)  # warehouse ids are often numbers: 42, never "42.0"
     text = str(value).strip()
     return text or None
+
+
+def _clean_email(value: Any) -> str | None:
+    return _identifier(value, "email")
 
 
 def _clean_user_id(value: Any) -> str | None:
-    """Loops user ids are strings; warehouse ids are often integers (``42``, never ``42.0``)."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    elif isinstance(value, decimal.Decimal) and value.is_finite():
-        value = json_number(value)
-    text = str(value).strip()
-    return text or None
+    """Loops user ids are strings; warehouse ids are often integers."""
+    return _identifier(value, "user id")
 
 
 def _scalar(name: str, value: Any, where: str | None = None) -> Any:
@@ -582,7 +602,7 @@ def _scalar(name: str, value: Any, where: str | None = None) -> Any:
         raise _Reject(
             "nested_value",
             f"property {where!r} is {kind}; Loops properties are scalars. Add {where.split('.')[-1]!r} to the "
-            f'rule\'s "exclude", or flatten it (flattening_enabled, stream_maps)',
+            f'rule\'s "exclude", or turn it into scalar columns with stream_maps',
         )
     return str(value)
 

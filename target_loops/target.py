@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.mapper import RemoveRecordTransform
 from singer_sdk.sinks import Sink
 from singer_sdk.target_base import Target
 
@@ -118,6 +119,7 @@ SETTINGS = th.PropertiesList(
     th.Property(
         "ledger_url",
         th.StringType,
+        secret=True,  # a PostgreSQL URL may hold a password
         default=DEFAULT_LEDGER_URL,
         description="SQLAlchemy URL of the sync ledger (what Loops has accepted): SQLite by default, a PostgreSQL URL "
         "(postgresql+psycopg://…, extra 'postgres') for runners without a persistent disk.",
@@ -188,6 +190,7 @@ class TargetLoops(Target):
         self._drain_lock = threading.RLock()
         self._started = False
         self._finished = False
+        self._last_state_written: dict | None = None
 
     # --- settings
 
@@ -224,6 +227,8 @@ class TargetLoops(Target):
 
     def rule_for_stream(self, stream_name: str, schema: dict) -> Rule | None:
         """The stream's rule; an unmapped stream stops the run (before any write) unless told to skip it."""
+        if self._dropped_by_stream_maps(stream_name):
+            return None
         rule = match_rule(self.rules, stream_name)
         if rule is None and self.config.get("unmapped_streams", "error") == "error":
             example = suggest_rule(stream_name, list((schema or {}).get("properties", {})))
@@ -237,6 +242,14 @@ class TargetLoops(Target):
         else:
             self.logger.info("Stream %r → %s", stream_name, rule.label)
         return rule
+
+    def _dropped_by_stream_maps(self, stream_name: str) -> bool:
+        """True when ``stream_maps`` removes the stream (``{"stream": null}``): the SDK still makes it a sink."""
+        return any(
+            isinstance(stream_map, RemoveRecordTransform) and stream_map.stream_alias == stream_name
+            for maps in self.mapper.stream_maps.values()
+            for stream_map in maps
+        )
 
     # --- start, send, finish
 
@@ -320,7 +333,8 @@ class TargetLoops(Target):
             return
         self._finished = True
         for stats in self.stats.streams.values():
-            self.logger.info("Summary: %s", stats.summary_line())
+            if stats.action is not None or stats.read:  # not the streams stream_maps dropped
+                self.logger.info("Summary: %s", stats.summary_line())
         if self.rejects.count:
             self.logger.warning("%d record(s) rejected this run: see %s", self.rejects.count, self.rejects.path)
         self.rejects.close()
@@ -330,6 +344,13 @@ class TargetLoops(Target):
             self.client.close()
         if self.ledger is not None:
             self.ledger.close()
+
+    def _write_state_message(self, state: dict) -> None:
+        """Emit a STATE only when it differs from the last one emitted (frequent checkpoints repeat it)."""
+        if state == self._last_state_written:
+            return
+        super()._write_state_message(state)
+        self._last_state_written = state
 
     # --- drain order: contacts before the events that may need them
 

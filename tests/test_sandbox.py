@@ -738,7 +738,7 @@ def test_cli_config_merges_team_file_and_flags(tmp_path: Path) -> None:
         ["--team-file", str(team_file), "--property", "score:number", "--list", "l2:Beta", "--lenient"]
     )
     config = config_from_args(args)
-    assert config.team_name == "Acme" and config.lenient is True and config.api_key == KEY
+    assert config.team_name.startswith("Acme #") and config.lenient is True and config.api_key == KEY
     assert config.properties[-1] == {"key": "score", "type": "number"}
     assert config.lists[-1] == {"id": "l2", "name": "Beta"}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -150,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("LOOPS_SANDBOX_API_KEY", "sandbox-key"),
         help="the Bearer key accepted (default: $LOOPS_SANDBOX_API_KEY or 'sandbox-key')",
     )
-    parser.add_argument("--team-name", default=None, help="default: the team file's teamName or 'Sandbox team'")
+    parser.add_argument(
+        "--team-name",
+        default=None,
+        help="default: the team file's teamName or 'Sandbox team'; a per-start suffix is added",
+    )
     parser.add_argument("--rate-limit", type=int, default=10, help="requests per second, 0 = unlimited")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--latency-jitter-ms", type=float, default=0.0)
@@ -193,7 +198,9 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
             raise ValueError(f"{args.team_file}: the team file must hold a JSON object")
     return SandboxConfig(
         api_key=args.api_key,
-        team_name=args.team_name or team.get("teamName") or "Sandbox team",
+        # Each start is a new, empty team (the store lives in memory): a distinct name keeps the target's
+        # ledger, which is keyed by team, from skipping work this fresh sandbox has never seen.
+        team_name=f"{args.team_name or team.get('teamName') or 'Sandbox team'} #{secrets.token_hex(3)}",
         rate_limit=args.rate_limit,
         latency_ms=args.latency_ms,
         latency_jitter_ms=args.latency_jitter_ms,

@@ -1,0 +1,277 @@
+"""Exactly-once effects across runs: the ledger, unchanged-row skipping, checkpoints, crashes and replays.
+
+Every count of what reached Loops is taken from the sandbox's own log, never from the target's word.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runner import SANDBOX_KEY, record, run_target, schema, singer, state
+
+from target_loops.ledger import Ledger, fingerprint, team_namespace
+from target_loops.sandbox import Sandbox
+
+PLAN = [{"key": "plan", "type": "string"}]
+USERS = 12
+
+
+def messages(users: int = USERS, *, plan_of: dict[int, str] | None = None, email_of: dict[int, str] | None = None):
+    """Identifies then one event per user, a STATE (with its position) after every 4 records."""
+    plan_of, email_of = plan_of or {}, email_of or {}
+    out: list[dict[str, Any]] = [
+        schema("identifies", {"id": "string", "user_id": "string", "email": "string", "plan": "string"}, ["id"]),
+        schema("tracks", {"id": "string", "user_id": "string", "event_text": "string", "timestamp": "string"}, ["id"]),
+    ]
+    rows: list[dict[str, Any]] = []
+    for i in range(users):
+        email = email_of.get(i, f"u{i}@example.com")
+        rows.append(
+            record("identifies", {"id": f"i{i}", "user_id": f"u{i}", "email": email, "plan": plan_of.get(i, "free")})
+        )
+    for i in range(users):
+        rows.append(record("tracks", {"id": f"t{i}", "user_id": f"u{i}", "event_text": "Logged In"}))
+    for n, row in enumerate(rows, start=1):
+        out.append(row)
+        if n % 4 == 0:
+            out.append(state({"bookmarks": {"position": len(out)}}))
+    return out
+
+
+def config_for(sandbox: Sandbox, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "api_key": SANDBOX_KEY,
+        "base_url": sandbox.url,
+        "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        **extra,
+    }
+
+
+def writes_since(sandbox: Sandbox, start: int) -> list[tuple[str, str]]:
+    return [(r["method"], r["path"]) for r in sandbox.store.requests()[start:] if r["method"] != "GET"]
+
+
+def assert_final(sandbox: Sandbox, users: int = USERS, plan_of: dict[int, str] | None = None) -> None:
+    plan_of = plan_of or {}
+    contacts = {c["userId"]: c for c in sandbox.store.contacts()}
+    assert sorted(contacts) == sorted(f"u{i}" for i in range(users))
+    assert all(contacts[f"u{i}"]["plan"] == plan_of.get(i, "free") for i in range(users))
+    accepted = [
+        r["idempotencyKey"]
+        for r in sandbox.store.requests()
+        if r["path"] == "/api/v1/events/send" and r["status"] == 200
+    ]
+    assert sorted(accepted) == sorted(f"t{i}" for i in range(users)), "every event accepted exactly once"
+
+
+@pytest.fixture
+def loops(make_sandbox: Any) -> Sandbox:
+    return make_sandbox(properties=PLAN)
+
+
+def test_second_run_of_the_same_input_sends_nothing(loops: Sandbox, tmp_path: Path) -> None:
+    text = singer(*messages())
+    first = run_target(config_for(loops, tmp_path), text, tmp_path=tmp_path)
+    assert first.returncode == 0, first.stderr
+    mark = len(loops.store.requests())
+    second = run_target(config_for(loops, tmp_path), text, tmp_path=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert writes_since(loops, mark) == []
+    assert [r["path"] for r in loops.store.requests()[mark:]] == ["/api/v1/api-key"]  # the key check only
+    assert f"read {USERS}, requests 0, delivered 0, unchanged {USERS}" in second.stderr
+    assert f"duplicates {USERS}" in second.stderr
+    assert second.final_state == first.final_state
+    assert_final(loops)
+
+
+def test_one_changed_trait_is_one_request(loops: Sandbox, tmp_path: Path) -> None:
+    assert run_target(config_for(loops, tmp_path), singer(*messages()), tmp_path=tmp_path).returncode == 0
+    mark = len(loops.store.requests())
+    run = run_target(config_for(loops, tmp_path), singer(*messages(plan_of={5: "pro"})), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert writes_since(loops, mark) == [("PUT", "/api/v1/contacts/update")]
+    assert loops.store.requests()[-1]["body"] == {"email": "u5@example.com", "userId": "u5", "plan": "pro"}
+    assert_final(loops, plan_of={5: "pro"})
+
+
+def test_a_known_user_with_a_new_email_is_sent(loops: Sandbox, tmp_path: Path) -> None:
+    assert run_target(config_for(loops, tmp_path), singer(*messages()), tmp_path=tmp_path).returncode == 0
+    mark = len(loops.store.requests())
+    run = run_target(
+        config_for(loops, tmp_path), singer(*messages(email_of={3: "new3@example.com"})), tmp_path=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert writes_since(loops, mark) == [("PUT", "/api/v1/contacts/update")]
+    assert loops.store.find(user_id="u3")["email"] == "new3@example.com"
+
+
+def test_full_resync_resends_contacts_but_never_events(loops: Sandbox, tmp_path: Path) -> None:
+    text = singer(*messages())
+    assert run_target(config_for(loops, tmp_path), text, tmp_path=tmp_path).returncode == 0
+    mark = len(loops.store.requests())
+    run = run_target(config_for(loops, tmp_path, full_resync=True), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert writes_since(loops, mark) == [("PUT", "/api/v1/contacts/update")] * USERS
+    # And it recorded fingerprints: a normal run afterwards sends nothing.
+    mark = len(loops.store.requests())
+    assert run_target(config_for(loops, tmp_path), text, tmp_path=tmp_path).returncode == 0
+    assert writes_since(loops, mark) == []
+
+
+def test_event_replayed_after_25_hours_is_not_sent(loops: Sandbox, tmp_path: Path) -> None:
+    """Loops forgets idempotency keys after 24 h; the ledger does not."""
+    text = singer(*messages())
+    assert run_target(config_for(loops, tmp_path), text, tmp_path=tmp_path).returncode == 0
+    loops.store.advance_clock(25 * 3600)
+    mark = len(loops.store.requests())
+    run = run_target(config_for(loops, tmp_path), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert writes_since(loops, mark) == []
+    assert len(loops.store.events()) == USERS
+    # Without the ledger, the same replay would have fired every workflow a second time.
+    other = tmp_path / "other"
+    other.mkdir()
+    run = run_target(config_for(loops, other), text, tmp_path=other)
+    assert len(loops.store.events()) == 2 * USERS
+
+
+def test_stale_events_are_rejected_not_sent(loops: Sandbox, tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    old, fresh = (now - dt.timedelta(hours=30)).isoformat(), (now - dt.timedelta(hours=1)).isoformat()
+    text = singer(
+        schema("tracks", {"id": "string", "email": "string", "event_text": "string", "timestamp": "string"}, ["id"]),
+        record("tracks", {"id": "old", "email": "a@example.com", "event_text": "Trial Ended", "timestamp": old}),
+        record("tracks", {"id": "new", "email": "a@example.com", "event_text": "Trial Ended", "timestamp": fresh}),
+        record("tracks", {"id": "undated", "email": "a@example.com", "event_text": "Trial Ended"}),
+    )
+    run = run_target(config_for(loops, tmp_path, max_event_age_hours=24), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert sorted(e["idempotencyKey"] for e in loops.store.events()) == ["new", "undated"]
+    assert [(r["reason"], r["record"]["id"]) for r in run.rejects] == [("stale", "old")]
+    assert "max_event_age_hours" in run.rejects[0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("allow", "value", "sent"),
+    [(False, True, None), (False, False, False), (True, True, True)],
+    ids=["true-blocked", "false-passes", "true-allowed"],
+)
+def test_subscribed_true_needs_allow_resubscribe(
+    loops: Sandbox, tmp_path: Path, allow: bool, value: bool, sent: bool | None
+) -> None:
+    rule = {"stream": "people", "action": "upsert_contact", "subscribed": "opted_in", "allow_resubscribe": allow}
+    text = singer(
+        schema("people", {"email": "string", "opted_in": {"type": ["boolean", "null"]}}, ["email"]),
+        record("people", {"email": "a@example.com", "opted_in": value}),
+    )
+    run = run_target(config_for(loops, tmp_path, mappings=[rule]), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    body = next(r["body"] for r in loops.store.requests() if r["method"] == "PUT")
+    assert body.get("subscribed") == sent
+    assert f"resubscribe_blocked {1 if sent is None else 0}" in run.stderr
+
+
+def test_delete_contact_prefers_user_id_counts_404_as_done_and_forgets(loops: Sandbox, tmp_path: Path) -> None:
+    text = singer(*messages(3))
+    assert run_target(config_for(loops, tmp_path), text, tmp_path=tmp_path).returncode == 0
+    deletes = singer(
+        schema("deleted_users", {"user_id": "string", "email": "string"}, ["user_id"]),
+        record("deleted_users", {"user_id": "u1", "email": "u1@example.com"}),
+        record("deleted_users", {"user_id": "ghost", "email": "ghost@example.com"}),
+    )
+    rules = [{"stream": "deleted_users", "action": "delete_contact"}]
+    run = run_target(config_for(loops, tmp_path, mappings=rules), deletes, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    sent = [r for r in loops.store.requests() if r["path"] == "/api/v1/contacts/delete"]
+    assert [(r["body"], r["status"]) for r in sent] == [({"userId": "u1"}, 200), ({"userId": "ghost"}, 404)]
+    assert run.rejects == []
+    assert loops.store.find(user_id="u1") is None
+    # The ledger forgot u1: the same identify is sent again, the others stay unchanged.
+    mark = len(loops.store.requests())
+    assert run_target(config_for(loops, tmp_path), text, tmp_path=tmp_path).returncode == 0
+    assert [r["body"].get("userId") for r in loops.store.requests()[mark:] if r["method"] == "PUT"] == ["u1"]
+
+
+def test_checkpoints_follow_the_input(loops: Sandbox, tmp_path: Path) -> None:
+    """With checkpoint_seconds 0 every STATE is emitted, each after the records before it were sent."""
+    run = run_target(config_for(loops, tmp_path, checkpoint_seconds=0), singer(*messages()), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    expected = [m["value"] for m in messages() if m["type"] == "STATE"]
+    assert run.states == expected
+
+
+def _resume_input(all_messages: list[dict[str, Any]], last_state: dict[str, Any] | None) -> str:
+    """What a tap resumed from ``last_state`` would send: the schemas, then everything after that position."""
+    position = last_state["bookmarks"]["position"] if last_state else 0
+    schemas = [m for m in all_messages if m["type"] == "SCHEMA"]
+    rest = [m for m in all_messages[position:] if m["type"] != "SCHEMA"]
+    return singer(*schemas, *rest)
+
+
+@pytest.mark.parametrize("kill_after_writes", [2, 9, 17, 23])
+def test_kill_minus_9_then_resume_loses_nothing_and_sends_no_event_twice(
+    make_sandbox: Any, tmp_path: Path, kill_after_writes: int
+) -> None:
+    loops = make_sandbox(properties=PLAN, latency_ms=20)
+    all_messages = messages()
+    config = config_for(loops, tmp_path, checkpoint_seconds=0, batch_size_rows=4, requests_per_second=50)
+    config["rejects_path"] = str(tmp_path / "rejects.jsonl")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "input.singer").write_text(singer(*all_messages))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "target_loops.target", "--config", "config.json", "--input", "input.singer"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("TARGET_LOOPS_", "LOOPS_"))},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(1 for r in loops.store.requests() if r["method"] != "GET") >= kill_after_writes:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    stdout, _ = proc.communicate(timeout=30)
+    states = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert len(loops.store.requests()) < 2 * USERS + 1, "the kill came too late to test anything"
+
+    rerun = run_target(config, _resume_input(all_messages, states[-1] if states else None), tmp_path=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert_final(loops)
+
+
+def test_ledger_unit(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'sub' / 'l.sqlite'}")
+    team = team_namespace("https://app.loops.so/api", None, "sk_secret_key")
+    assert "sk_secret_key" not in team and len(team) == 32
+    assert team_namespace("https://app.loops.so/api/", "Acme", "k1") == team_namespace(
+        "https://app.loops.so/api", "Acme", "k2"
+    )
+    fp = fingerprint({"b": 1, "a": 2})
+    assert fp == fingerprint({"a": 2, "b": 1}) != fingerprint({"a": 2, "b": 2})
+    ledger.record_contacts(team, "s", [("u:1", "a@example.com", fp), ("e:b@example.com", "b@example.com", "x")])
+    assert ledger.unchanged(team, "s", [("u:1", fp), ("e:b@example.com", "y"), ("u:9", fp)]) == {"u:1"}
+    assert ledger.unchanged(team, "other-stream", [("u:1", fp)]) == set()
+    assert ledger.unchanged("other-team", "s", [("u:1", fp)]) == set()
+    ledger.record_events(team, ["k1", "k2", "k1"])
+    assert ledger.delivered_events(team, ["k1", "k3"]) == {"k1"}
+    ledger.forget_contacts(team, [], ["A@Example.com"])
+    assert ledger.unchanged(team, "s", [("u:1", fp)]) == set()
+    many = [(f"u:{i}", None, "f") for i in range(1200)]
+    ledger.record_contacts(team, "s", many)
+    assert len(ledger.unchanged(team, "s", [(i, "f") for i, _, _ in many])) == 1200
+    ledger.close()
+    missing = tmp_path / "none.sqlite"
+    read_only = Ledger(f"sqlite:///{missing}", read_only=True)
+    assert not read_only.available and not missing.exists()
+    assert read_only.unchanged(team, "s", [("u:1", fp)]) == set()

@@ -1,0 +1,2276 @@
+"""The rule engine as pure functions: rules → ``Operation`` / ``Rejection``, then coalescing and event dedup.
+
+No I/O and no HTTP: every test maps an in-memory record and compares the exact request body, idempotency key,
+contact key and sort key with what issue 2 (sections 3 and 4), ``segment-shapes.md`` and ``loops-api.md`` ask for.
+Tests that once showed a bug stay as regression tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import decimal
+from typing import Any
+
+import pytest
+
+from target_loops import defaults
+from target_loops.operations import Action, LoopsRequest, Operation, Rejection
+from target_loops.rules import (
+    FieldSpec,
+    Rule,
+    RuleError,
+    StreamMapper,
+    camel_case,
+    match_rule,
+    parse_field_spec,
+    parse_rule,
+    parse_rules,
+    resolve_path,
+    suggest_rule,
+)
+from target_loops.serialization import iso_datetime, json_number
+from target_loops.sinks import coalesce_upserts, dedupe_events
+
+D = decimal.Decimal
+UPSERT = ("PUT", "/v1/contacts/update")
+EVENT = ("POST", "/v1/events/send")
+DELETE = ("POST", "/v1/contacts/delete")
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def mapper(
+    stream: str,
+    rules: list[dict[str, Any]] | None = None,
+    *,
+    use_defaults: bool = True,
+    key_properties: tuple[str, ...] = (),
+) -> StreamMapper:
+    rule = match_rule(parse_rules(rules, use_defaults=use_defaults), stream)
+    assert rule is not None, f"no rule for {stream!r}"
+    return StreamMapper(rule, stream, key_properties)
+
+
+def run(stream: str, record: dict[str, Any], rules: list[dict[str, Any]] | None = None, **kw: Any) -> Operation:
+    result = mapper(stream, rules, **kw).map(copy.deepcopy(record))
+    assert isinstance(result, Operation), f"expected an Operation, got {result!r}"
+    return result
+
+
+def reject(stream: str, record: dict[str, Any], rules: list[dict[str, Any]] | None = None, **kw: Any) -> Rejection:
+    result = mapper(stream, rules, **kw).map(copy.deepcopy(record))
+    assert isinstance(result, Rejection), f"expected a Rejection, got {result!r}"
+    return result
+
+
+def body(stream: str, record: dict[str, Any], rules: list[dict[str, Any]] | None = None, **kw: Any) -> dict:
+    return run(stream, record, rules, **kw).request.body
+
+
+def contact_rule(stream: str = "accounts", **options: Any) -> list[dict[str, Any]]:
+    return [{"stream": stream, "action": "upsert_contact", **options}]
+
+
+def event_rule(stream: str = "signed_up", **options: Any) -> list[dict[str, Any]]:
+    return [{"stream": stream, "action": "send_event", **options}]
+
+
+# --------------------------------------------------------------------------------------------------- records
+
+NESTED_IDENTIFY: dict[str, Any] = {
+    "type": "identify",
+    "messageId": "ajs-msg-001",
+    "userId": "u_1001",
+    "anonymousId": "anon-001",
+    "timestamp": "2026-11-01T09:00:00.000Z",
+    "receivedAt": "2026-11-01T09:00:01.000Z",
+    "sentAt": "2026-11-01T09:00:00.500Z",
+    "context": {"ip": "203.0.113.7", "library": {"name": "analytics.js", "version": "2.11.1"}},
+    "email": "top-level@example.com",
+    "traits": {
+        "email": "ada@example.com",
+        "firstName": "Ada",
+        "lastName": "Lovelace",
+        "userGroup": "admins",
+        "source": "signup-form",
+        "plan": "pro",
+        "seats": 3,
+        "company_size": None,
+        "mailingLists": {"list_news": True, "list_promo": False},
+    },
+}
+NESTED_IDENTIFY_BODY = {
+    "email": "ada@example.com",
+    "userId": "u_1001",
+    "firstName": "Ada",
+    "lastName": "Lovelace",
+    "userGroup": "admins",
+    "source": "signup-form",
+    "plan": "pro",
+    "seats": 3,  # company_size (NULL) is left out by default
+    "mailingLists": {"list_news": True, "list_promo": False},
+}
+
+FLAT_IDENTIFY: dict[str, Any] = {
+    "id": "wh-id-001",
+    "user_id": "w_2001",
+    "anonymous_id": None,
+    "received_at": "2026-11-02T08:00:05Z",
+    "sent_at": "2026-11-02T08:00:01Z",
+    "timestamp": "2026-11-02T08:00:00Z",
+    "original_timestamp": "2026-11-02T08:00:00Z",
+    "uuid": 101,
+    "uuid_ts": "2026-11-02T08:00:06Z",
+    "loaded_at": "2026-11-02T08:00:07Z",
+    "context_ip": "198.51.100.4",
+    "context_library_name": "analytics-python",
+    "_sdc_batched_at": "2026-11-02T09:00:00Z",
+    "_sdc_received_at": "2026-11-02T09:00:00Z",
+    "email": "linus@example.com",
+    "first_name": "Linus",
+    "last_name": "Torvalds",
+    "user_group": "kernel",
+    "source": "warehouse",
+    "plan": "team",
+    "seats": D("5"),
+    "is_admin": None,
+    "favorite_color": "teal",
+    "trial_ends_at": "2026-12-01T00:00:00Z",
+    "mailing_lists_list_news": True,
+    "mailing_lists_list_promo": None,
+}
+FLAT_IDENTIFY_BODY = {
+    "email": "linus@example.com",
+    "userId": "w_2001",
+    "firstName": "Linus",
+    "lastName": "Torvalds",
+    "userGroup": "kernel",
+    "source": "warehouse",
+    "plan": "team",
+    "seats": 5,
+    "favoriteColor": "teal",
+    "trialEndsAt": "2026-12-01T00:00:00Z",
+    "mailingLists": {"list_news": True},
+}
+
+FLAT_USER: dict[str, Any] = {
+    "id": "w_3001",
+    "received_at": "2026-11-02T08:00:05Z",
+    "uuid_ts": "2026-11-02T08:00:06Z",
+    "_sdc_extracted_at": "2026-11-02T09:00:00Z",
+    "email": "grace@example.com",
+    "first_name": "Grace",
+    "last_name": None,
+    "plan_name": "enterprise",
+    "mailing_lists_list_news": "false",
+}
+FLAT_USER_BODY = {
+    "email": "grace@example.com",
+    "userId": "w_3001",
+    "firstName": "Grace",
+    "planName": "enterprise",
+    "mailingLists": {"list_news": False},
+}
+
+NESTED_TRACK: dict[str, Any] = {
+    "type": "track",
+    "messageId": "ajs-msg-101",
+    "userId": "u_1001",
+    "anonymousId": "anon-001",
+    "event": "Order Completed",
+    "timestamp": "2026-11-01T10:00:00.250Z",
+    "receivedAt": "2026-11-01T10:00:01.000Z",
+    "properties": {
+        "email": "buyer@example.com",
+        "total": D("49.90"),
+        "items": D("2"),
+        "currency": "EUR",
+        "coupon": None,
+    },
+    "context": {"traits": {"email": "ctx@example.com"}, "ip": "203.0.113.7"},
+}
+NESTED_TRACK_BODY = {
+    "email": "buyer@example.com",
+    "userId": "u_1001",
+    "eventName": "Order Completed",
+    "eventProperties": {"total": 49.9, "items": 2, "currency": "EUR"},
+}
+
+FLAT_TRACK: dict[str, Any] = {
+    "id": "wh-tr-001",
+    "user_id": "w_2001",
+    "anonymous_id": None,
+    "event": "order_completed",
+    "event_text": "Order Completed",
+    "context_traits_email": "linus@example.com",
+    "context_ip": "198.51.100.4",
+    "timestamp": "2026-11-02T10:00:00+02:00",
+    "original_timestamp": "2026-11-02T10:00:00+02:00",
+    "received_at": "2026-11-02T08:00:05Z",
+    "sent_at": "2026-11-02T08:00:01Z",
+    "uuid": 201,
+    "uuid_ts": "2026-11-02T08:00:06Z",
+    "loaded_at": "2026-11-02T08:00:07Z",
+    "_sdc_table_version": 3,
+}
+FLAT_TRACK_BODY = {"email": "linus@example.com", "userId": "w_2001", "eventName": "Order Completed"}
+
+# a per-event warehouse table: the tracks columns plus one column per event property
+FLAT_ORDER_ROW: dict[str, Any] = {
+    **FLAT_TRACK,
+    "order_total": D("120.50"),
+    "coupon_code": "WELCOME",
+    "item_count": D("3"),
+    "gift_note": None,
+}
+
+
+# --------------------------------------------------------------------------------------------------- defaults
+
+
+@pytest.mark.parametrize(
+    ("stream", "record", "method_path", "expected_body", "key", "contact_key", "sort_key"),
+    [
+        pytest.param(
+            "identifies",
+            NESTED_IDENTIFY,
+            UPSERT,
+            NESTED_IDENTIFY_BODY,
+            None,
+            "u:u_1001",
+            "2026-11-01T09:00:00+00:00",
+            id="identifies-nested",
+        ),
+        pytest.param(
+            "identify",
+            NESTED_IDENTIFY,
+            UPSERT,
+            NESTED_IDENTIFY_BODY,
+            None,
+            "u:u_1001",
+            "2026-11-01T09:00:00+00:00",
+            id="identify-nested",
+        ),
+        pytest.param(
+            "users",
+            {k: v for k, v in NESTED_IDENTIFY.items() if k != "timestamp"},
+            UPSERT,
+            NESTED_IDENTIFY_BODY,
+            None,
+            "u:u_1001",
+            None,
+            id="users-nested",
+        ),
+        pytest.param(
+            "identifies",
+            FLAT_IDENTIFY,
+            UPSERT,
+            FLAT_IDENTIFY_BODY,
+            None,
+            "u:w_2001",
+            "2026-11-02T08:00:00+00:00",
+            id="identifies-flat",
+        ),
+        pytest.param(
+            "identify",
+            FLAT_IDENTIFY,
+            UPSERT,
+            FLAT_IDENTIFY_BODY,
+            None,
+            "u:w_2001",
+            "2026-11-02T08:00:00+00:00",
+            id="identify-flat",
+        ),
+        pytest.param("users", FLAT_USER, UPSERT, FLAT_USER_BODY, None, "u:w_3001", None, id="users-flat"),
+        pytest.param(
+            "tracks",
+            NESTED_TRACK,
+            EVENT,
+            NESTED_TRACK_BODY,
+            "ajs-msg-101",
+            "u:u_1001",
+            "2026-11-01T10:00:00.250000+00:00",
+            id="tracks-nested",
+        ),
+        pytest.param(
+            "track",
+            NESTED_TRACK,
+            EVENT,
+            NESTED_TRACK_BODY,
+            "ajs-msg-101",
+            "u:u_1001",
+            "2026-11-01T10:00:00.250000+00:00",
+            id="track-nested",
+        ),
+        pytest.param(
+            "tracks",
+            FLAT_TRACK,
+            EVENT,
+            FLAT_TRACK_BODY,
+            "wh-tr-001",
+            "u:w_2001",
+            "2026-11-02T08:00:00+00:00",
+            id="tracks-flat",
+        ),
+        pytest.param(
+            "track",
+            FLAT_TRACK,
+            EVENT,
+            FLAT_TRACK_BODY,
+            "wh-tr-001",
+            "u:w_2001",
+            "2026-11-02T08:00:00+00:00",
+            id="track-flat",
+        ),
+    ],
+)
+def test_default_rules_exact_requests(
+    stream: str,
+    record: dict[str, Any],
+    method_path: tuple[str, str],
+    expected_body: dict[str, Any],
+    key: str | None,
+    contact_key: str,
+    sort_key: str | None,
+) -> None:
+    op = run(stream, record)
+    assert (op.request.method, op.request.path) == method_path
+    assert op.request.body == expected_body
+    assert op.request.idempotency_key == key
+    assert op.contact_key == contact_key
+    assert op.sort_key == sort_key
+    assert op.record == record
+    assert op.action is (Action.SEND_EVENT if method_path == EVENT else Action.UPSERT_CONTACT)
+
+
+@pytest.mark.parametrize(
+    ("stream", "action"),
+    [
+        ("identifies", Action.UPSERT_CONTACT),
+        ("identify", Action.UPSERT_CONTACT),
+        ("users", Action.UPSERT_CONTACT),
+        ("tracks", Action.SEND_EVENT),
+        ("track", Action.SEND_EVENT),
+    ],
+)
+def test_builtin_rules_route_segment_streams(stream: str, action: Action) -> None:
+    rule = match_rule(parse_rules(None), stream)
+    assert rule is not None
+    assert rule.builtin
+    assert rule.action is action
+    assert rule.label.startswith("built-in rule")
+
+
+def test_builtin_rules_are_exactly_the_five_segment_streams() -> None:
+    rules = parse_rules(None)
+    assert [(r.stream, r.action) for r in rules] == [
+        ("identifies", Action.UPSERT_CONTACT),
+        ("identify", Action.UPSERT_CONTACT),
+        ("users", Action.UPSERT_CONTACT),
+        ("tracks", Action.SEND_EVENT),
+        ("track", Action.SEND_EVENT),
+    ]
+    assert match_rule(rules, "pages") is None
+    assert match_rule(rules, "order_completed") is None
+
+
+def test_seed_identify_email_falls_back_to_top_level_email() -> None:
+    record = copy.deepcopy(NESTED_IDENTIFY)
+    del record["traits"]["email"]
+    b = body("identify", record)
+    assert b["email"] == "top-level@example.com"
+    assert "top-level" not in str({k: v for k, v in b.items() if k != "email"})
+
+
+def test_nested_first_name_snake_case_trait_fallback() -> None:
+    record = {"messageId": "m", "userId": "u", "traits": {"first_name": "Ada", "last_name": "L", "user_group": "g"}}
+    assert body("identify", record) == {"userId": "u", "firstName": "Ada", "lastName": "L", "userGroup": "g"}
+
+
+def test_flat_tracks_event_name_falls_back_to_event_slug() -> None:
+    record = {**FLAT_TRACK, "event_text": None}
+    assert body("tracks", record)["eventName"] == "order_completed"
+
+
+def test_flat_per_event_table_sends_its_own_columns_as_camel_cased_event_properties() -> None:
+    op = run("order_completed", FLAT_ORDER_ROW, event_rule("order_completed"))
+    assert op.request.body == {
+        "email": "linus@example.com",
+        "userId": "w_2001",
+        "eventName": "Order Completed",
+        "eventProperties": {"orderTotal": 120.5, "couponCode": "WELCOME", "itemCount": 3},
+    }
+    assert op.request.idempotency_key == "wh-tr-001"
+
+
+def test_users_flat_falls_back_to_user_id_column_when_id_absent() -> None:
+    record = {"user_id": D("42"), "email": "a@example.com"}
+    assert body("users", record) == {"userId": "42", "email": "a@example.com"}
+
+
+def test_shape_detection_picks_defaults_per_record_on_one_stream() -> None:
+    m = mapper("identifies")
+    nested = m.map(copy.deepcopy(NESTED_IDENTIFY))
+    flat = m.map(copy.deepcopy(FLAT_IDENTIFY))
+    assert isinstance(nested, Operation) and isinstance(flat, Operation)
+    assert nested.request.body == NESTED_IDENTIFY_BODY
+    assert flat.request.body == FLAT_IDENTIFY_BODY
+
+
+@pytest.mark.parametrize(
+    ("shape", "record", "expected"),
+    [
+        pytest.param(
+            "flat",
+            {"messageId": "m", "user_id": "1", "email": "a@b.co"},
+            {"userId": "1", "email": "a@b.co", "messageId": "m"},  # a plain column once the shape is flat
+        ),
+        pytest.param("nested", {"userId": "1", "traits_x": 1, "email": "a@b.co"}, {"userId": "1", "email": "a@b.co"}),
+    ],
+    ids=["forced-flat-despite-messageId", "forced-nested-without-markers"],
+)
+def test_rule_shape_forces_the_defaults(shape: str, record: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert body("accounts", record, contact_rule(shape=shape)) == expected
+
+
+@pytest.mark.parametrize(
+    ("record", "nested"),
+    [
+        ({"messageId": "m"}, True),
+        ({"traits": {}}, True),
+        ({"properties": {}}, True),
+        ({"context": {}}, True),
+        ({"traits": None, "context": "x"}, False),
+        ({"user_id": "1", "context_ip": "x"}, False),
+    ],
+    ids=["messageId", "traits-object", "properties-object", "context-object", "null-and-string", "warehouse-row"],
+)
+def test_looks_nested(record: dict[str, Any], nested: bool) -> None:
+    assert defaults.looks_nested(record) is nested
+
+
+# --------------------------------------------------------------------------------------------------- field specs
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("traits.email", FieldSpec(paths=("traits.email",))),
+        (["email", "context_traits_email"], FieldSpec(paths=("email", "context_traits_email"))),
+        ({"value": "Segment"}, FieldSpec(constant="Segment", has_constant=True)),
+        ({"value": None}, FieldSpec(constant=None, has_constant=True)),
+        ({"value": False}, FieldSpec(constant=False, has_constant=True)),
+        ({"prefix": "mailing_lists_"}, FieldSpec(prefix="mailing_lists_")),
+    ],
+    ids=["dot-path", "list-of-paths", "constant", "constant-null", "constant-false", "prefix"],
+)
+def test_parse_field_spec_forms(raw: Any, expected: FieldSpec) -> None:
+    assert parse_field_spec(raw, "here") == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        "",
+        5,
+        True,
+        [],
+        ["email", ""],
+        ["email", 5],
+        {},
+        {"value": 1, "extra": 2},
+        {"prefix": ""},
+        {"prefix": 5},
+        {"path": "email"},
+    ],
+    ids=[
+        "none",
+        "empty-string",
+        "int",
+        "bool",
+        "empty-list",
+        "list-with-empty",
+        "list-with-int",
+        "empty-object",
+        "value-plus-extra",
+        "empty-prefix",
+        "int-prefix",
+        "unknown-object",
+    ],
+)
+def test_parse_field_spec_rejects_bad_forms(raw: Any) -> None:
+    with pytest.raises(RuleError, match=r"^somewhere: .* is not a field spec"):
+        parse_field_spec(raw, "somewhere")
+
+
+@pytest.mark.parametrize(
+    ("action", "key"),
+    [
+        ("upsert_contact", "email"),
+        ("upsert_contact", "user_id"),
+        ("upsert_contact", "first_name"),
+        ("upsert_contact", "last_name"),
+        ("upsert_contact", "user_group"),
+        ("upsert_contact", "source"),
+        ("upsert_contact", "subscribed"),
+        ("upsert_contact", "mailing_lists"),
+        ("upsert_contact", "order_by"),
+        ("send_event", "event_name"),
+        ("send_event", "idempotency_key"),
+        ("send_event", "mailing_lists"),
+        ("delete_contact", "user_id"),
+    ],
+)
+def test_bad_field_spec_error_names_the_rule(action: str, key: str) -> None:
+    rules = [{"stream": "ok", "action": "upsert_contact"}, {"stream": "my_*", "action": action, key: 12}]
+    with pytest.raises(RuleError) as info:
+        parse_rules(rules)
+    message = str(info.value)
+    assert message.startswith(f"mappings[1] (stream 'my_*', action {action}) \"{key}\": 12 is not a field spec")
+
+
+@pytest.mark.parametrize(
+    ("record", "path", "expected"),
+    [
+        ({"traits": {"email": "a@b.co"}}, "traits.email", "a@b.co"),
+        ({"a": {"b": {"c": 0}}}, "a.b.c", 0),
+        ({"a": {"b": False}}, "a.b", False),
+        ({"a": {"b": None}}, "a.b.c", None),
+        ({"a": "text"}, "a.b", None),
+        ({"a": [{"b": 1}]}, "a.b", None),
+        ({}, "missing", None),
+        ({"context.ip": "1.2.3.4", "context": {"ip": "other"}}, "context.ip", "1.2.3.4"),
+        ({"email": "x@y.co"}, "email", "x@y.co"),
+    ],
+    ids=[
+        "two-levels",
+        "falsy-zero",
+        "falsy-false",
+        "null-midway",
+        "through-string",
+        "through-list",
+        "absent",
+        "dotted-key-first",
+        "top-level",
+    ],
+)
+def test_resolve_path(record: dict[str, Any], path: str, expected: Any) -> None:
+    assert resolve_path(record, path) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "record", "expected"),
+    [
+        (FieldSpec(paths=("a", "b")), {"a": None, "b": "second"}, "second"),
+        (FieldSpec(paths=("a", "b")), {"b": "second"}, "second"),
+        (FieldSpec(paths=("a", "b")), {"a": "first", "b": "second"}, "first"),
+        (FieldSpec(paths=("a", "b")), {"a": 0, "b": "second"}, 0),
+        (FieldSpec(paths=("a", "b")), {}, None),
+        (FieldSpec(constant="k", has_constant=True), {"a": 1}, "k"),
+        (FieldSpec(prefix="ml_"), {"ml_x": True, "ml_y": None, "other": 1}, {"x": True, "y": None}),
+        (FieldSpec(prefix="ml_"), {"other": 1}, None),
+    ],
+    ids=["first-null", "first-absent", "first-wins", "zero-is-not-null", "none", "constant", "prefix", "prefix-none"],
+)
+def test_field_spec_get(spec: FieldSpec, record: dict[str, Any], expected: Any) -> None:
+    assert spec.get(record) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "record", "expected"),
+    [
+        pytest.param(
+            {"email": "contact.email", "user_id": "account_id"},
+            {"account_id": 7, "contact": {"email": "dot@example.com"}, "plan": "x"},
+            {"userId": "7", "email": "dot@example.com", "plan": "x"},
+            id="dot-path",
+        ),
+        pytest.param(
+            {"email": ["work_email", "home_email"]},
+            {"work_email": None, "home_email": "home@example.com", "plan": "x"},
+            {"email": "home@example.com", "plan": "x"},
+            id="list-first-non-null-second",
+        ),
+        pytest.param(
+            {"email": ["work_email", "home_email"]},
+            {"work_email": "work@example.com", "home_email": "home@example.com"},
+            {"email": "work@example.com"},
+            id="list-first-non-null-first",
+        ),
+        pytest.param(
+            {"source": {"value": "billing-db"}, "user_group": {"value": "customers"}},
+            {"email": "c@example.com", "source": "ignored"},
+            {"email": "c@example.com", "source": "billing-db", "userGroup": "customers"},
+            id="constants",
+        ),
+        pytest.param(
+            {"mailing_lists": {"prefix": "list_"}},
+            {"email": "p@example.com", "list_news": True, "list_promo": "0", "list_vip": None, "plan": "x"},
+            {"email": "p@example.com", "mailingLists": {"news": True, "promo": False}, "plan": "x"},
+            id="prefix",
+        ),
+    ],
+)
+def test_field_spec_forms_in_rules(options: dict[str, Any], record: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert body("accounts", record, contact_rule(**options)) == expected
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param("identifies", r"^mappings\[0\]: a rule must be an object", id="not-an-object"),
+        pytest.param({"action": "upsert_contact"}, r'^mappings\[0\]: "stream" is required', id="missing-stream"),
+        pytest.param({"stream": "", "action": "upsert_contact"}, r'"stream" is required', id="empty-stream"),
+        pytest.param({"stream": 5, "action": "upsert_contact"}, r'"stream" is required', id="int-stream"),
+        pytest.param(
+            {"stream": "s"}, r"^mappings\[0\] \(stream 's'\): \"action\" must be one of .*not None", id="no-action"
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert"},
+            r"^mappings\[0\] \(stream 's'\): \"action\" must be one of upsert_contact, send_event, delete_contact",
+            id="bad-action",
+        ),
+        pytest.param({"stream": "s", "action": ["send_event"]}, r'"action" must be one of', id="list-action"),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "emial": "x"},
+            r"^mappings\[0\] \(stream 's', action upsert_contact\): unknown key\(s\) \['emial'\]",
+            id="unknown-key",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "event_name": "x"},
+            r"unknown key\(s\) \['event_name'\]",
+            id="event-key-on-upsert",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "send_event", "subscribed": "x"},
+            r"action send_event\): unknown key\(s\) \['subscribed'\]",
+            id="subscribed-on-event",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "delete_contact", "properties": "*"},
+            r"action delete_contact\): unknown key\(s\) \['properties'\]",
+            id="properties-on-delete",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "include": "plan"},
+            r"action upsert_contact\): \"include\" must be a list of property names",
+            id="include-string",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "include": ["plan", 3]},
+            r'"include" must be a list',
+            id="include-int-item",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "send_event", "exclude": {"a": 1}},
+            r"action send_event\): \"exclude\" must be a list",
+            id="exclude-object",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "rename": ["a", "b"]},
+            r'"rename" must map source names to Loops names',
+            id="rename-list",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "rename": {"a": ""}},
+            r'"rename" must map',
+            id="rename-empty-target",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "rename": {"a": 1}},
+            r'"rename" must map',
+            id="rename-int-target",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "camel_case": "yes"},
+            r'"camel_case" must be true or false',
+            id="camel-case-string",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "send_nulls": 1},
+            r'"send_nulls" must be true or false',
+            id="send-nulls-int",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "shape": "tree"},
+            r'"shape" must be "nested" \(Segment JSON\) or "flat"',
+            id="bad-shape",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "properties": ["traits"]},
+            r"action upsert_contact\): \"properties\" must be a dot path to an object",
+            id="properties-list",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "upsert_contact", "properties": ""},
+            r'"properties" must be a dot path',
+            id="properties-empty",
+        ),
+        pytest.param(
+            {"stream": "s", "action": "send_event", "event_properties": True},
+            r'"event_properties" must be a dot path',
+            id="event-properties-bool",
+        ),
+    ],
+)
+def test_rule_validation_errors(raw: Any, message: str) -> None:
+    with pytest.raises(RuleError, match=message):
+        parse_rule(raw, 0)
+
+
+RESERVED_TARGETS = sorted(defaults.RESERVED_NAMES | defaults.CONTACT_BODY_KEYS)
+
+
+@pytest.mark.parametrize("target", RESERVED_TARGETS)
+def test_rename_to_reserved_name_is_refused_for_upserts(target: str) -> None:
+    raw = {"stream": "accounts", "action": "upsert_contact", "rename": {"some_column": target}}
+    with pytest.raises(RuleError, match=r"^mappings\[3\] \(stream 'accounts', action upsert_contact\): \"rename\""):
+        parse_rule(raw, 3)
+
+
+def test_reserved_names_cover_the_loops_api_list() -> None:
+    documented = {
+        "id",
+        "listId",
+        "softDeleteAt",
+        "teamId",
+        "updatedAt",
+        "email",
+        "firstName",
+        "lastName",
+        "notes",
+        "source",
+        "subscribed",
+        "userGroup",
+        "userId",
+        "createdAt",
+        "mailingLists",
+        "optInStatus",
+        "eventName",
+        "eventProperties",
+    }
+    assert documented <= set(RESERVED_TARGETS)
+
+
+@pytest.mark.parametrize("raw_rules", [{"stream": "x"}, "identifies", 5], ids=["object", "string", "int"])
+def test_parse_rules_requires_a_list(raw_rules: Any) -> None:
+    with pytest.raises(RuleError, match=r"^mappings: must be a list of rules"):
+        parse_rules(raw_rules)
+
+
+def test_parse_rules_error_names_the_failing_index() -> None:
+    with pytest.raises(RuleError, match=r"^mappings\[2\] \(stream 'c'\)"):
+        parse_rules(
+            [
+                {"stream": "a", "action": "upsert_contact"},
+                {"stream": "b", "action": "send_event"},
+                {"stream": "c", "action": "nope"},
+            ]
+        )
+
+
+def test_valid_rule_is_parsed_into_fields_and_options() -> None:
+    rule = parse_rule(
+        {
+            "stream": "app_*",
+            "action": "upsert_contact",
+            "email": "email_address",
+            "order_by": "updated_at",
+            "properties": "*",
+            "include": ["a"],
+            "exclude": ["b"],
+            "rename": {"a": "alpha"},
+            "camel_case": False,
+            "send_nulls": True,
+            "shape": "flat",
+        },
+        4,
+    )
+    assert rule.index == 4 and not rule.builtin
+    assert rule.fields == {"email": FieldSpec(paths=("email_address",)), "order_by": FieldSpec(paths=("updated_at",))}
+    assert rule.options == {
+        "properties": "*",
+        "include": frozenset({"a"}),
+        "exclude": frozenset({"b"}),
+        "rename": {"a": "alpha"},
+        "camel_case": False,
+        "send_nulls": True,
+    }
+    assert rule.shape == "flat"
+    assert rule.label == "mappings[4] (stream 'app_*', action upsert_contact)"
+
+
+# --------------------------------------------------------------------------------------------------- matching
+
+
+@pytest.mark.parametrize(
+    ("patterns", "stream", "expected"),
+    [
+        pytest.param(["*_events"], "signup_events", 0, id="suffix-glob"),
+        pytest.param(["*_events"], "events", None, id="suffix-glob-needs-underscore"),
+        pytest.param(["public-*"], "public-identifies", 0, id="prefix-glob"),
+        pytest.param(["order_?ompleted"], "order_completed", 0, id="single-char-glob"),
+        pytest.param(["[ab]_table"], "b_table", 0, id="char-class"),
+        pytest.param(["Identifies"], "identifies", None, id="case-sensitive"),
+        pytest.param(["orders", "ord*"], "orders", 0, id="exact-before-glob-first-wins"),
+        pytest.param(["ord*", "orders"], "orders", 0, id="glob-first-wins"),
+        pytest.param(["a", "b", "*"], "zzz", 2, id="catch-all-last"),
+        pytest.param(["a", "b"], "c", None, id="no-match"),
+    ],
+)
+def test_stream_patterns_first_match_wins(patterns: list[str], stream: str, expected: int | None) -> None:
+    rules = parse_rules([{"stream": p, "action": "upsert_contact"} for p in patterns], use_defaults=False)
+    rule = match_rule(rules, stream)
+    assert (rule.index if rule is not None else None) == expected
+
+
+def test_user_rules_come_before_builtins() -> None:
+    rules = parse_rules([{"stream": "identif*", "action": "delete_contact"}])
+    rule = match_rule(rules, "identifies")
+    assert rule is not None and not rule.builtin and rule.action is Action.DELETE_CONTACT
+    tracks = match_rule(rules, "tracks")
+    assert tracks is not None and tracks.builtin
+    assert [r.builtin for r in rules] == [False] + [True] * len(defaults.DEFAULT_RULES)
+
+
+def test_user_rule_for_a_default_stream_overrides_it() -> None:
+    rules = [{"stream": "identifies", "action": "upsert_contact", "properties": "*", "include": ["plan"]}]
+    assert body("identifies", FLAT_IDENTIFY, rules) == {
+        k: v for k, v in FLAT_IDENTIFY_BODY.items() if k not in {"favoriteColor", "trialEndsAt", "seats"}
+    }
+
+
+@pytest.mark.parametrize("stream", ["identifies", "identify", "users", "tracks", "track"])
+def test_default_mappings_off(stream: str) -> None:
+    assert parse_rules(None, use_defaults=False) == []
+    assert match_rule(parse_rules([{"stream": "other", "action": "send_event"}], use_defaults=False), stream) is None
+
+
+@pytest.mark.parametrize(
+    ("columns", "action"),
+    [
+        (["event", "user_id"], "send_event"),
+        (["event_text"], "send_event"),
+        (["eventName", "email"], "send_event"),
+        (["event_name"], "send_event"),
+        (["email", "first_name"], "upsert_contact"),
+        ([], "upsert_contact"),
+    ],
+    ids=["event", "event_text", "eventName", "event_name", "contact-columns", "no-columns"],
+)
+def test_suggest_rule(columns: list[str], action: str) -> None:
+    suggestion = suggest_rule("my_stream", columns)
+    assert suggestion == f'{{"action":"{action}","stream":"my_stream"}}'
+    parse_rule({"stream": "my_stream", "action": action}, 0)  # the suggestion is itself a valid rule
+
+
+# --------------------------------------------------------------------------------------------------- properties
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        pytest.param(
+            {},
+            {"email": "ada@example.com", "userId": "u_1001", "plan": "pro", "favorite_color": "red", "seats": 3},
+            id="default-traits-path-no-camel",
+        ),
+        pytest.param(
+            {"properties": "traits", "camel_case": True},
+            {"email": "ada@example.com", "userId": "u_1001", "plan": "pro", "favoriteColor": "red", "seats": 3},
+            id="path-with-camel",
+        ),
+        pytest.param(
+            {"properties": "traits", "include": ["plan", "email"]},
+            {"email": "ada@example.com", "userId": "u_1001", "plan": "pro"},
+            id="include",
+        ),
+        pytest.param(
+            {"properties": "traits", "exclude": ["seats"]},
+            {"email": "ada@example.com", "userId": "u_1001", "plan": "pro", "favorite_color": "red"},
+            id="exclude",
+        ),
+        pytest.param(
+            {"properties": "traits", "include": ["plan", "seats"], "exclude": ["seats"]},
+            {"email": "ada@example.com", "userId": "u_1001", "plan": "pro"},
+            id="exclude-beats-include",
+        ),
+        pytest.param(
+            {"properties": "traits", "camel_case": True, "rename": {"favorite_color": "colour", "plan": "planName"}},
+            {"email": "ada@example.com", "userId": "u_1001", "planName": "pro", "colour": "red", "seats": 3},
+            id="rename-wins-over-camel",
+        ),
+        pytest.param(
+            {"properties": "*"},
+            {"email": "ada@example.com", "userId": "u_1001", "customerTier": "gold"},
+            id="star-on-nested-top-level-camel",
+        ),
+        pytest.param(
+            {"properties": "*", "camel_case": False},
+            {"email": "ada@example.com", "userId": "u_1001", "customer_tier": "gold"},
+            id="star-camel-off",
+        ),
+        pytest.param(
+            {"properties": "context.traits"},
+            {"email": "ada@example.com", "userId": "u_1001", "locale": "en"},
+            id="deeper-path",
+        ),
+        pytest.param(
+            {"properties": "nothing.here"},
+            {"email": "ada@example.com", "userId": "u_1001"},
+            id="absent-path-sends-no-properties",
+        ),
+    ],
+)
+def test_property_sources_on_nested_records(options: dict[str, Any], expected: dict[str, Any]) -> None:
+    record = {
+        "type": "identify",
+        "messageId": "m-1",
+        "anonymousId": "anon",
+        "userId": "u_1001",
+        "customer_tier": "gold",
+        "context": {"traits": {"locale": "en"}},
+        "traits": {"email": "ada@example.com", "plan": "pro", "favorite_color": "red", "seats": 3},
+    }
+    assert body("identify", record, contact_rule("identify", **options)) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "expected_props"),
+    [
+        pytest.param({}, {"planName": "pro", "favoriteColor": "red", "seatCount": 3}, id="star-default-camel"),
+        pytest.param(
+            {"camel_case": False}, {"plan_name": "pro", "favorite_color": "red", "seat_count": 3}, id="camel-off"
+        ),
+        pytest.param({"include": ["plan_name"]}, {"planName": "pro"}, id="include-source-names"),
+        pytest.param({"include": ["planName"]}, {}, id="include-loops-names-do-not-match"),
+        pytest.param({"exclude": ["favorite_color", "seat_count"]}, {"planName": "pro"}, id="exclude"),
+        pytest.param(
+            {"rename": {"plan_name": "plan"}},
+            {"plan": "pro", "favoriteColor": "red", "seatCount": 3},
+            id="rename",
+        ),
+        pytest.param({"include": ["id", "uuid", "plan_name"]}, {"planName": "pro"}, id="include-cannot-revive-system"),
+    ],
+)
+def test_property_options_on_flat_rows(options: dict[str, Any], expected_props: dict[str, Any]) -> None:
+    record = {
+        "id": "row-1",
+        "uuid": 9,
+        "email": "a@example.com",
+        "plan_name": "pro",
+        "favorite_color": "red",
+        "seat_count": 3,
+    }
+    assert body("accounts", record, contact_rule(**options)) == {"email": "a@example.com", **expected_props}
+
+
+SYSTEM_COLUMNS = [
+    "id",
+    "uuid",
+    "uuid_ts",
+    "loaded_at",
+    "received_at",
+    "sent_at",
+    "original_timestamp",
+    "timestamp",
+    "anonymous_id",
+    "user_id",
+    "event",
+    "event_text",
+    "context_ip",
+    "context_library_name",
+    "context_traits_email",
+    "_sdc_batched_at",
+    "_sdc_extracted_at",
+    "_sdc_deleted_at",
+    "_sdc_sequence",
+]
+
+
+@pytest.mark.parametrize("column", SYSTEM_COLUMNS)
+@pytest.mark.parametrize("action", ["upsert_contact", "send_event"])
+def test_system_columns_never_become_properties(column: str, action: str) -> None:
+    record = {"email": "a@example.com", "what": "Signed Up", "plan": "pro", column: "system-value"}
+    rule: dict[str, Any] = {"stream": "accounts", "action": action, "properties": "*"}
+    if action == "send_event":
+        rule["event_name"] = "what"
+    op = run("accounts", record, [rule])
+    b = op.request.body
+    props = [b.get("eventProperties", {})] if action == "send_event" else []
+    props.append({k: v for k, v in b.items() if k not in {"email", "userId", "eventName", "eventProperties"}})
+    for found in props:
+        assert found.get("plan") == "pro"
+        assert "system-value" not in found.values()
+    assert not op.skipped_keys
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "type",
+        "messageId",
+        "anonymousId",
+        "userId",
+        "timestamp",
+        "receivedAt",
+        "sentAt",
+        "originalTimestamp",
+        "integrations",
+        "channel",
+        "version",
+        "_metadata",
+        "writeKey",
+    ],
+)
+def test_nested_envelope_keys_never_become_properties(key: str) -> None:
+    record = {"messageId": "m", "userId": "u", "email": "a@example.com", "plan": "pro", key: "envelope"}
+    b = body("identify", record, contact_rule("identify", properties="*"))
+    assert "envelope" not in [v for k, v in b.items() if k not in {"email", "userId"}]
+    assert b["plan"] == "pro"
+
+
+def test_nested_envelope_keys_are_plain_columns_on_flat_rows() -> None:
+    # "type" is a system key only in Segment JSON; a warehouse table may have a real "type" column
+    b = body("accounts", {"email": "a@example.com", "type": "business"}, contact_rule())
+    assert b == {"email": "a@example.com", "type": "business"}
+
+
+@pytest.mark.parametrize(
+    ("rules", "record", "not_in_properties"),
+    [
+        pytest.param(
+            contact_rule(
+                email="contact_email",
+                user_id="account_id",
+                first_name="given",
+                last_name="family",
+                user_group="tier",
+                source="origin",
+            ),
+            {
+                "contact_email": "a@example.com",
+                "account_id": 1,
+                "given": "A",
+                "family": "B",
+                "tier": "t",
+                "origin": "o",
+                "plan": "pro",
+            },
+            ["contactEmail", "accountId", "given", "family", "tier", "origin"],
+            id="flat-upsert-fields",
+        ),
+        pytest.param(
+            contact_rule(mailing_lists={"prefix": "ml_"}),
+            {"email": "a@example.com", "ml_news": True, "plan": "pro"},
+            ["mlNews"],
+            id="flat-upsert-prefix",
+        ),
+        pytest.param(
+            contact_rule(email="contact.email"),
+            {"contact": {"email": "a@example.com"}, "plan": "pro"},
+            ["contact"],
+            id="flat-upsert-nested-path-top-level",
+        ),
+        pytest.param(
+            contact_rule("identify", email="traits.work_email", first_name="traits.given"),
+            {"messageId": "m", "traits": {"work_email": "a@example.com", "given": "A", "plan": "pro"}},
+            ["work_email", "given"],
+            id="nested-traits-paths",
+        ),
+    ],
+)
+def test_keys_consumed_by_field_specs_are_not_sent_again(
+    rules: list[dict[str, Any]], record: dict[str, Any], not_in_properties: list[str]
+) -> None:
+    b = body(rules[0]["stream"], record, rules)
+    assert b["plan"] == "pro"
+    for key in not_in_properties:
+        assert key not in b
+
+
+@pytest.mark.parametrize(
+    ("rules", "record", "not_in_event_properties"),
+    [
+        pytest.param(
+            event_rule(event_name="what", idempotency_key="row_key", email="mail", user_id="who"),
+            {"what": "Signed Up", "row_key": "k1", "mail": "a@example.com", "who": "u1", "plan": "pro"},
+            ["what", "rowKey", "mail", "who"],
+            id="flat-event-fields",
+        ),
+        pytest.param(
+            event_rule(),
+            {**FLAT_TRACK, "email": "e@example.com", "plan": "pro"},
+            ["email"],
+            id="flat-event-default-email",
+        ),
+        pytest.param(
+            event_rule("track"),
+            {"messageId": "m", "event": "E", "userId": "u", "properties": {"email": "a@example.com", "plan": "pro"}},
+            ["email"],
+            id="nested-event-properties-email",
+        ),
+    ],
+)
+def test_keys_consumed_by_event_field_specs_are_not_sent_again(
+    rules: list[dict[str, Any]], record: dict[str, Any], not_in_event_properties: list[str]
+) -> None:
+    props = body(rules[0]["stream"], record, rules)["eventProperties"]
+    assert props["plan"] == "pro"
+    for key in not_in_event_properties:
+        assert key not in props
+
+
+# traits.email, traits.firstName ... are read by their own default field spec, so they are not "spread" at all
+_CONSUMED_TRAITS = {"email", "userId", "mailingLists", "firstName", "lastName", "userGroup", "source"}
+
+
+@pytest.mark.parametrize("name", [n for n in RESERVED_TARGETS if n not in _CONSUMED_TRAITS])
+def test_reserved_and_body_keys_are_never_spread_from_traits(name: str) -> None:
+    record = {"messageId": "m", "userId": "u_1", "traits": {"email": "a@example.com", "plan": "pro", name: "X"}}
+    op = run("identify", record)
+    assert op.request.body.get(name) != "X"
+    assert op.request.body["plan"] == "pro"
+    assert op.skipped_keys == (name,)
+
+
+@pytest.mark.parametrize(
+    ("column", "loops_name"),
+    [
+        ("subscribed", "subscribed"),
+        ("created_at", "createdAt"),
+        ("updated_at", "updatedAt"),
+        ("notes", "notes"),
+        ("list_id", "listId"),
+        ("team_id", "teamId"),
+        ("soft_delete_at", "softDeleteAt"),
+        ("opt_in_status", "optInStatus"),
+        ("mailing_lists", "mailingLists"),
+        ("event_name", "eventName"),
+        ("event_properties", "eventProperties"),
+        ("firstName", "firstName"),
+        ("userId", "userId"),
+        ("SUBSCRIBED", "subscribed"),
+    ],
+)
+def test_reserved_and_body_keys_are_never_spread_from_columns(column: str, loops_name: str) -> None:
+    op = run("accounts", {"email": "a@example.com", "plan": "pro", column: "X"}, contact_rule())
+    assert op.request.body == {"email": "a@example.com", "plan": "pro"}
+    assert op.skipped_keys == (column,)
+    assert camel_case(column) == loops_name
+
+
+@pytest.mark.parametrize(
+    ("stream", "record", "rename", "expected"),
+    [
+        pytest.param(
+            "accounts",
+            {"email": "a@x.co", "created_at": "2026-01-01", "subscribed": True},
+            {"created_at": "signupDate", "subscribed": "marketingConsent"},
+            {"email": "a@x.co", "signupDate": "2026-01-01", "marketingConsent": True},
+            id="flat",
+        ),
+        pytest.param(
+            "identify",
+            {"messageId": "m", "userId": "1", "traits": {"createdAt": "2026-01-01", "id": "acct-9"}},
+            {"createdAt": "signupDate", "id": "accountId"},
+            {"userId": "1", "signupDate": "2026-01-01", "accountId": "acct-9"},
+            id="nested",
+        ),
+    ],
+)
+def test_rename_sends_a_reserved_source_key_under_another_name(
+    stream: str, record: dict[str, Any], rename: dict[str, str], expected: dict[str, Any]
+) -> None:
+    op = run(stream, record, contact_rule(stream, rename=rename))
+    assert op.request.body == expected
+    assert op.skipped_keys == ()
+
+
+def test_reserved_keys_are_skipped_from_event_contact_properties_but_allowed_in_event_properties() -> None:
+    record = {"event_text": "Upgraded", "email": "a@example.com", "plan": "pro", "subscribed": True}
+    op = run("upgrades", record, event_rule("upgrades", properties="*"))
+    assert op.request.body == {
+        "email": "a@example.com",
+        "plan": "pro",
+        "eventName": "Upgraded",
+        "eventProperties": {"plan": "pro", "subscribed": True},
+    }
+    assert op.skipped_keys == ("subscribed",)
+
+
+@pytest.mark.parametrize(
+    ("send_nulls", "expected"),
+    [
+        (False, {"email": "a@example.com", "userId": "1", "plan": "pro"}),
+        (
+            True,
+            {
+                "email": "a@example.com",
+                "userId": "1",
+                "plan": "pro",
+                "seats": None,
+                "firstName": None,
+                "lastName": None,
+                "userGroup": None,
+                "source": None,
+            },
+        ),
+    ],
+    ids=["off-nulls-left-out", "on-nulls-sent-as-clears"],
+)
+def test_send_nulls_for_null_columns(send_nulls: bool, expected: dict[str, Any]) -> None:
+    record = {
+        "user_id": "1",
+        "email": "a@example.com",
+        "plan": "pro",
+        "seats": None,
+        "first_name": None,
+        "last_name": None,
+        "user_group": None,
+        "source": None,
+        "mailing_lists_news": None,
+    }
+    assert body("accounts", record, contact_rule(send_nulls=send_nulls)) == expected
+
+
+def test_send_nulls_default_is_off() -> None:
+    assert body("accounts", {"email": "a@example.com", "plan": None, "first_name": None}, contact_rule()) == {
+        "email": "a@example.com"
+    }
+
+
+@pytest.mark.parametrize(
+    ("stream", "record", "expected"),
+    [
+        pytest.param(
+            "identifies",
+            {"user_id": "1", "email": "a@example.com", "plan": None, "first_name": None},
+            {"userId": "1", "email": "a@example.com", "plan": None, "firstName": None},
+            id="flat-table-without-last_name-user_group-source-columns",
+        ),
+        pytest.param(
+            "identify",
+            {"messageId": "m", "userId": "1", "traits": {"email": "a@example.com", "plan": None}},
+            {"userId": "1", "email": "a@example.com", "plan": None},
+            id="nested-identify-without-name-traits",
+        ),
+    ],
+)
+def test_send_nulls_does_not_clear_fields_absent_from_the_record(
+    stream: str, record: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    assert body(stream, record, contact_rule(stream, send_nulls=True)) == expected
+
+
+# --------------------------------------------------------------------------------------------------- camelCase
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("first_name", "firstName"),
+        ("last_name", "lastName"),
+        ("user_group", "userGroup"),
+        ("favorite_color", "favoriteColor"),
+        ("USER_ID", "userId"),
+        ("FAVORITE_COLOR", "favoriteColor"),
+        ("Favorite Color", "favoriteColor"),
+        ("Favorite-Color", "favoriteColor"),
+        ("favorite  color", "favoriteColor"),
+        ("planId", "planId"),
+        ("PlanId", "planId"),
+        ("mailing_lists", "mailingLists"),
+        ("plan", "plan"),
+        ("Plan", "plan"),
+        ("URL", "url"),
+        ("user_ID", "userId"),
+        ("first__name", "firstName"),
+        ("_leading_underscore", "leadingUnderscore"),
+        ("trailing_", "trailing"),
+        ("seats_2", "seats2"),
+        ("created_at", "createdAt"),
+        ("already camelCase", "alreadyCamelCase"),
+        ("___", "___"),
+        ("", ""),
+    ],
+)
+def test_camel_case(name: str, expected: str) -> None:
+    assert camel_case(name) == expected
+
+
+# --------------------------------------------------------------------------------------------------- subscribed
+
+
+@pytest.mark.parametrize(
+    ("stream", "record"),
+    [
+        pytest.param(
+            "identify",
+            {"messageId": "m", "userId": "u", "traits": {"email": "a@example.com", "subscribed": True}},
+            id="nested-trait",
+        ),
+        pytest.param("identifies", {"user_id": "u", "email": "a@example.com", "subscribed": True}, id="flat-column"),
+        pytest.param("users", {"id": "u", "email": "a@example.com", "subscribed": "true"}, id="users-column"),
+    ],
+)
+def test_subscribed_trait_is_never_sent_without_an_explicit_mapping(stream: str, record: dict[str, Any]) -> None:
+    op = run(stream, record)
+    assert "subscribed" not in op.request.body
+    assert op.skipped_keys == ("subscribed",)
+
+
+TRUE_VALUES = [True, "true", " yes ", "1", 1, D("1")]
+FALSE_VALUES = [False, "FALSE", "n", "0", 0, D("0")]
+
+
+def subscribed_op(value: Any, **options: Any) -> Operation:
+    record = {"messageId": "m", "userId": "u", "traits": {"email": "a@example.com", "subscribed": value}}
+    return run("identify", record, contact_rule("identify", subscribed="traits.subscribed", **options))
+
+
+@pytest.mark.parametrize("value", FALSE_VALUES, ids=repr)
+@pytest.mark.parametrize("allow", [None, False, True], ids=["default", "allow-off", "allow-on"])
+def test_subscribed_false_is_sent_when_mapped(value: Any, allow: bool | None) -> None:
+    op = subscribed_op(value, **({} if allow is None else {"allow_resubscribe": allow}))
+    assert op.request.body["subscribed"] is False
+    assert op.skipped_keys == ()
+    assert op.resubscribe_blocked is False
+
+
+@pytest.mark.parametrize("value", TRUE_VALUES, ids=repr)
+@pytest.mark.parametrize("allow", [None, False], ids=["default", "allow-off"])
+def test_subscribed_true_mapped_is_blocked_unless_resubscribe_allowed(value: Any, allow: bool | None) -> None:
+    op = subscribed_op(value, **({} if allow is None else {"allow_resubscribe": allow}))
+    assert "subscribed" not in op.request.body
+    assert op.resubscribe_blocked is True
+    assert op.request.body == {"email": "a@example.com", "userId": "u"}
+
+
+@pytest.mark.parametrize("value", TRUE_VALUES, ids=repr)
+def test_subscribed_true_mapped_and_allowed_is_sent(value: Any) -> None:
+    op = subscribed_op(value, allow_resubscribe=True)
+    assert op.request.body["subscribed"] is True
+    assert op.resubscribe_blocked is False
+
+
+@pytest.mark.parametrize(("value", "allow"), [(False, False), (True, True), (True, False)])
+def test_subscribed_constant(value: bool, allow: bool) -> None:
+    op = run("accounts", {"email": "a@example.com"}, contact_rule(subscribed={"value": value}, allow_resubscribe=allow))
+    sent = value is False or allow
+    assert op.request.body == ({"email": "a@example.com", "subscribed": value} if sent else {"email": "a@example.com"})
+    assert op.resubscribe_blocked is not sent
+
+
+@pytest.mark.parametrize(
+    ("stream", "record"),
+    [
+        pytest.param("identify", {"messageId": "m", "userId": "u", "traits": {"subscribed": True}}, id="nested"),
+        pytest.param("identifies", {"user_id": "u", "subscribed": "true"}, id="flat"),
+    ],
+)
+def test_allow_resubscribe_alone_never_sends_an_unmapped_subscribed_trait(stream: str, record: dict[str, Any]) -> None:
+    op = run(stream, record, contact_rule(stream, allow_resubscribe=True))
+    assert op.request.body == {"userId": "u"}
+    assert op.skipped_keys == ("subscribed",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"stream": "s", "action": "upsert_contact", "allow_resubscribe": "yes"}, '"allow_resubscribe" must be true'),
+        (
+            {"stream": "s", "action": "send_event", "allow_resubscribe": True},
+            r"unknown key\(s\) \['allow_resubscribe'\]",
+        ),
+    ],
+    ids=["not-a-bool", "not-for-events"],
+)
+def test_allow_resubscribe_validation(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(RuleError, match=message):
+        parse_rule(raw, 0)
+
+
+def test_subscribed_mapped_but_null_is_left_out() -> None:
+    assert body("accounts", {"email": "a@example.com", "opt_in": None}, contact_rule(subscribed="opt_in")) == {
+        "email": "a@example.com"
+    }
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, D("0.5"), 1.0, [True], {"a": True}], ids=repr)
+def test_subscribed_bad_value_is_rejected(value: Any) -> None:
+    rejection = reject("accounts", {"email": "a@example.com", "opt_in": value}, contact_rule(subscribed="opt_in"))
+    assert rejection.reason == "invalid_boolean"
+
+
+# --------------------------------------------------------------------------------------------------- mailing lists
+
+
+@pytest.mark.parametrize(
+    ("lists", "expected"),
+    [
+        ({"l1": True, "l2": False}, {"l1": True, "l2": False}),
+        ({"l1": "true", "l2": "false"}, {"l1": True, "l2": False}),
+        ({"l1": 1, "l2": 0}, {"l1": True, "l2": False}),
+        ({"l1": D("1"), "l2": D("0")}, {"l1": True, "l2": False}),
+        ({"l1": "Yes", "l2": "no"}, {"l1": True, "l2": False}),
+        ({"l1": True, "l2": None}, {"l1": True}),
+        ({"l1": None}, None),
+        ({}, None),
+        (None, None),
+    ],
+    ids=["booleans", "strings", "ints", "decimals", "yes-no", "null-dropped", "all-null", "empty", "absent"],
+)
+def test_nested_mailing_lists(lists: Any, expected: dict[str, bool] | None) -> None:
+    record = {"messageId": "m", "userId": "u", "traits": {"mailingLists": lists}}
+    b = body("identify", record)
+    assert b.get("mailingLists") == expected
+    assert "mailing_lists" not in b
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        ({"mailing_lists_l1": True, "mailing_lists_l2": False}, {"l1": True, "l2": False}),
+        ({"mailing_lists_l1": "1", "mailing_lists_l2": "f"}, {"l1": True, "l2": False}),
+        ({"mailing_lists_cm06f5v0e45nf0ml5754o9cix": 1}, {"cm06f5v0e45nf0ml5754o9cix": True}),
+        ({"mailing_lists_l1": None, "mailing_lists_l2": True}, {"l2": True}),
+        ({"mailing_lists_l1": None}, None),
+        ({}, None),
+    ],
+    ids=["booleans", "strings", "real-list-id", "null-dropped", "all-null", "no-columns"],
+)
+def test_flat_mailing_list_columns(columns: dict[str, Any], expected: dict[str, bool] | None) -> None:
+    b = body("identifies", {"user_id": "u", "email": "a@example.com", **columns})
+    assert b.get("mailingLists") == expected
+    assert not any(k.startswith("mailingLists") and k != "mailingLists" for k in b)
+
+
+@pytest.mark.parametrize(
+    ("lists", "reason"),
+    [
+        (["l1"], "invalid_mailing_lists"),
+        ("l1", "invalid_mailing_lists"),
+        (True, "invalid_mailing_lists"),
+        ({"l1": "maybe"}, "invalid_boolean"),
+        ({"l1": 2}, "invalid_boolean"),
+        ({"l1": {"on": True}}, "invalid_boolean"),
+    ],
+    ids=["list", "string", "bool", "bad-string-value", "bad-int-value", "object-value"],
+)
+def test_bad_mailing_lists_are_rejected(lists: Any, reason: str) -> None:
+    record = {"messageId": "m", "userId": "u", "traits": {"email": "a@example.com", "mailingLists": lists}}
+    assert reject("identify", record).reason == reason
+
+
+def test_event_mailing_lists_only_when_mapped() -> None:
+    record = {"event_text": "Joined", "email": "a@example.com", "lists": {"l1": "true"}, "id": "k"}
+    plain = body("joins", {k: v for k, v in record.items() if k != "lists"}, event_rule("joins"))
+    assert "mailingLists" not in plain
+    mapped = body("joins", record, event_rule("joins", mailing_lists="lists"))
+    assert mapped["mailingLists"] == {"l1": True}
+    assert "lists" not in mapped.get("eventProperties", {})
+
+
+# --------------------------------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (D("42"), 42),
+        (D("42.000"), 42),
+        (D("1E+2"), 100),
+        (D("-7"), -7),
+        (D("19.99"), 19.99),
+        (D("0.5"), 0.5),
+        (7, 7),
+        (2.5, 2.5),
+        (True, True),
+        (False, False),
+        ("text", "text"),
+        ("", ""),
+        (dt.datetime(2026, 11, 2, 8, 30, 15), "2026-11-02T08:30:15+00:00"),
+        (dt.datetime(2026, 11, 2, 8, 30, 15, 123456), "2026-11-02T08:30:15.123+00:00"),
+        (dt.datetime(2026, 11, 2, 8, 30, 15, 999), "2026-11-02T08:30:15.000+00:00"),
+        (dt.datetime(2026, 11, 2, 8, 30, 15, tzinfo=dt.timezone.utc), "2026-11-02T08:30:15+00:00"),
+        (
+            dt.datetime(2026, 11, 2, 10, 30, 15, 250000, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+            "2026-11-02T10:30:15.250+02:00",
+        ),
+        (dt.date(2026, 11, 2), "2026-11-02"),
+    ],
+    ids=repr,
+)
+def test_value_normalization(value: Any, expected: Any) -> None:
+    b = body("accounts", {"email": "a@example.com", "value": value}, contact_rule())
+    assert b["value"] == expected
+    assert type(b["value"]) is type(expected)
+
+
+def test_values_normalized_in_event_properties_too() -> None:
+    record = {"event_text": "Paid", "email": "a@example.com", "amount": D("10.00"), "at": dt.datetime(2026, 1, 1)}
+    assert body("payments", record, event_rule("payments"))["eventProperties"] == {
+        "amount": 10,
+        "at": "2026-01-01T00:00:00+00:00",
+    }
+
+
+def test_datetimes_are_never_epoch_numbers() -> None:
+    stamp = dt.datetime(2026, 11, 2, 8, 30, tzinfo=dt.timezone.utc)
+    b = body("accounts", {"email": "a@example.com", "renews_at": stamp}, contact_rule())
+    assert isinstance(b["renewsAt"], str) and b["renewsAt"].startswith("2026-11-02T08:30")
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), float("-inf"), D("NaN"), D("Infinity"), D("-Infinity")], ids=repr
+)
+def test_non_finite_numbers_are_rejected(value: Any) -> None:
+    rejection = reject("accounts", {"email": "a@example.com", "score": value}, contact_rule())
+    assert rejection.reason == "invalid_number"
+    assert "score" in rejection.message
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (42, "42"),
+        (D("42"), "42"),
+        (D("42.0"), "42"),
+        (42.0, "42"),
+        (D("4.2E+1"), "42"),
+        (12345678901234, "12345678901234"),
+        (42.5, "42.5"),
+        (" u_42 ", "u_42"),
+        ("u_42", "u_42"),
+    ],
+    ids=repr,
+)
+def test_user_id_normalized_to_string(value: Any, expected: str) -> None:
+    op = run("identifies", {"user_id": value, "email": "a@example.com"})
+    assert op.request.body["userId"] == expected
+    assert op.contact_key == f"u:{expected}"
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", True, False], ids=repr)
+def test_unusable_user_id_falls_back_to_email(value: Any) -> None:
+    op = run("identifies", {"user_id": value, "email": "A@Example.com"})
+    assert op.request.body == {"email": "A@Example.com"}
+    assert op.contact_key == "e:a@example.com"
+
+
+def test_email_is_trimmed() -> None:
+    assert body("identifies", {"email": "  a@example.com "}) == {"email": "a@example.com"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(D("3"), 3), (D("3.25"), 3.25), (D("-0"), 0), (D("1E+3"), 1000), (D("0.1"), 0.1)],
+    ids=repr,
+)
+def test_json_number(value: decimal.Decimal, expected: float) -> None:
+    result = json_number(value)
+    assert result == expected and type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (dt.datetime(2026, 1, 2, 3, 4, 5), "2026-01-02T03:04:05+00:00"),
+        (dt.datetime(2026, 1, 2, 3, 4, 5, 6000), "2026-01-02T03:04:05.006+00:00"),
+        (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=-5))), "2026-01-02T03:04:05-05:00"),
+    ],
+    ids=["naive", "micro-to-milli", "negative-offset"],
+)
+def test_iso_datetime(value: dt.datetime, expected: str) -> None:
+    assert iso_datetime(value) == expected
+
+
+# --------------------------------------------------------------------------------------------------- rejections
+
+LONG = "x" * 501
+MAX_OK = "x" * 500
+LONG_EMAIL = "a" * 495 + "@b.com"  # 501 characters, a valid address
+
+
+@pytest.mark.parametrize(
+    ("stream", "record", "rules", "reason"),
+    [
+        pytest.param("identifies", {"plan": "pro"}, None, "no_identifier", id="upsert-no-identifier-flat"),
+        pytest.param(
+            "identify", {"messageId": "m", "traits": {"plan": "pro"}}, None, "no_identifier", id="upsert-no-id-nested"
+        ),
+        pytest.param(
+            "identifies", {"user_id": None, "email": None, "plan": "p"}, None, "no_identifier", id="upsert-nulls"
+        ),
+        pytest.param("identifies", {"email": "   "}, None, "no_identifier", id="upsert-blank-email"),
+        pytest.param("tracks", {"event_text": "E", "id": "k"}, None, "no_identifier", id="event-no-identifier"),
+        pytest.param("identifies", {"email": "not-an-email"}, None, "invalid_email", id="invalid-email"),
+        pytest.param("identifies", {"email": "a@b"}, None, "invalid_email", id="email-no-dot-domain"),
+        pytest.param("identifies", {"email": "a b@c.de"}, None, "invalid_email", id="email-with-space"),
+        pytest.param(
+            "identifies", {"user_id": "1", "email": "nope"}, None, "invalid_email", id="invalid-email-with-user-id"
+        ),
+        pytest.param("tracks", {"user_id": "1", "id": "k"}, None, "no_event_name", id="no-event-name-flat"),
+        pytest.param(
+            "tracks", {"user_id": "1", "event_text": None, "event": None}, None, "no_event_name", id="null-event-name"
+        ),
+        pytest.param("tracks", {"user_id": "1", "event_text": "  "}, None, "no_event_name", id="blank-event-name"),
+        pytest.param(
+            "track", {"messageId": "m", "userId": "1", "properties": {}}, None, "no_event_name", id="no-event-nested"
+        ),
+        pytest.param(
+            "tracks", {"user_id": "1", "event_text": "checkout:done"}, None, "event_name_colon", id="event-name-colon"
+        ),
+        pytest.param(
+            "identifies", {"email": "a@b.co", "address": {"city": "Paris"}}, None, "nested_value", id="object-column"
+        ),
+        pytest.param("identifies", {"email": "a@b.co", "tags": ["a", "b"]}, None, "nested_value", id="list-column"),
+        pytest.param(
+            "identify",
+            {"messageId": "m", "userId": "1", "traits": {"address": {"city": "Paris"}}},
+            None,
+            "nested_value",
+            id="object-trait",
+        ),
+        pytest.param(
+            "track",
+            {"messageId": "m", "userId": "1", "event": "E", "properties": {"products": [{"sku": 1}]}},
+            None,
+            "nested_value",
+            id="list-event-property",
+        ),
+        pytest.param("identifies", {"email": "a@b.co", "bio": LONG}, None, "string_too_long", id="long-property"),
+        pytest.param("identifies", {"email": LONG_EMAIL}, None, "string_too_long", id="long-email"),
+        pytest.param("identifies", {"user_id": LONG}, None, "string_too_long", id="long-user-id"),
+        pytest.param("tracks", {"user_id": "1", "event_text": LONG}, None, "string_too_long", id="long-event-name"),
+        pytest.param(
+            "signups",
+            {"user_id": "1", "event_text": "E", "note": LONG},
+            event_rule("signups"),
+            "string_too_long",
+            id="long-event-property",
+        ),
+        pytest.param(
+            "identifies",
+            {"email": "a@b.co", "first_name": LONG},
+            None,
+            "string_too_long",
+            id="long-first-name",
+        ),
+        pytest.param(
+            "identify",
+            {"messageId": "m", "userId": "1", "traits": {"mailingLists": ["l1"]}},
+            None,
+            "invalid_mailing_lists",
+            id="mailing-lists-list",
+        ),
+        pytest.param(
+            "identifies", {"email": "a@b.co", "mailing_lists_l1": "sure"}, None, "invalid_boolean", id="list-flag"
+        ),
+        pytest.param(
+            "identify",
+            {"messageId": "m", "userId": "1", "traits": "not-an-object"},
+            None,
+            "properties_not_object",
+            id="traits-string",
+        ),
+        pytest.param(
+            "track",
+            {"messageId": "m", "userId": "1", "event": "E", "properties": ["a"]},
+            None,
+            "properties_not_object",
+            id="event-properties-list",
+        ),
+        pytest.param(
+            "deletes",
+            {"plan": "x"},
+            [{"stream": "deletes", "action": "delete_contact"}],
+            "no_identifier",
+            id="delete-no-identifier",
+        ),
+    ],
+)
+def test_local_rejections(stream: str, record: dict[str, Any], rules: list[dict[str, Any]] | None, reason: str) -> None:
+    rejection = reject(stream, record, rules)
+    assert rejection.reason == reason
+    assert rejection.record == record
+    assert rejection.request is None
+    assert rejection.message
+
+
+@pytest.mark.parametrize(
+    ("stream", "record", "rules"),
+    [
+        pytest.param("identifies", {"email": "a@b.co", "bio": MAX_OK}, None, id="property-500"),
+        pytest.param("identifies", {"user_id": MAX_OK}, None, id="user-id-500"),
+        pytest.param("identifies", {"email": "a" * 494 + "@b.com"}, None, id="email-500"),
+        pytest.param("tracks", {"user_id": "1", "event_text": MAX_OK}, None, id="event-name-500"),
+        pytest.param(
+            "signups", {"user_id": "1", "event_text": "E", "n": MAX_OK}, event_rule("signups"), id="event-property-500"
+        ),
+    ],
+)
+def test_500_characters_pass(stream: str, record: dict[str, Any], rules: list[dict[str, Any]] | None) -> None:
+    run(stream, record, rules)
+
+
+def test_nested_value_message_names_the_property_and_the_fix() -> None:
+    rejection = reject("identify", {"messageId": "m", "userId": "1", "traits": {"address": {"city": "Paris"}}})
+    assert "'traits.address'" in rejection.message
+    assert "exclude" in rejection.message
+
+
+def test_excluded_nested_value_is_not_rejected() -> None:
+    record = {"messageId": "m", "userId": "1", "traits": {"address": {"city": "Paris"}, "plan": "pro"}}
+    assert body("identify", record, contact_rule("identify", exclude=["address"])) == {"userId": "1", "plan": "pro"}
+
+
+def test_no_identifier_message_says_where_it_looked() -> None:
+    rejection = reject("identifies", {"plan": "pro"})
+    assert "'email'" in rejection.message and "'user_id'" in rejection.message
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [(" Signed Up ", "Signed Up"), (42, "42"), ("Order Completed", "Order Completed")],
+    ids=["trimmed", "number", "plain"],
+)
+def test_event_name_normalization(name: Any, expected: str) -> None:
+    assert body("tracks", {"user_id": "1", "event_text": name})["eventName"] == expected
+
+
+# --------------------------------------------------------------------------------------------------- events
+
+
+def test_event_properties_never_carry_nulls_even_with_send_nulls() -> None:
+    record = {"event_text": "E", "user_id": "1", "id": "k", "plan": None, "coupon": "X"}
+    op = run("signups", record, event_rule("signups", send_nulls=True))
+    assert op.request.body["eventProperties"] == {"coupon": "X"}
+
+
+def test_event_without_properties_has_no_event_properties_key() -> None:
+    op = run("track", {"messageId": "m", "userId": "1", "event": "E", "properties": {"a": None}})
+    assert "eventProperties" not in op.request.body
+
+
+def test_event_contact_properties_are_top_level_and_may_clear() -> None:
+    record = {
+        "messageId": "m",
+        "userId": "1",
+        "event": "Upgraded",
+        "traits": {"plan": "pro", "seats": None},
+        "properties": {"from": "basic"},
+    }
+    rules = event_rule("track", properties="traits", send_nulls=True)
+    assert body("track", record, rules) == {
+        "userId": "1",
+        "eventName": "Upgraded",
+        "plan": "pro",
+        "seats": None,
+        "eventProperties": {"from": "basic"},
+    }
+
+
+def test_event_properties_options_path_and_camel_case() -> None:
+    record = {"messageId": "m", "userId": "1", "event": "E", "properties": {"order_id": 1, "coupon_code": "C"}}
+    rules = event_rule("track", event_properties="properties", camel_case=True, exclude=["coupon_code"])
+    assert body("track", record, rules)["eventProperties"] == {"orderId": 1}
+
+
+@pytest.mark.parametrize(
+    ("stream", "record", "rules", "key"),
+    [
+        pytest.param("track", {**NESTED_TRACK}, None, "ajs-msg-101", id="nested-messageId"),
+        pytest.param("tracks", {**FLAT_TRACK}, None, "wh-tr-001", id="flat-id"),
+        pytest.param("tracks", {**FLAT_TRACK, "id": 12345}, None, "12345", id="flat-int-id"),
+        pytest.param("tracks", {**FLAT_TRACK, "id": "  spaced  "}, None, "spaced", id="trimmed"),
+        pytest.param(
+            "s",
+            {"event_text": "E", "user_id": "1", "dedupe": "d-1", "id": "x"},
+            event_rule("s", idempotency_key="dedupe"),
+            "d-1",
+            id="mapped-column",
+        ),
+        pytest.param(
+            "s",
+            {"event_text": "E", "user_id": "1", "meta": {"key": "d-2"}},
+            event_rule("s", idempotency_key="meta.key", exclude=["meta"]),
+            "d-2",
+            id="mapped-path",
+        ),
+        pytest.param(
+            "s",
+            {"event_text": "E", "user_id": "1", "a": None, "b": "bk"},
+            event_rule("s", idempotency_key=["a", "b"]),
+            "bk",
+            id="mapped-list",
+        ),
+        pytest.param(
+            "s", {"event_text": "E", "user_id": "1", "id": "k" * 100}, event_rule("s"), "k" * 100, id="exactly-100-kept"
+        ),
+    ],
+)
+def test_mapped_idempotency_key(stream: str, record: dict[str, Any], rules: Any, key: str) -> None:
+    assert run(stream, record, rules).request.idempotency_key == key
+
+
+@pytest.mark.parametrize("length", [101, 150, 500, 5000])
+def test_long_idempotency_key_is_hashed_to_at_most_100(length: int) -> None:
+    record = {**FLAT_TRACK, "id": "k" * length}
+    key = run("tracks", record).request.idempotency_key
+    assert key is not None and len(key) <= 100
+    assert key.startswith("tl-")
+    assert run("tracks", record).request.idempotency_key == key
+    other = run("tracks", {**FLAT_TRACK, "id": "k" * (length - 1) + "j"}).request.idempotency_key
+    assert other != key
+
+
+BARE_EVENT = {"event_text": "Signed Up", "user_id": "u1", "plan": "pro", "at": "2026-01-01T00:00:00Z"}
+
+
+def fallback_key(record: dict[str, Any], stream: str = "signups", key_properties: tuple[str, ...] = ()) -> str:
+    op = run(stream, record, event_rule(stream), key_properties=key_properties)
+    key = op.request.idempotency_key
+    assert key is not None and key.startswith("tl-") and len(key) <= 100
+    return key
+
+
+def test_fallback_key_is_deterministic() -> None:
+    assert fallback_key(BARE_EVENT) == fallback_key(dict(BARE_EVENT))
+    assert fallback_key(BARE_EVENT) == fallback_key(dict(reversed(list(BARE_EVENT.items()))))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"plan": "team"}, {"at": "2026-01-01T00:00:01Z"}, {"user_id": "u2"}, {"extra": None}],
+    ids=["property", "timestamp", "user", "extra-null-column"],
+)
+def test_fallback_key_differs_for_a_different_record(change: dict[str, Any]) -> None:
+    assert fallback_key({**BARE_EVENT, **change}) != fallback_key(BARE_EVENT)
+
+
+def test_fallback_key_differs_per_stream() -> None:
+    assert fallback_key(BARE_EVENT, "signups") != fallback_key(BARE_EVENT, "signups_v2")
+
+
+def test_fallback_key_ignores_sdc_columns() -> None:
+    with_sdc = {**BARE_EVENT, "_sdc_batched_at": "2026-02-02T00:00:00Z", "_sdc_sequence": 17}
+    again = {**BARE_EVENT, "_sdc_batched_at": "2026-03-03T00:00:00Z", "_sdc_sequence": 99}
+    assert fallback_key(with_sdc) == fallback_key(BARE_EVENT) == fallback_key(again)
+
+
+def test_fallback_key_uses_key_properties_when_present() -> None:
+    first = fallback_key({**BARE_EVENT, "event_id": 7}, key_properties=("event_id",))
+    changed = fallback_key({**BARE_EVENT, "event_id": 7, "plan": "team"}, key_properties=("event_id",))
+    assert first == changed  # only the key properties count
+    assert fallback_key({**BARE_EVENT, "event_id": 8}, key_properties=("event_id",)) != first
+    assert fallback_key({**BARE_EVENT, "event_id": 7}) != first  # whole-record hash without key properties
+
+
+def test_fallback_key_uses_whole_record_when_a_key_property_is_null() -> None:
+    record = {**BARE_EVENT, "event_id": None}
+    assert fallback_key(record, key_properties=("event_id",)) == fallback_key(record)
+    assert fallback_key({**record, "plan": "x"}, key_properties=("event_id",)) != fallback_key(record)
+
+
+def test_fallback_key_when_mapped_key_is_null_or_blank() -> None:
+    assert fallback_key({**BARE_EVENT, "id": None}) == fallback_key({**BARE_EVENT, "id": None})
+    assert run("signups", {**BARE_EVENT, "id": "  "}, event_rule("signups")).request.idempotency_key.startswith("tl-")
+
+
+@pytest.mark.parametrize(
+    ("stream", "record", "email"),
+    [
+        pytest.param(
+            "track",
+            {
+                "messageId": "m",
+                "event": "E",
+                "properties": {"email": "p@x.co"},
+                "context": {"traits": {"email": "c@x.co"}},
+            },
+            "p@x.co",
+            id="nested-properties-email-first",
+        ),
+        pytest.param(
+            "track",
+            {"messageId": "m", "event": "E", "properties": {"email": None}, "context": {"traits": {"email": "c@x.co"}}},
+            "c@x.co",
+            id="nested-context-traits-fallback",
+        ),
+        pytest.param(
+            "track",
+            {"messageId": "m", "event": "E", "context": {"traits": {"email": "c@x.co"}}},
+            "c@x.co",
+            id="nested-no-properties",
+        ),
+        pytest.param(
+            "tracks",
+            {"event_text": "E", "email": "p@x.co", "context_traits_email": "c@x.co"},
+            "p@x.co",
+            id="flat-email-first",
+        ),
+        pytest.param(
+            "tracks",
+            {"event_text": "E", "email": None, "context_traits_email": "c@x.co"},
+            "c@x.co",
+            id="flat-context-traits-fallback",
+        ),
+        pytest.param(
+            "tracks", {"event_text": "E", "context_traits_email": "c@x.co"}, "c@x.co", id="flat-no-email-column"
+        ),
+    ],
+)
+def test_event_email_fallback_order(stream: str, record: dict[str, Any], email: str) -> None:
+    op = run(stream, record)
+    assert op.request.body["email"] == email
+    assert "userId" not in op.request.body
+    assert op.contact_key == f"e:{email}"
+
+
+def test_nested_event_does_not_use_top_level_traits_email() -> None:
+    record = {"messageId": "m", "event": "E", "traits": {"email": "t@x.co"}}
+    assert reject("track", record).reason == "no_identifier"
+
+
+def test_tracks_row_and_per_event_table_row_share_the_idempotency_key() -> None:
+    from_tracks = run("tracks", FLAT_TRACK).request.idempotency_key
+    from_table = run("order_completed", FLAT_ORDER_ROW, event_rule("order_completed")).request.idempotency_key
+    assert from_tracks == from_table == "wh-tr-001"
+
+
+@pytest.mark.parametrize(
+    ("stream", "record", "reasons"),
+    [
+        pytest.param(
+            "identifies",
+            {"email": ["a@b.co"]},
+            {"nested_value", "invalid_email"},
+            id="email-list",
+        ),
+        pytest.param("identifies", {"email": {"work": "a@b.co"}}, {"nested_value", "invalid_email"}, id="email-object"),
+        pytest.param(
+            "identifies",
+            {"email": "a@b.co", "user_id": {"id": 1}},
+            {"nested_value"},
+            id="user-id-object",
+        ),
+        pytest.param(
+            "identifies",
+            {"email": "a@b.co", "user_id": ["u1"]},
+            {"nested_value"},
+            id="user-id-list",
+        ),
+        pytest.param(
+            "tracks",
+            {"user_id": "1", "event_text": ["Signed Up"]},
+            {"nested_value", "no_event_name"},
+            id="event-name-list",
+        ),
+        pytest.param(
+            "tracks",
+            {"user_id": "1", "event_text": {"name": "Signed Up"}},
+            {"nested_value", "no_event_name"},
+            id="event-name-object",
+        ),
+    ],
+)
+def test_object_or_list_identifiers_and_event_names_are_rejected(
+    stream: str, record: dict[str, Any], reasons: set[str]
+) -> None:
+    result = mapper(stream).map(copy.deepcopy(record))
+    assert isinstance(result, Rejection), f"sent: {result.request.body if isinstance(result, Operation) else result}"
+    assert result.reason in reasons
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), D("NaN"), D("Infinity")], ids=repr)
+def test_non_finite_user_id_is_not_sent(value: Any) -> None:
+    result = mapper("identifies").map({"email": "a@b.co", "user_id": value})
+    if isinstance(result, Operation):
+        assert "userId" not in result.request.body, result.request.body
+    else:
+        assert result.reason in {"invalid_number", "invalid_user_id"}
+
+
+# --------------------------------------------------------------------------------------------------- delete
+
+
+DELETE_RULE = [{"stream": "deleted_users", "action": "delete_contact"}]
+
+
+@pytest.mark.parametrize(
+    ("record", "expected_body", "contact_key"),
+    [
+        pytest.param({"user_id": "u1", "email": "a@x.co"}, {"userId": "u1"}, "u:u1", id="flat-userId-preferred"),
+        pytest.param({"user_id": None, "email": "A@x.co"}, {"email": "A@x.co"}, "e:a@x.co", id="flat-email-only"),
+        pytest.param({"user_id": D("42")}, {"userId": "42"}, "u:42", id="flat-int-user-id"),
+        pytest.param(
+            {"messageId": "m", "userId": "u1", "traits": {"email": "a@x.co"}},
+            {"userId": "u1"},
+            "u:u1",
+            id="nested-userId-preferred",
+        ),
+        pytest.param(
+            {"messageId": "m", "traits": {"email": "a@x.co"}}, {"email": "a@x.co"}, "e:a@x.co", id="nested-email"
+        ),
+        pytest.param({"messageId": "m", "email": "a@x.co"}, {"email": "a@x.co"}, "e:a@x.co", id="nested-top-email"),
+    ],
+)
+def test_delete_contact(record: dict[str, Any], expected_body: dict[str, Any], contact_key: str) -> None:
+    op = run("deleted_users", record, DELETE_RULE)
+    assert op.action is Action.DELETE_CONTACT
+    assert (op.request.method, op.request.path) == DELETE
+    assert op.request.body == expected_body
+    assert op.request.idempotency_key is None
+    assert op.contact_key == contact_key
+
+
+def test_delete_contact_with_mapped_fields() -> None:
+    rules = [{"stream": "gdpr", "action": "delete_contact", "email": "subject_email", "user_id": {"value": None}}]
+    assert body("gdpr", {"subject_email": "x@y.co", "user_id": "ignored"}, rules) == {"email": "x@y.co"}
+
+
+# --------------------------------------------------------------------------------------------------- coalescing
+
+
+def upsert_op(body_: dict[str, Any], contact_key: str = "u:1", sort_key: str | None = None) -> Operation:
+    return Operation(
+        Action.UPSERT_CONTACT, LoopsRequest("PUT", "/v1/contacts/update", body_), {"b": body_}, contact_key, sort_key
+    )
+
+
+T1, T2, T3 = "2026-01-01T00:00:01+00:00", "2026-01-01T00:00:02+00:00", "2026-01-01T00:00:03+00:00"
+
+
+@pytest.mark.parametrize(
+    ("ops", "expected"),
+    [
+        pytest.param(
+            [upsert_op({"plan": "a"}, sort_key=T1), upsert_op({"plan": "b"}, sort_key=T2)],
+            {"plan": "b"},
+            id="later-timestamp-overrides",
+        ),
+        pytest.param(
+            [
+                upsert_op({"plan": "new"}, sort_key=T3),
+                upsert_op({"plan": "old"}, sort_key=T1),
+                upsert_op({"plan": "mid", "seats": 2}, sort_key=T2),
+            ],
+            {"plan": "new", "seats": 2},
+            id="out-of-order-timestamps",
+        ),
+        pytest.param(
+            [upsert_op({"plan": "first"}), upsert_op({"plan": "second"})],
+            {"plan": "second"},
+            id="no-timestamps-input-order",
+        ),
+        pytest.param(
+            [upsert_op({"plan": "first"}, sort_key=T3), upsert_op({"plan": "second"})],
+            {"plan": "second"},
+            id="mixed-timestamps-input-order",
+        ),
+        pytest.param(
+            [upsert_op({"plan": "first"}, sort_key=T2), upsert_op({"plan": "second"}, sort_key=T2)],
+            {"plan": "second"},
+            id="equal-timestamps-input-order",
+        ),
+        pytest.param(
+            [
+                upsert_op({"plan": "a", "seats": 3, "email": "a@x.co"}, sort_key=T1),
+                upsert_op({"plan": "b"}, sort_key=T2),
+            ],
+            {"plan": "b", "seats": 3, "email": "a@x.co"},
+            id="earlier-only-keys-kept",
+        ),
+        pytest.param(
+            [
+                upsert_op({"mailingLists": {"l1": True, "l2": True}}, sort_key=T1),
+                upsert_op({"mailingLists": {"l2": False, "l3": True}}, sort_key=T2),
+            ],
+            {"mailingLists": {"l1": True, "l2": False, "l3": True}},
+            id="mailing-lists-merged-per-list",
+        ),
+        pytest.param(
+            [
+                upsert_op({"mailingLists": {"l2": False}}, sort_key=T2),
+                upsert_op({"mailingLists": {"l1": True, "l2": True}}, sort_key=T1),
+            ],
+            {"mailingLists": {"l1": True, "l2": False}},
+            id="mailing-lists-by-timestamp",
+        ),
+        pytest.param(
+            [upsert_op({"plan": "a"}, sort_key=T1), upsert_op({"plan": None}, sort_key=T2)],
+            {"plan": None},
+            id="later-null-clear-overrides",
+        ),
+        pytest.param(
+            [
+                upsert_op({"email": "old@x.co", "userId": "1"}, sort_key=T1),
+                upsert_op({"email": "new@x.co", "userId": "1"}, sort_key=T2),
+            ],
+            {"email": "new@x.co", "userId": "1"},
+            id="email-change",
+        ),
+    ],
+)
+def test_coalesce_upserts_merging(ops: list[Operation], expected: dict[str, Any]) -> None:
+    planned = coalesce_upserts(ops)
+    assert len(planned) == 1
+    request, members = planned[0]
+    assert request.body == expected
+    assert (request.method, request.path, request.idempotency_key) == ("PUT", "/v1/contacts/update", None)
+    assert sorted(id(m) for m in members) == sorted(id(o) for o in ops)
+
+
+def test_coalesce_single_op_is_passed_through() -> None:
+    op = upsert_op({"plan": "a"})
+    assert coalesce_upserts([op]) == [(op.request, [op])]
+    assert coalesce_upserts([]) == []
+
+
+def test_coalesce_does_not_mutate_the_input_bodies() -> None:
+    a = upsert_op({"plan": "a", "mailingLists": {"l1": True}})
+    b = upsert_op({"plan": "b", "mailingLists": {"l2": True}})
+    coalesce_upserts([a, b])
+    assert a.request.body == {"plan": "a", "mailingLists": {"l1": True}}
+    assert b.request.body == {"plan": "b", "mailingLists": {"l2": True}}
+
+
+@pytest.mark.parametrize(
+    ("records", "groups"),
+    [
+        pytest.param([{"user_id": "1", "email": "a@x.co"}, {"user_id": "1", "email": "b@x.co"}], 1, id="same-user-id"),
+        pytest.param([{"user_id": 1, "email": "a@x.co"}, {"user_id": "1"}], 1, id="same-user-id-int-vs-str"),
+        pytest.param([{"email": "Ada@X.co"}, {"email": "ada@x.CO"}], 1, id="email-case-insensitive"),
+        pytest.param(
+            [{"user_id": "1", "email": "a@x.co"}, {"user_id": "2", "email": "a@x.co"}], 2, id="user-id-wins-over-email"
+        ),
+        pytest.param([{"user_id": "abc"}, {"user_id": "ABC"}], 2, id="user-id-case-sensitive"),
+        pytest.param([{"email": "a@x.co"}, {"email": "b@x.co"}, {"email": "A@x.co"}], 2, id="three-records-two-emails"),
+    ],
+)
+def test_coalesce_groups_by_user_id_else_email(records: list[dict[str, Any]], groups: int) -> None:
+    m = mapper("identifies")
+    ops = [m.map(r) for r in records]
+    assert all(isinstance(o, Operation) for o in ops)
+    planned = coalesce_upserts(ops)  # type: ignore[arg-type]
+    assert len(planned) == groups
+    assert sum(len(members) for _, members in planned) == len(records)
+
+
+def test_coalesce_through_the_mapper_uses_record_timestamps() -> None:
+    m = mapper("identifies")
+    newer = {"user_id": "1", "email": "a@x.co", "plan": "new", "timestamp": "2026-01-02T00:00:00Z"}
+    older = {"user_id": "1", "email": "a@x.co", "plan": "old", "seats": 3, "timestamp": "2026-01-02T01:00:00+02:00"}
+    ops = [m.map(newer), m.map(older)]
+    [(request, members)] = coalesce_upserts(ops)  # type: ignore[arg-type]
+    assert request.body == {"email": "a@x.co", "userId": "1", "plan": "new", "seats": 3}
+    assert [op.record["plan"] for op in members] == ["old", "new"]
+
+
+def test_coalesce_keeps_groups_in_first_seen_order() -> None:
+    ops = [upsert_op({"n": 1}, "u:b"), upsert_op({"n": 2}, "u:a"), upsert_op({"n": 3}, "u:b")]
+    assert [request.body for request, _ in coalesce_upserts(ops)] == [{"n": 3}, {"n": 2}]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00+00:00"),
+        ("2026-01-01T02:00:00+02:00", "2026-01-01T00:00:00+00:00"),
+        ("2026-01-01T00:00:00.120Z", "2026-01-01T00:00:00.120000+00:00"),
+        ("2026-01-01T00:00:00", "2026-01-01T00:00:00+00:00"),
+        (dt.datetime(2026, 1, 1), "2026-01-01T00:00:00+00:00"),
+        (dt.datetime(2026, 1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))), "2026-01-01T00:00:00+00:00"),
+        ("not a date", None),
+        (1767225600, None),
+        (None, None),
+    ],
+    ids=["zulu", "offset", "millis", "naive-string", "naive-datetime", "aware-datetime", "garbage", "epoch", "null"],
+)
+def test_sort_key_from_timestamp(value: Any, expected: str | None) -> None:
+    assert run("identifies", {"email": "a@x.co", "timestamp": value}).sort_key == expected
+
+
+def test_order_by_field_spec() -> None:
+    rules = contact_rule(order_by="updated_at", exclude=["updated_at"])
+    op = run("accounts", {"email": "a@x.co", "updated_at": "2026-05-05T05:05:05Z", "timestamp": "2020-01-01"}, rules)
+    assert op.sort_key == "2026-05-05T05:05:05+00:00"
+
+
+def test_order_by_column_is_not_spread_as_a_property() -> None:
+    record = {"email": "a@x.co", "plan": "pro", "synced_at": "2026-05-05T05:05:05Z"}
+    op = run("accounts", record, contact_rule(order_by="synced_at"))
+    assert op.sort_key == "2026-05-05T05:05:05+00:00"
+    assert op.request.body == {"email": "a@x.co", "plan": "pro"}
+
+
+def test_coalesce_orders_sub_second_timestamps() -> None:
+    m = mapper("identifies")
+    newer = {"user_id": "1", "plan": "new", "timestamp": "2026-01-01T00:00:00.500Z"}
+    older = {"user_id": "1", "plan": "old", "timestamp": "2026-01-01T00:00:00Z"}
+    oldest = {"user_id": "1", "plan": "oldest", "seats": 1, "timestamp": "2025-12-31T23:59:59.999Z"}
+    ops = [m.map(newer), m.map(older), m.map(oldest)]
+    [(request, members)] = coalesce_upserts(ops)  # type: ignore[arg-type]
+    assert request.body == {"userId": "1", "plan": "new", "seats": 1}
+    assert [op.record["plan"] for op in members] == ["oldest", "old", "new"]
+
+
+# --------------------------------------------------------------------------------------------------- event dedupe
+
+
+def event_op(key: str | None, n: int) -> Operation:
+    return Operation(
+        Action.SEND_EVENT, LoopsRequest("POST", "/v1/events/send", {"eventName": "E", "n": n}, key), {"n": n}, "u:1"
+    )
+
+
+def test_dedupe_events_collapses_same_key_and_counts() -> None:
+    ops = [event_op("k1", 1), event_op("k2", 2), event_op("k1", 3), event_op("k1", 4)]
+    planned, duplicates = dedupe_events(ops)
+    assert duplicates == 2
+    assert [(request.idempotency_key, request.body["n"]) for request, _ in planned] == [("k1", 1), ("k2", 2)]
+    assert [[m.record["n"] for m in members] for _, members in planned] == [[1, 3, 4], [2]]
+
+
+def test_dedupe_events_distinct_keys_are_all_sent() -> None:
+    ops = [event_op(f"k{i}", i) for i in range(5)]
+    planned, duplicates = dedupe_events(ops)
+    assert duplicates == 0
+    assert [request.body["n"] for request, _ in planned] == list(range(5))
+
+
+def test_dedupe_events_without_key_never_collapse() -> None:
+    planned, duplicates = dedupe_events([event_op(None, 1), event_op(None, 2)])
+    assert duplicates == 0 and len(planned) == 2
+
+
+def test_dedupe_events_replayed_rows_through_the_mapper() -> None:
+    m = mapper("tracks")
+    ops = [m.map(dict(FLAT_TRACK)), m.map(dict(FLAT_TRACK)), m.map({**FLAT_TRACK, "id": "wh-tr-002"})]
+    planned, duplicates = dedupe_events(ops)  # type: ignore[arg-type]
+    assert duplicates == 1
+    assert [request.idempotency_key for request, _ in planned] == ["wh-tr-001", "wh-tr-002"]
+
+
+def test_mapper_compiles_once_per_shape() -> None:
+    m = mapper("identifies")
+    m.map(dict(FLAT_IDENTIFY))
+    m.map(dict(FLAT_IDENTIFY))
+    assert set(m._plans) == {"flat"}
+    m.map(copy.deepcopy(NESTED_IDENTIFY))
+    assert set(m._plans) == {"flat", "nested"}
+
+
+def test_rule_is_frozen() -> None:
+    rule = parse_rule({"stream": "s", "action": "upsert_contact"}, 0)
+    assert isinstance(rule, Rule)
+    with pytest.raises(AttributeError):
+        rule.stream = "other"  # type: ignore[misc]
