@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +148,8 @@ class LoopsClient:
         self._stop = threading.Event()
         self._fatal: BaseException | None = None
         self._rng = random.Random()
+        #: Called with each finished request's outcome, from the worker threads (progress reporting).
+        self.listener: Callable[[Outcome], None] | None = None
 
     # --- public
 
@@ -184,6 +186,12 @@ class LoopsClient:
 
     def send(self, request: LoopsRequest) -> Outcome:
         """One request to its end: delivered, duplicate, already done, rejected, failed or aborted."""
+        outcome = self._send(request)
+        if self.listener is not None:
+            self.listener(outcome)
+        return outcome
+
+    def _send(self, request: LoopsRequest) -> Outcome:
         outcome = Outcome(OutcomeKind.ABORTED)
         transient = 0
         while True:

@@ -71,6 +71,14 @@ def team_namespace(base_url: str, team_name: str | None, api_key: str | None) ->
     return hashlib.sha256(f"{base_url.rstrip('/')}|{who}".encode()).hexdigest()[:32]
 
 
+def normalize_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 (the ``postgres`` extra), not SQLAlchemy's psycopg2."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -80,7 +88,7 @@ class Ledger:
     """Thread-safe access to the ledger tables; every method is one short transaction."""
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
-        self.url = url
+        url = normalize_url(url)
         self.read_only = read_only
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"

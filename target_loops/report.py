@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import collections
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from target_loops.operations import Outcome, OutcomeKind
 
@@ -75,3 +78,97 @@ class RunStats:
             if stats is None:
                 stats = self.streams[stream] = StreamStats(stream=stream, action=action)
             return stats
+
+
+class Progress:
+    """A progress line at most every ``interval`` seconds while requests are being sent.
+
+    Sinks announce each batch's planned requests; the client reports each finished request (from its worker
+    threads). The line shows the batches in flight and the run so far, the current rate and an ETA.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+        self._recent: collections.deque[float] = collections.deque()
+        self.batch_planned = self.batch_done = 0
+        self.total_planned = self.total_done = 0
+        self.rate_limited = self.retries = self.rejected = 0
+
+    def begin_batch(self, planned: int) -> None:
+        with self._lock:
+            self.batch_planned += planned
+            self.total_planned += planned
+
+    def end_batch(self, planned: int, done: int) -> None:
+        with self._lock:
+            self.batch_planned -= planned
+            self.batch_done -= done
+
+    def note(self, outcome: Outcome) -> None:
+        """One request finished: count it, and print the line if the interval has passed."""
+        now = time.monotonic()
+        with self._lock:
+            self.batch_done += 1
+            self.total_done += 1
+            self.rate_limited += outcome.rate_limited
+            self.retries += outcome.retries
+            self.rejected += outcome.kind is OutcomeKind.REJECTED
+            self._recent.append(now)
+            while self._recent and self._recent[0] < now - self.interval:
+                self._recent.popleft()
+            if now - self._last < self.interval:
+                return
+            self._last = now
+            line = self._line(now)
+        self.logger.info("%s", line)
+
+    def _line(self, now: float) -> str:
+        window = min(self.interval, max(now - self._recent[0], 1e-6)) if self._recent else self.interval
+        rate = len(self._recent) / window
+        left = self.batch_planned - self.batch_done
+        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        return (
+            f"Progress: batch {self.batch_done}/{self.batch_planned} requests, run {self.total_done}/"
+            f"{self.total_planned}, {rate:.1f} requests/s, 429s {self.rate_limited}, retries {self.retries}, "
+            f"rejects {self.rejected}, batch ETA {eta}"
+        )
+
+
+def human_duration(seconds: float) -> str:
+    """``4120`` → ``1 h 9 min``; ``75`` → ``1 min 15 s``."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"
+
+
+def stream_report(stats: StreamStats) -> dict[str, Any]:
+    """One stream's figures for the run report (JSON)."""
+    rate = stats.requests / stats.elapsed if stats.elapsed > 0 else 0.0
+    return {
+        "stream": stats.stream,
+        "action": stats.action,
+        "read": stats.read,
+        "requests": stats.requests,
+        "sent": stats.delivered,
+        "planned": stats.planned,
+        "unchanged": stats.unchanged,
+        "coalesced": stats.coalesced,
+        "duplicate_events": stats.duplicates,
+        "rejected": stats.rejected,
+        "reject_reasons": dict(sorted(stats.reasons.items())),
+        "resubscribe_blocked": stats.resubscribe_blocked,
+        "stale": stats.reasons.get("stale", 0),
+        "skipped_unmapped": stats.skipped,
+        "retries": stats.retried,
+        "rate_limited": stats.rate_limited,
+        "elapsed_seconds": round(stats.elapsed, 3),
+        "requests_per_second": round(rate, 2),
+    }

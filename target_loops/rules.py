@@ -508,23 +508,10 @@ class StreamMapper:
             items = obj.items()
             top = False
         prefix = f"{source.path}." if not top else ""
-        used = plan.skip_top_level
         for key, value in items:
-            if top:
-                if (
-                    key in used
-                    or defaults.is_system_column(key)
-                    or (plan.nested and key in defaults.NESTED_SYSTEM_KEYS)
-                    or (plan.skip_prefixes and key.startswith(plan.skip_prefixes))
-                ):
-                    continue
-            elif f"{prefix}{key}" in plan.used_paths:
+            name = _property_name(plan, source, key, prefix)
+            if name is None:
                 continue
-            if source.include is not None and key not in source.include:
-                continue
-            if key in source.exclude:
-                continue
-            name = source.loops_name(key)
             if contact and (name in defaults.CONTACT_BODY_KEYS or name in defaults.RESERVED_NAMES):
                 skipped.append(key)
                 continue
@@ -533,6 +520,31 @@ class StreamMapper:
                     out[name] = None
                 continue
             out[name] = _scalar(name, value, where=f"{prefix}{key}")
+
+    def declared_properties(self, schema: Mapping[str, Any]) -> tuple[dict[str, Mapping[str, Any]], set[str]]:
+        """What the rule will send for a stream with this SCHEMA: contact property names (→ their JSON schema)
+        and mailing list ids, so that preflight can check them before the first record is sent.
+
+        Properties under an object the SCHEMA does not describe (a bare ``traits`` object) are only known from
+        the data; they are checked when their batch is sent.
+        """
+        props: Mapping[str, Any] = schema.get("properties") or {}
+        shape = self.rule.shape or (NESTED if _schema_looks_nested(props) else FLAT)
+        plan = self._plans.get(shape) or self._compile(shape)
+        found: dict[str, Mapping[str, Any]] = {}
+        lists: set[str] = set()
+        if plan.properties is not None:
+            source = plan.properties
+            items = props if source.path == "*" else _schema_at(props, source.path)
+            prefix = "" if source.path == "*" else f"{source.path}."
+            for key, sub in items.items():
+                name = _property_name(plan, source, key, prefix)
+                if name is not None and name not in defaults.CONTACT_BODY_KEYS and name not in defaults.RESERVED_NAMES:
+                    found[name] = sub if isinstance(sub, Mapping) else {}
+        for prefix_ in plan.skip_prefixes:
+            if "mailing_lists" in plan.fields and plan.fields["mailing_lists"][1].prefix == prefix_:
+                lists.update(k[len(prefix_) :] for k in props if k.startswith(prefix_))
+        return found, lists
 
     def _idempotency_key(self, plan: _Plan, record: dict[str, Any]) -> str:
         """The mapped key (hashed when over 100 characters), else a hash of the stream and key properties or record."""
@@ -544,6 +556,45 @@ class StreamMapper:
             return "tl-" + stable_hash(self.stream_name, [record[k] for k in self.key_properties])[:64]
         payload = {k: v for k, v in record.items() if not k.startswith("_sdc_")}
         return "tl-" + stable_hash(self.stream_name, payload)[:64]
+
+
+def _property_name(plan: _Plan, source: PropertySource, key: str, prefix: str) -> str | None:
+    """The Loops name a source key is sent under, or None when it is not part of this property set."""
+    if not prefix:
+        if (
+            key in plan.skip_top_level
+            or defaults.is_system_column(key)
+            or (plan.nested and key in defaults.NESTED_SYSTEM_KEYS)
+            or (plan.skip_prefixes and key.startswith(plan.skip_prefixes))
+        ):
+            return None
+    elif f"{prefix}{key}" in plan.used_paths:
+        return None
+    if (source.include is not None and key not in source.include) or key in source.exclude:
+        return None
+    return source.loops_name(key)
+
+
+def _schema_looks_nested(props: Mapping[str, Any]) -> bool:
+    """The SCHEMA counterpart of ``defaults.looks_nested``."""
+    return "messageId" in props or any(
+        "object" in _types(props.get(k)) for k in ("traits", "properties", "context") if k in props
+    )
+
+
+def _types(schema: Any) -> list[str]:
+    kind = schema.get("type", []) if isinstance(schema, Mapping) else []
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def _schema_at(props: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """The declared sub-properties at a dot path of a SCHEMA, or {} when the SCHEMA does not say."""
+    node: Any = {"properties": props}
+    for part in path.split("."):
+        node = (node.get("properties") or {}).get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            return {}
+    return node.get("properties") or {} if isinstance(node, Mapping) else {}
 
 
 # --- values

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 from singer_sdk.sinks import BatchSink
 
 from target_loops.client import LoopsUnavailableError
+from target_loops.coercion import CoercionError
 from target_loops.ledger import fingerprint
 from target_loops.operations import Action, LoopsRequest, Operation, Outcome, OutcomeKind, Rejection
+from target_loops.preflight import loops_type
 from target_loops.rules import StreamMapper
 
 if TYPE_CHECKING:
@@ -86,6 +88,9 @@ class LoopsSink(BatchSink):
         self.action: Action | None = rule.action if rule is not None else None
         self.mapper = StreamMapper(rule, stream_name, tuple(key_properties or ())) if rule is not None else None
         self.stats = target.stats.for_stream(stream_name, self.action.value if self.action else None)
+        if self.mapper is not None and self.action is not Action.DELETE_CONTACT:
+            declared, list_ids = self.mapper.declared_properties(schema)
+            target.preflight.check_stream(stream_name, {k: loops_type(v) for k, v in declared.items()}, list_ids)
         self._warned_keys: set[str] = set()
         self.in_batch = False
 
@@ -135,6 +140,11 @@ class LoopsSink(BatchSink):
                     result.request,
                 )
             else:
+                try:
+                    self.loops.preflight.enforce(result.request.body, self.stream_name)
+                except CoercionError as exc:
+                    self._reject(result.record, "invalid_value", str(exc), result.request)
+                    continue
                 self.stats.resubscribe_blocked += result.resubscribe_blocked
                 ops.append(result)
         if not ops:
@@ -153,10 +163,17 @@ class LoopsSink(BatchSink):
         planned = self._skip_known(planned)
 
         step = self.loops.chunk_size
-        for start in range(0, len(planned), step):
-            chunk = planned[start : start + step]
-            outcomes = self.loops.send([request for request, _ in chunk])
-            self._settle(chunk, outcomes)
+        progress = self.loops.progress
+        progress.begin_batch(len(planned))
+        done = 0
+        try:
+            for start in range(0, len(planned), step):
+                chunk = planned[start : start + step]
+                outcomes = self.loops.send([request for request, _ in chunk])
+                done += len(outcomes)
+                self._settle(chunk, outcomes)
+        finally:
+            progress.end_batch(len(planned), done if not self.loops.dry_run else 0)
 
     def _skip_known(self, planned: list[Planned]) -> list[Planned]:
         """Leave out what the ledger says Loops already has: unchanged contacts, delivered events."""

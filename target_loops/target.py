@@ -7,6 +7,7 @@ the dry-run plan and the counters. It also orders drains so that contacts exist 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import sys
 import threading
@@ -30,8 +31,9 @@ from target_loops.client import (
 )
 from target_loops.ledger import Ledger, team_namespace
 from target_loops.operations import Action, LoopsRequest, Outcome, OutcomeKind
+from target_loops.preflight import Preflight, PreflightError
 from target_loops.rejects import RejectsWriter
-from target_loops.report import RunStats
+from target_loops.report import Progress, RunStats, StreamStats, human_duration, stream_report
 from target_loops.rules import Rule, RuleError, match_rule, parse_rules, suggest_rule
 from target_loops.serialization import dumps
 from target_loops.sinks import LoopsSink
@@ -44,8 +46,20 @@ class UnmappedStreamError(RuntimeError):
     """A stream matches no rule and ``unmapped_streams`` is ``error``."""
 
 
+class MaxRejectsExceeded(RuntimeError):
+    """More records were rejected than ``max_rejects`` allows."""
+
+
 #: Errors that end a run with one clear line instead of a traceback.
-USER_ERRORS = (RuleError, UnmappedStreamError, LoopsAuthError, LoopsUnavailableError, BaseUrlError)
+USER_ERRORS = (
+    RuleError,
+    UnmappedStreamError,
+    LoopsAuthError,
+    LoopsUnavailableError,
+    BaseUrlError,
+    PreflightError,
+    MaxRejectsExceeded,
+)
 
 SETTINGS = th.PropertiesList(
     th.Property(
@@ -151,10 +165,31 @@ SETTINGS = th.PropertiesList(
         "workflows late (first backfills, catch-up after an outage).",
     ),
     th.Property(
+        "unknown_properties",
+        th.StringType,
+        default="create",
+        allowed_values=["create", "drop", "error"],
+        description="A contact property the rules produce that the Loops team lacks: create it (type from the "
+        "SCHEMA), drop it from every request (counted in the report), or error (stop before any write, listing them).",
+    ),
+    th.Property(
+        "report_path",
+        th.StringType,
+        description="Write the run report (per stream and action: read, sent, unchanged, duplicates, rejected with "
+        "reasons, created properties, elapsed, requests/s; the rejects file) as JSON to this file.",
+    ),
+    th.Property(
+        "max_rejects",
+        th.IntegerType,
+        description="Exit non-zero when more records than this were rejected in the run (after everything else was "
+        "delivered and checkpointed).",
+    ),
+    th.Property(
         "dry_run",
         th.BooleanType,
         default=False,
-        description="Map and plan everything, send nothing (no API key needed).",
+        description="Run the whole pipeline and print a plan (requests per stream, unchanged, rejects, properties to "
+        "create, estimated duration); send nothing. No API key needed; with one, the preflight runs read-only.",
     ),
     th.Property(
         "dry_run_path",
@@ -179,6 +214,9 @@ class TargetLoops(Target):
         self.stats = RunStats()
         self.rejects = RejectsWriter(self.config.get("rejects_path") or "loops_rejects.jsonl")
         self.client: LoopsClient | None = None
+        self.preflight = Preflight(None)
+        self.progress = Progress(self.logger)
+        self._started_at = dt.datetime.now(dt.timezone.utc)
         self.ledger: Ledger | None = None
         self.team: str | None = None  # the ledger's namespace for this Loops team
         self.skip_unchanged = bool(self.config.get("skip_unchanged", True)) and not self.config.get("full_resync")
@@ -261,33 +299,39 @@ class TargetLoops(Target):
         config = self.config
         base_url = check_base_url(config.get("base_url") or DEFAULT_BASE_URL)
         self.ledger = Ledger(config.get("ledger_url") or DEFAULT_LEDGER_URL, read_only=self.dry_run)
-        if self.dry_run:
-            path = config.get("dry_run_path")
-            if path:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                self._plan_file = Path(path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in _finish
-            self.team = self.ledger.known_team(base_url)
-            self.logger.info(
-                "Dry run: nothing will be sent to Loops; the ledger is read only%s",
-                "" if self.team else " (no team known yet: every row counts as new)",
+        team_name = None
+        if config.get("api_key"):
+            self.client = LoopsClient(
+                ClientSettings(
+                    base_url=base_url,
+                    api_key=config["api_key"],
+                    # The SDK parses config numbers as Decimal; the client does float arithmetic.
+                    requests_per_second=float(config.get("requests_per_second", 10)),
+                    max_concurrency=int(config.get("max_concurrency", 4)),
+                    timeout_seconds=float(config.get("timeout_seconds", 30)),
+                    max_retries=int(config.get("max_retries", 8)),
+                    backoff_seconds=float(config.get("retry_backoff_seconds", 1.0)),
+                )
             )
+            self.client.listener = self.progress.note
+            team_name = self.client.check_api_key()
+            self.team = team_namespace(base_url, team_name, config["api_key"])
+            self.logger.info("Connected to Loops team %r at %s", team_name, base_url)
+        self.preflight = Preflight(self.client, mode=config.get("unknown_properties") or "create", dry_run=self.dry_run)
+        self.preflight.load()
+        if not self.dry_run:
+            self.ledger.remember_team(self.team, base_url, team_name)  # type: ignore[arg-type]
             return
-        self.client = LoopsClient(
-            ClientSettings(
-                base_url=base_url,
-                api_key=config["api_key"],
-                # The SDK parses config numbers as Decimal; the client does float arithmetic.
-                requests_per_second=float(config.get("requests_per_second", 10)),
-                max_concurrency=int(config.get("max_concurrency", 4)),
-                timeout_seconds=float(config.get("timeout_seconds", 30)),
-                max_retries=int(config.get("max_retries", 8)),
-                backoff_seconds=float(config.get("retry_backoff_seconds", 1.0)),
-            )
+        path = config.get("dry_run_path")
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._plan_file = Path(path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in _finish
+        self.team = self.team or self.ledger.known_team(base_url)
+        self.logger.info(
+            "Dry run: nothing will be sent to Loops; the ledger is read only%s%s",
+            "" if self.team else " (no team known yet: every row counts as new)",
+            "" if self.client else "; no api_key, so the team's properties are not checked",
         )
-        team_name = self.client.check_api_key()
-        self.team = team_namespace(base_url, team_name, config["api_key"])
-        self.ledger.remember_team(self.team, base_url, team_name)
-        self.logger.info("Connected to Loops team %r at %s", team_name, base_url)
 
     def event_cutoff(self) -> dt.datetime | None:
         """Events that happened before this instant are stale (``max_event_age_hours``), or None."""
@@ -322,28 +366,99 @@ class TargetLoops(Target):
             self.drain_all()
 
     def process_endofpipe(self) -> None:
-        """Drain everything (STATE is written only if it all went through), then report and close."""
+        """Drain everything (STATE is written only if it all went through), then report and close.
+
+        ``max_rejects`` is checked last, so that everything else was delivered and checkpointed before the run
+        reports failure.
+        """
+        completed = False
         try:
             super().process_endofpipe()
+            completed = True
         finally:
-            self._finish()
+            self._finish(completed=completed)
+        limit = self.config.get("max_rejects")
+        if limit is not None and self.rejects.count > limit:
+            raise MaxRejectsExceeded(
+                f"{self.rejects.count} records were rejected, more than max_rejects ({limit}); everything else was "
+                f"delivered and checkpointed. See {self.rejects.path}."
+            )
 
-    def _finish(self) -> None:
+    def _finish(self, *, completed: bool = False) -> None:
         if self._finished:
             return
         self._finished = True
-        for stats in self.stats.streams.values():
-            if stats.action is not None or stats.read:  # not the streams stream_maps dropped
-                self.logger.info("Summary: %s", stats.summary_line())
+        streams = [s for s in self.stats.streams.values() if s.action is not None or s.read]
+        for stats in streams:
+            self.logger.info("Summary: %s", stats.summary_line())
+        if self.preflight.created:
+            verb = "would create" if self.dry_run else "created"
+            self.logger.info(
+                "Properties %s: %s", verb, ", ".join(f"{k} ({v})" for k, v in self.preflight.created.items())
+            )
+        if self.preflight.dropped:
+            self.logger.warning("Properties dropped: %s", dict(self.preflight.dropped))
+        if self.preflight.unknown_lists:
+            self.logger.warning("Unknown mailing lists left out: %s", dict(self.preflight.unknown_lists))
+        if self.dry_run:
+            for line in self._plan_lines(streams):
+                self.logger.info("%s", line)
         if self.rejects.count:
             self.logger.warning("%d record(s) rejected this run: see %s", self.rejects.count, self.rejects.path)
         self.rejects.close()
+        report = self._report(streams, completed)
+        self.logger.info("Run report: %s", dumps(report))
+        if self.config.get("report_path"):
+            path = Path(self.config["report_path"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if self._plan_file is not None:
             self._plan_file.close()
         if self.client is not None:
             self.client.close()
         if self.ledger is not None:
             self.ledger.close()
+
+    def _plan_lines(self, streams: list[StreamStats]) -> list[str]:
+        """The dry run's plan: what a real run would send, and how long that takes at the configured rate."""
+        rate = float(self.config.get("requests_per_second", 10))
+        lines = ["Plan (dry run):"]
+        for st in streams:
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(st.reasons.items())) or "none"
+            lines.append(
+                f"  {st.stream} → {st.action or 'unmapped'}: {st.planned:,} requests; unchanged {st.unchanged:,}, "
+                f"coalesced {st.coalesced:,}, duplicate events {st.duplicates:,}, rejected {st.rejected:,} ({reasons})"
+            )
+        if self.preflight.created:
+            lines.append(
+                "  properties to create: " + ", ".join(f"{k} ({v})" for k, v in self.preflight.created.items())
+            )
+        total = sum(st.planned for st in streams)
+        lines.append(f"  {total:,} requests at {rate:g}/s ≈ {human_duration(total / rate)}")
+        return lines
+
+    def _report(self, streams: list[StreamStats], completed: bool) -> dict[str, Any]:
+        """The run report (also written to ``report_path``)."""
+        finished = dt.datetime.now(dt.timezone.utc)
+        rejects_lines = 0
+        if self.rejects.path.exists():
+            with self.rejects.path.open("rb") as handle:
+                rejects_lines = sum(1 for _ in handle)
+        return {
+            "started_at": self._started_at.isoformat(timespec="seconds"),
+            "finished_at": finished.isoformat(timespec="seconds"),
+            "elapsed_seconds": round((finished - self._started_at).total_seconds(), 3),
+            "completed": completed,
+            "dry_run": self.dry_run,
+            "streams": [stream_report(st) for st in streams],
+            "properties": {
+                "created" if not self.dry_run else "would_create": self.preflight.created,
+                "dropped": dict(self.preflight.dropped),
+                "unknown_mailing_lists": dict(self.preflight.unknown_lists),
+            },
+            "rejects": {"path": str(self.rejects.path), "this_run": self.rejects.count, "lines": rejects_lines},
+            "max_rejects": self.config.get("max_rejects"),
+        }
 
     def _write_state_message(self, state: dict) -> None:
         """Emit a STATE only when it differs from the last one emitted (frequent checkpoints repeat it)."""

@@ -71,7 +71,7 @@ def test_real_rate_limit_is_followed(make_sandbox: Any, tmp_path: Path) -> None:
 
 def test_500s_lost_answers_and_dropped_connections_lose_nothing(make_sandbox: Any, tmp_path: Path) -> None:
     sandbox = make_sandbox(
-        fail_500=0.15, fail_lost=0.15, fail_drop=0.15, seed=5, properties=[{"key": "plan", "type": "string"}]
+        fail_500=0.1, fail_lost=0.1, fail_drop=0.1, seed=5, properties=[{"key": "plan", "type": "string"}]
     )
     run = run_target(config_for(sandbox, max_retries=10), workload(), tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr

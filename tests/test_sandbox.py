@@ -6,9 +6,11 @@ per parametrized case would dominate the runtime; tests that change config or co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import pytest
 import requests
 
 from target_loops.sandbox import Sandbox, SandboxConfig
+from target_loops.sandbox.page import EMPTY
 from target_loops.sandbox.server import build_parser, config_from_args
 
 KEY = "sandbox-key"
@@ -726,6 +729,191 @@ def test_configure_rejects_bad_values(sandbox: Sandbox) -> None:
         sandbox.configure(nonsense=1)
     with pytest.raises(ValueError):
         sandbox.inject("teapot")
+
+
+# ----- HTML page at / -----------------------------------------------------------------------------------
+
+
+def page(sb: Sandbox, method: str = "GET", **params: Any) -> requests.Response:
+    """The read-only HTML page (no key: it needs none)."""
+    return requests.request(method, sb.url.removesuffix("/api") + "/", params=params, timeout=5)
+
+
+def page_counts(text: str) -> dict[str, int]:
+    return {name: int(value.replace(",", "")) for name, value in re.findall(r'id="count-([\w-]+)">([\d,]+)<', text)}
+
+
+def cells(text: str, css: str) -> list[str]:
+    """The inner HTML of every ``<td class="{css}">`` in page order."""
+    return re.findall(rf'<td class="{css}">(.*?)</td>', text, flags=re.S)
+
+
+def test_page_is_html_for_get_and_head(team: Sandbox) -> None:
+    response = page(team)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "script-src" not in response.headers["Content-Security-Policy"]  # default-src 'none': no script at all
+    assert response.headers["Cache-Control"] == "no-store"
+    text = response.text
+    assert text.startswith("<!doctype html>") and text.rstrip().endswith("</html>")
+    assert '<span class="team" id="team-name">Sandbox team</span>' in text
+    assert '<b id="rate-limit">unlimited</b>' in text
+    for view in ("contacts", "events", "requests", "state"):
+        assert f'href="/_sandbox/{view}"' in text
+    assert 'id="reload"' in text and "No contacts yet." in text and "No events yet." in text
+    assert "http-equiv" not in text  # no auto-reload unless asked
+    assert "<script" not in text and "http://" not in text.replace(team.url, "")  # no external asset
+    head = page(team, "HEAD")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Type"] == "text/html; charset=utf-8"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_page_refuses_other_methods(team: Sandbox, method: str) -> None:
+    response = page(team, method)
+    assert_error(response, 405)
+    assert response.headers["Allow"] == "GET, HEAD"
+
+
+def test_page_does_not_shadow_the_api_or_other_paths(team: Sandbox) -> None:
+    root = team.url.removesuffix("/api")
+    assert_error(requests.get(root + "/api/v1/api-key", timeout=5), 401)  # still the API, still needs the key
+    assert call(team, "GET", "/v1/api-key").json()["success"] is True
+    assert requests.get(root + "/index.html", timeout=5).status_code == 404
+    assert requests.get(root + "/api/", timeout=5).headers["Content-Type"] == "application/json"
+
+
+def test_page_escapes_every_user_value(lenient_team: Sandbox) -> None:
+    script = "<script>alert(1)</script>"
+    upsert(
+        lenient_team,
+        email="a@x.io",
+        userId='"><img src=x onerror=alert(1)>',
+        firstName="<b>Ada</b>",
+        plan=script,
+        **{"<i>key</i>": "&amp;"},
+    )
+    body = {"eventName": "<em>signup</em>", "email": "a@x.io", "eventProperties": {"note": script}}
+    assert send_event(lenient_team, body, key="<u>k1</u>").status_code == 200
+    text = page(lenient_team).text
+    assert "<script" not in text and "<img" not in text and "<b>Ada" not in text and "<em>" not in text
+    assert "<i>key" not in text and "<u>k1" not in text
+    assert text.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 2  # the contact property and the event one
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "&lt;b&gt;Ada&lt;/b&gt;" in text and "&lt;em&gt;signup&lt;/em&gt;" in text
+    assert "&lt;i&gt;key&lt;/i&gt;" in text and "&amp;amp;" in text and "&lt;u&gt;k1&lt;/u&gt;" in text
+    assert 'class="unknown"' in text  # "<i>key</i>" is not a property of the team: flagged
+
+
+def test_page_contacts_table(team: Sandbox) -> None:
+    upsert(team, email="b@x.io", subscribed=False)
+    upsert(
+        team,
+        email="a@x.io",
+        userId="u1",
+        firstName="Ada",
+        lastName="Lovelace",
+        source="Segment",
+        userGroup="admins",
+        plan="pro",
+        seats=3,
+        trial=True,
+        mailingLists={LIST_ID: True},
+    )
+    text = page(team).text
+    assert cells(text, "email") == ["a@x.io", "b@x.io"]  # newest first
+    (row,) = re.findall(r'<tr class="contact"[^>]*>.*?a@x\.io.*?</tr>', text, flags=re.S)
+    for fragment in ("u1", "Ada Lovelace", "pill yes", "Segment", "admins", ">Newsletter<"):
+        assert fragment in row, fragment
+    for key, value in (("plan", "pro"), ("seats", "3"), ("trial", "true")):
+        assert f'<span class="k">{key}</span> {value}</li>' in row
+    (other,) = re.findall(r'<tr class="contact"[^>]*>.*?b@x\.io.*?</tr>', text, flags=re.S)
+    assert "pill no" in other
+    limited = page(team, contacts=1).text
+    assert cells(limited, "email") == ["a@x.io"]
+    assert "Showing the 1 newest of 2 contacts" in limited and 'href="/?contacts=2"' in limited
+
+
+def test_page_shows_mailing_lists_by_name(team: Sandbox, lenient_team: Sandbox) -> None:
+    upsert(team, email="a@x.io", mailingLists={LIST_ID: True})
+    upsert(team, email="b@x.io")
+    send_event(team, {"eventName": "left", "email": "a@x.io", "mailingLists": {LIST_ID: False}})
+    text = page(team).text
+    assert cells(text, "lists") == [EMPTY, EMPTY]  # a@x.io left the list with the event
+    upsert(team, email="b@x.io", mailingLists={LIST_ID: True})
+    (joined, left) = cells(page(team).text, "lists")
+    assert joined == f'<span class="pill" title="list id {LIST_ID}">Newsletter</span>'
+    assert left == EMPTY
+    assert 'class="pill left"' in text and ">Newsletter</span>" in text  # the event's list change, by name
+    assert "<h3>Mailing lists</h3><ul class=kv><li>Newsletter" in text  # the team schema section
+    upsert(lenient_team, email="a@x.io", mailingLists={"nolist": True, LIST_ID: True})
+    (lists,) = cells(page(lenient_team).text, "lists")
+    assert ">Newsletter</span>" in lists and 'class="pill unknown"' in lists and ">nolist</span>" in lists
+
+
+def test_page_events_newest_first_with_a_limit(team: Sandbox) -> None:
+    for number in range(5):
+        body = {"eventName": f"e{number}", "email": "a@x.io", "eventProperties": {"n": number}}
+        assert send_event(team, body, key=f"msg-{number}").status_code == 200
+    text = page(team).text
+    assert cells(text, "event-name") == ["e4", "e3", "e2", "e1", "e0"]
+    assert cells(text, "mono key") == ["msg-4", "msg-3", "msg-2", "msg-1", "msg-0"]
+    assert '<span class="k">n</span> 4' in text and "Showing the" not in text
+    limited = page(team, limit=2).text
+    assert cells(limited, "event-name") == ["e4", "e3"]
+    assert "Showing the 2 newest of 5 events" in limited and 'href="/?limit=5"' in limited
+    assert 'href="/?limit=2"' in limited  # the reload link keeps the limit
+    assert cells(page(team, limit=0).text, "event-name") == []
+    assert page_counts(limited)["events"] == 5
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [({"limit": "ten"}, "limit"), ({"limit": "-1"}, "limit"), ({"contacts": "1.5"}, "contacts"),
+     ({"refresh": "-5"}, "refresh"), ({"refresh": "99999"}, "refresh")],
+)  # fmt: skip
+def test_page_refuses_bad_parameters(team: Sandbox, params: dict[str, str], fragment: str) -> None:
+    assert_error(page(team, **params), 400, fragment)
+
+
+def test_page_auto_reload_is_opt_in(team: Sandbox) -> None:
+    text = page(team, refresh=5, limit=3).text
+    assert '<meta http-equiv="refresh" content="5">' in text
+    assert 'href="/?limit=3"' in text  # "stop" keeps the other parameters
+    assert 'href="/?refresh=5"' in page(team).text
+
+
+def test_page_counts(team: Sandbox) -> None:
+    upsert(team, email="a@x.io")
+    upsert(team, email="b@x.io")
+    send_event(team, {"eventName": "signup", "email": "a@x.io"})
+    call(team, "GET", "/v1/lists", key="nope")  # 401
+    upsert(team, email="c@x.io", colour="blue")  # 400
+    for fault in ("500", "502", "429", "drop"):
+        team.inject(fault)
+        with contextlib.suppress(requests.ConnectionError):
+            call(team, "GET", "/v1/lists")
+    assert page_counts(page(team).text) == {
+        "contacts": 2,
+        "events": 1,
+        "requests": 9,
+        "429": 1,
+        "4xx": 2,
+        "5xx": 2,
+        "no-answer": 1,
+    }
+
+
+def test_page_is_not_rate_limited_nor_logged(make_sandbox: Any) -> None:
+    sb = make_sandbox(rate_limit=2, team_name="Acme")
+    _start_fresh_window(sb)
+    assert call(sb, "GET", "/v1/api-key").headers["x-ratelimit-remaining"] == "1"
+    responses = [page(sb) for _ in range(5)] + [page(sb, "HEAD")]
+    assert [response.status_code for response in responses] == [200] * 6
+    assert "x-ratelimit-limit" not in responses[0].headers
+    assert '<b id="rate-limit">2 requests/s</b>' in responses[0].text and ">Acme</span>" in responses[0].text
+    assert call(sb, "GET", "/v1/api-key").headers["x-ratelimit-remaining"] == "0"  # the pages took no slot
+    assert len(sb.store.requests()) == 2 and page_counts(page(sb).text)["requests"] == 2
 
 
 # ----- CLI -----------------------------------------------------------------------------------------------

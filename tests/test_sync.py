@@ -128,8 +128,8 @@ def test_warehouse_rows_end_to_end(team_sandbox: Sandbox, tmp_path: Path) -> Non
     assert set(contacts) == {"linus@example.com", "margaret.hamilton@example.com"}
     linus = contacts["linus@example.com"]
     assert (linus["userId"], linus["firstName"], linus["lastName"]) == ("w_2001", "Linus", "Torvalds")
-    # NULL columns of the repeat left the plan alone; dates go out as ISO-8601 with an offset.
-    assert custom(linus) == {"plan": "team", "seats": 6, "trialEndsAt": "2026-12-01T00:00:00+00:00"}
+    # NULL columns of the repeat left the plan alone; a date property goes out as ISO-8601 UTC.
+    assert custom(linus) == {"plan": "team", "seats": 6, "trialEndsAt": "2026-12-01T00:00:00.000Z"}
     assert linus["mailingLists"] == {L1: True}
     margaret = contacts["margaret.hamilton@example.com"]
     assert margaret["userId"] == "w_2002"
@@ -286,9 +286,11 @@ def test_rerun_never_sends_an_event_twice(team_sandbox: Sandbox, tmp_path: Path)
     assert "Summary: stream track (send_event): read 7" in second.stderr
     assert "duplicates 4" in second.stderr  # the in-batch replay + three the ledger knows were delivered
     second_run = team_sandbox.store.requests()[len(first_requests) :]
-    # Only the key check and the one event Loops refused (its user may exist by now) are sent again.
+    # Only the preflight reads and the one event Loops refused (its user may exist by now) are sent again.
     assert [(r["method"], r["path"]) for r in second_run] == [
         ("GET", "/api/v1/api-key"),
+        ("GET", "/api/v1/contacts/properties"),
+        ("GET", "/api/v1/lists"),
         ("POST", "/api/v1/events/send"),
     ]
 

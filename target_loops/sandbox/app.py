@@ -11,6 +11,9 @@ request goes through the same pipeline, in this order, so that tests can reason 
    "lost": do the work, then hang up);
 5. routing (404/405), the JSON body (400), and the Loops operation.
 
+Outside ``/api``: ``/`` is a read-only HTML page of the store (:mod:`target_loops.sandbox.page`) and
+``/_sandbox/*`` are JSON views of it. Neither needs a key, counts against the rate limit or enters the log.
+
 Hanging up: the app shuts the client socket down (``environ["werkzeug.socket"]``) and raises
 :class:`ConnectionHungUp`, a ``ConnectionAbortedError``. Werkzeug's dev server treats any ``ConnectionError``
 out of the app as "the client went away" and drops it silently, so the client sees the connection closed with
@@ -36,6 +39,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from target_loops.sandbox import page
 from target_loops.sandbox.store import LoopsError, Store, bad_request, iso_timestamp
 
 logger = logging.getLogger("target_loops.sandbox")
@@ -227,13 +231,43 @@ class SandboxApp:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
         path = request.path
-        if path.startswith("/_sandbox/"):
+        if path == "/":
+            response = self._page(request)
+        elif path.startswith("/_sandbox/"):
             response = self._view(request)
         elif path == "/api" or path.startswith("/api/"):
             response = self._api(request)
         else:
             response = error_response(404, "Not found.")
         return response(environ, start_response)
+
+    def _page(self, request: Request) -> Response:
+        """The HTML page at ``/``: like the views, read-only, no auth, no rate limit, not logged."""
+        if request.method not in ("GET", "HEAD"):
+            response = error_response(405, "Method not allowed.")
+            response.headers["Allow"] = "GET, HEAD"
+            return response
+        try:
+            options = page.parse_options(request.args)
+        except ValueError as exc:
+            return error_response(400, str(exc))
+        config = self._config
+        team = page.TeamInfo(
+            name=config.team_name,
+            rate_limit=config.rate_limit,
+            lenient=config.lenient,
+            api_url=request.host_url + "api",
+            faults=config.fault_fractions(),
+            latency_ms=config.latency_ms,
+            latency_jitter_ms=config.latency_jitter_ms,
+        )
+        body = page.render_page(self.store.snapshot(), team, options, iso_timestamp(self.store.now()))
+        headers = {
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": page.CONTENT_SECURITY_POLICY,
+            "X-Content-Type-Options": "nosniff",
+        }
+        return Response(body, status=200, headers=headers, mimetype="text/html")
 
     def _view(self, request: Request) -> Response:
         """Read-only JSON views of the store: no auth, no rate limit, not logged."""

@@ -1,0 +1,116 @@
+"""Coercion of property values to the Loops type of their property (string, number, boolean, date).
+
+Loops does unknown things with a value of the wrong type, so every value is made to fit its property before it is
+sent, or the record is rejected with the property, the value and the type named. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from typing import Any
+
+import pendulum
+
+LOOPS_TYPES = ("string", "number", "boolean", "date")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+#: Epoch milliseconds below this are before 1973-03-03: far more likely epoch *seconds*, which Loops misreads.
+_MIN_EPOCH_MS = 100_000_000_000
+
+
+class CoercionError(ValueError):
+    """A value that cannot be made to fit its property's type; the message names both."""
+
+
+def coerce(name: str, value: Any, loops_type: str) -> Any:
+    """``value`` as the JSON Loops expects for a ``loops_type`` property; None stays None (a clear)."""
+    if value is None:
+        return None
+    if loops_type == "string":
+        return _to_string(value)
+    if isinstance(value, str) and not value.strip():
+        return None  # an empty cell says nothing about a number, a flag or a date
+    try:
+        if loops_type == "number":
+            return _to_number(value)
+        if loops_type == "boolean":
+            return _to_boolean(value)
+        if loops_type == "date":
+            return _to_date(value)
+    except CoercionError as exc:
+        raise CoercionError(f"property {name!r}: {value!r} is not a {loops_type} ({exc})") from None
+    return value  # a type Loops added after this code: send as is
+
+
+def _to_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value if isinstance(value, str) else str(value)
+
+
+def _to_number(value: Any) -> int | float:
+    if isinstance(value, bool):
+        raise CoercionError("a boolean is not a number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CoercionError("not a finite number")
+        return value
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        number = float(value)
+        if not math.isfinite(number):
+            raise CoercionError("not a finite number")
+        text = value.strip()
+        return int(text) if re.fullmatch(r"[+-]?\d+", text) else number
+    raise CoercionError("expected a number or a numeric string")
+
+
+def _to_boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise CoercionError("expected true/false, 1/0 or yes/no")
+
+
+def _to_date(value: Any) -> str:
+    """Any ISO-8601 date or date-time (offset or not: no offset means UTC), or epoch milliseconds → UTC ISO text."""
+    if isinstance(value, bool):
+        raise CoercionError("a boolean is not a date")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or abs(value) < _MIN_EPOCH_MS:
+            raise CoercionError(
+                "numbers are read as epoch milliseconds and this one is too small: if it is epoch seconds, "
+                "multiply by 1000 or send an ISO-8601 date"
+            )
+        moment = dt.datetime.fromtimestamp(value / 1000, tz=dt.timezone.utc)
+    elif isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    elif isinstance(value, dt.date):
+        moment = dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    elif isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.match(text):
+            return _to_date(float(text))
+        try:
+            parsed = pendulum.parse(text, strict=False, tz="UTC")
+        except (ValueError, TypeError, pendulum.parsing.exceptions.ParserError) as exc:
+            raise CoercionError("not an ISO-8601 date or date-time") from exc
+        if not isinstance(parsed, dt.datetime):
+            if isinstance(parsed, dt.date):
+                parsed = dt.datetime(parsed.year, parsed.month, parsed.day, tzinfo=dt.timezone.utc)
+            else:
+                raise CoercionError("not an ISO-8601 date or date-time")
+        moment = parsed
+    else:
+        raise CoercionError("expected an ISO-8601 date or epoch milliseconds")
+    utc = moment.astimezone(dt.timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
