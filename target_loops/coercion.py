@@ -7,11 +7,14 @@ sent, or the record is rejected with the property, the value and the type named.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import math
 import re
 from typing import Any
 
 import pendulum
+
+from target_loops.serialization import json_number
 
 LOOPS_TYPES = ("string", "number", "boolean", "date")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
@@ -29,6 +32,10 @@ def coerce(name: str, value: Any, loops_type: str) -> Any:
     """``value`` as the JSON Loops expects for a ``loops_type`` property; None stays None (a clear)."""
     if value is None:
         return None
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise CoercionError(f"property {name!r}: {value} is not a {loops_type} (not a finite number)")
+        value = json_number(value)
     if loops_type == "string":
         return _to_string(value)
     if isinstance(value, str) and not value.strip():

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 
 from target_loops.client import LoopsUnavailableError
@@ -92,13 +93,34 @@ class LoopsSink(BatchSink):
             declared, list_ids = self.mapper.declared_properties(schema)
             target.preflight.check_stream(stream_name, {k: loops_type(v) for k, v in declared.items()}, list_ids)
         self._warned_keys: set[str] = set()
+        self._invalid: str | None = None
         self.in_batch = False
+
+    def _validate_and_parse(self, record: dict) -> dict:
+        """Validate against the stream's SCHEMA; a record that fails is rejected (with the reason), not fatal.
+
+        The SDK either stops the whole run on one invalid record or logs it and passes it on unmarked; neither
+        says "this record, this reason" in the rejects file. Unparseable date-times are treated the same way.
+        """
+        self._invalid = None
+        try:
+            if self._validator is not None:
+                self._validator.validate(record)
+            self._parse_timestamps_in_record(record=record, schema=self.schema, treatment=self.datetime_error_treatment)
+        except (InvalidRecord, ValueError) as exc:
+            self._invalid = str(exc).split("\n", 1)[0]
+        return record
 
     def process_record(self, record: dict, context: dict) -> None:
         """Map the record now, keeping only the operation (or the rejection) until the drain."""
         self.stats.read += 1
         if self.mapper is None:
             self.stats.skipped += 1
+            return
+        if self._invalid is not None:
+            message = f"the record does not match the stream's SCHEMA: {self._invalid}"
+            context.setdefault("results", []).append(Rejection("schema_invalid", message, record))
+            self._invalid = None
             return
         result = self.mapper.map(record)
         if isinstance(result, Operation) and result.skipped_keys:

@@ -179,6 +179,13 @@ SETTINGS = th.PropertiesList(
         "reasons, created properties, elapsed, requests/s; the rejects file) as JSON to this file.",
     ),
     th.Property(
+        "progress_seconds",
+        th.IntegerType,
+        default=10,
+        description="At most this long between progress lines while sending (requests done/planned, rate, 429s, "
+        "retries, rejects, ETA).",
+    ),
+    th.Property(
         "max_rejects",
         th.IntegerType,
         description="Exit non-zero when more records than this were rejected in the run (after everything else was "
@@ -215,7 +222,7 @@ class TargetLoops(Target):
         self.rejects = RejectsWriter(self.config.get("rejects_path") or "loops_rejects.jsonl")
         self.client: LoopsClient | None = None
         self.preflight = Preflight(None)
-        self.progress = Progress(self.logger)
+        self.progress = Progress(self.logger, interval=float(self.config.get("progress_seconds", 10)))
         self._started_at = dt.datetime.now(dt.timezone.utc)
         self.ledger: Ledger | None = None
         self.team: str | None = None  # the ledger's namespace for this Loops team

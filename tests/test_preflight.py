@@ -1,0 +1,305 @@
+"""Preflight against the team's schema, type coercion, the dry-run plan, progress lines and the run report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runner import SAMPLES, SANDBOX_KEY, record, run_target, schema, singer, state
+
+from target_loops.coercion import CoercionError, coerce
+from target_loops.preflight import guess_type, loops_type
+from target_loops.sandbox import Sandbox
+
+LIST = {"id": "cm06f5v0e45nf0ml5754o9cix", "name": "Newsletter", "description": "", "isPublic": True}
+ROWS = [
+    {"id": "i1", "user_id": "u1", "email": "a@example.com", "plan": "pro", "seats": 3, "is_admin": True,
+     "trial_ends_at": "2026-12-01T00:00:00Z", f"mailing_lists_{LIST['id']}": True, "mailing_lists_nolist": True},
+    {"id": "i2", "user_id": "u2", "email": "b@example.com", "plan": "free", "seats": None, "is_admin": False,
+     "trial_ends_at": None, f"mailing_lists_{LIST['id']}": None, "mailing_lists_nolist": None},
+]  # fmt: skip
+
+
+def identifies(rows: list[dict[str, Any]] = ROWS) -> str:
+    columns = {
+        "id": "string",
+        "user_id": "string",
+        "email": "string",
+        "plan": "string",
+        "seats": "integer",
+        "is_admin": "boolean",
+        "trial_ends_at": {"type": ["string", "null"], "format": "date-time"},
+        f"mailing_lists_{LIST['id']}": "boolean",
+        "mailing_lists_nolist": "boolean",
+    }
+    return singer(schema("identifies", columns, ["id"]), *(record("identifies", r) for r in rows), state({"at": 1}))
+
+
+def config_for(sandbox: Sandbox, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "api_key": SANDBOX_KEY,
+        "base_url": sandbox.url,
+        "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        **extra,
+    }
+
+
+def custom_properties(sandbox: Sandbox) -> dict[str, str]:
+    return {p["key"]: p["type"] for p in sandbox.store.properties("custom")}
+
+
+@pytest.fixture
+def team(make_sandbox: Any) -> Sandbox:
+    """A strict team with one list and no custom properties yet."""
+    return make_sandbox(lists=[LIST])
+
+
+def test_create_mode_creates_each_property_with_the_schema_type_before_writing(team: Sandbox, tmp_path: Path) -> None:
+    run = run_target(config_for(team, tmp_path), identifies(), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert custom_properties(team) == {"plan": "string", "seats": "number", "isAdmin": "boolean", "trialEndsAt": "date"}
+    paths = [r["path"] for r in team.store.requests() if r["method"] != "GET"]
+    assert paths[:4] == ["/api/v1/contacts/properties"] * 4 and set(paths[4:]) == {"/api/v1/contacts/update"}
+    assert "created contact property trialEndsAt (date)" in run.stderr
+    contact = team.store.find(user_id="u1")
+    assert (contact["seats"], contact["isAdmin"], contact["trialEndsAt"]) == (3, True, "2026-12-01T00:00:00.000Z")
+    # The list the team does not have is reported at preflight and left out of the request, not sent.
+    assert "mailing list id 'nolist' is not a list of this Loops team" in run.stderr
+    assert contact["mailingLists"] == {LIST["id"]: True}
+    assert run.rejects == []
+
+
+def test_drop_mode_leaves_unknown_properties_out_and_counts_them(team: Sandbox, tmp_path: Path) -> None:
+    team.configure(properties=[{"key": "plan", "type": "string"}])
+    report = tmp_path / "report.json"
+    config = config_for(team, tmp_path, unknown_properties="drop", report_path=str(report))
+    run = run_target(config, identifies(), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert custom_properties(team) == {"plan": "string"}
+    bodies = [r["body"] for r in team.store.requests() if r["method"] == "PUT"]
+    assert all(set(b) <= {"email", "userId", "plan", "mailingLists"} for b in bodies)
+    dropped = json.loads(report.read_text())["properties"]["dropped"]
+    assert dropped == {"seats": 1, "isAdmin": 2, "trialEndsAt": 1}
+
+
+def test_error_mode_stops_before_any_write_listing_every_unknown_property(team: Sandbox, tmp_path: Path) -> None:
+    run = run_target(config_for(team, tmp_path, unknown_properties="error"), identifies(), tmp_path=tmp_path)
+    assert run.returncode == 1
+    for expected in ("plan (string)", "seats (number)", "isAdmin (boolean)", "trialEndsAt (date)"):
+        assert expected in run.stderr
+    assert "unknown_properties: create" in run.stderr
+    assert [r for r in team.store.requests() if r["method"] != "GET"] == []
+    assert run.states == []
+
+
+def test_non_camel_case_names_are_reported_with_the_name_they_need(team: Sandbox, tmp_path: Path) -> None:
+    rules = [{"stream": "identifies", "action": "upsert_contact", "camel_case": False}]
+    run = run_target(config_for(team, tmp_path, mappings=rules), identifies(), tmp_path=tmp_path)
+    assert run.returncode == 1
+    assert "must be camelCase" in run.stderr
+    assert "trial_ends_at (date; not camelCase: Loops would need 'trialEndsAt')" in run.stderr
+    assert [r for r in team.store.requests() if r["method"] != "GET"] == []
+
+
+def test_reserved_names_are_never_sent(team: Sandbox, tmp_path: Path) -> None:
+    text = singer(
+        schema("identifies", {"id": "string", "email": "string", "created_at": "string", "notes": "string"}, ["id"]),
+        record("identifies", {"id": "1", "email": "a@example.com", "created_at": "2020-01-01", "notes": "vip"}),
+    )
+    run = run_target(config_for(team, tmp_path), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "reserved Loops names" in run.stderr and "'created_at'" in run.stderr
+    body = next(r["body"] for r in team.store.requests() if r["method"] == "PUT")
+    assert body == {"email": "a@example.com"}
+    assert custom_properties(team) == {}
+
+
+def test_values_are_coerced_to_the_team_types_or_rejected_with_the_reason(team: Sandbox, tmp_path: Path) -> None:
+    team.configure(
+        lists=[LIST],
+        properties=[
+            {"key": "seats", "type": "number"},
+            {"key": "isAdmin", "type": "boolean"},
+            {"key": "renewsAt", "type": "date"},
+            {"key": "zip", "type": "string"},
+        ],
+    )
+    columns = {"email": "string", "seats": "string", "is_admin": "string", "zip": "integer"}
+    columns["renews_at"] = {"type": ["string", "integer", "null"]}
+    text = singer(
+        schema("people", columns),
+        record("people", {"email": "ok@example.com", "seats": "12", "is_admin": "yes", "renews_at": "2026-12-01"} | {"zip": 2100}),
+        record("people", {"email": "ms@example.com", "renews_at": 1764547200000}),
+        record("people", {"email": "bad@example.com", "seats": "twelve"}),
+        record("people", {"email": "secs@example.com", "renews_at": 1764547200}),
+    )  # fmt: skip
+    rules = [{"stream": "people", "action": "upsert_contact", "properties": "*"}]
+    run = run_target(config_for(team, tmp_path, mappings=rules), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    ok = team.store.find(email="ok@example.com")
+    assert (ok["seats"], ok["isAdmin"], ok["renewsAt"], ok["zip"]) == (12, True, "2026-12-01T00:00:00.000Z", "2100")
+    assert team.store.find(email="ms@example.com")["renewsAt"] == "2025-12-01T00:00:00.000Z"
+    reasons = {r["record"]["email"]: (r["reason"], r["message"]) for r in run.rejects}
+    assert reasons["bad@example.com"][0] == "invalid_value"
+    assert "'seats'" in reasons["bad@example.com"][1] and "'twelve'" in reasons["bad@example.com"][1]
+    assert "number" in reasons["bad@example.com"][1]
+    assert "epoch seconds" in reasons["secs@example.com"][1]
+    assert team.store.find(email="secs@example.com") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "expected"),
+    [
+        ("42", "number", 42),
+        ("-3.5", "number", -3.5),
+        (decimal.Decimal("2"), "number", 2),
+        (7, "number", 7),
+        ("", "number", None),
+        ("TRUE", "boolean", True),
+        ("no", "boolean", False),
+        (1, "boolean", True),
+        ("2026-12-01", "date", "2026-12-01T00:00:00.000Z"),
+        ("2026-12-01T10:30:00+02:00", "date", "2026-12-01T08:30:00.000Z"),
+        ("2026-12-01T10:30:00", "date", "2026-12-01T10:30:00.000Z"),
+        ("2026-12-01T10:30:00.123456Z", "date", "2026-12-01T10:30:00.123Z"),
+        (1764547200000, "date", "2025-12-01T00:00:00.000Z"),
+        (
+            dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+            "date",
+            "2026-01-02T08:04:05.000Z",
+        ),
+        (dt.date(2026, 1, 2), "date", "2026-01-02T00:00:00.000Z"),
+        (12345, "string", "12345"),
+        (False, "string", "false"),
+        (None, "number", None),
+    ],
+)
+def test_coercion_table(value: Any, kind: str, expected: Any) -> None:
+    assert coerce("p", value, kind) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [("twelve", "number"), (True, "number"), (float("nan"), "number"), ("maybe", "boolean"), (2, "boolean"),
+     ("not a date", "date"), (1764547200, "date"), (True, "date"), ({"a": 1}, "date")],
+)  # fmt: skip
+def test_coercion_refusals_name_property_value_and_type(value: Any, kind: str) -> None:
+    with pytest.raises(CoercionError, match=rf"property 'p': .* is not a {kind}"):
+        coerce("p", value, kind)
+
+
+def test_type_derivation() -> None:
+    assert loops_type({"type": ["integer", "null"]}) == "number"
+    assert loops_type({"type": "number"}) == "number"
+    assert loops_type({"type": ["boolean", "null"]}) == "boolean"
+    assert loops_type({"type": ["string", "null"], "format": "date"}) == "date"
+    assert loops_type({"type": "string", "format": "date-time"}) == "date"
+    assert loops_type({"type": "string"}) == "string"
+    assert loops_type({"type": ["object", "null"]}) is None
+    assert loops_type({}) == "string"
+    assert [guess_type(v) for v in (True, 1, 2.5, "2026-01-01", "x")] == [
+        "boolean",
+        "number",
+        "number",
+        "date",
+        "string",
+    ]
+
+
+def test_properties_only_the_data_reveals_are_created_at_send_time(team: Sandbox, tmp_path: Path) -> None:
+    """A Segment export declares traits as a bare object: its keys are checked when their batch is sent."""
+    team.configure(
+        lists=[{"id": "cm06f5v0e45nf0ml5754o9cix", "name": "N"}, {"id": "cm06f5v0e45nf0ml5754o9ciy", "name": "P"}]
+    )
+    run = run_target(config_for(team, tmp_path), input_path=SAMPLES / "segment_export.singer", tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert custom_properties(team) == {
+        "plan": "string",
+        "companyName": "string",
+        "seats": "number",
+        "favoriteColor": "string",
+    }
+    assert team.store.find(email="ada@example.com")["plan"] == "team"
+
+
+def test_dry_run_plan_matches_the_real_run(team: Sandbox, tmp_path: Path) -> None:
+    rows = [dict(ROWS[0], id=f"i{i}", user_id=f"u{i % 7}", email=f"u{i % 7}@example.com", seats=i) for i in range(20)]
+    rows.append({"id": "bad", "email": None, "user_id": None})
+    text = identifies(rows)
+    dry_report, real_report, plan = tmp_path / "dry.json", tmp_path / "real.json", tmp_path / "plan.jsonl"
+    dry = run_target(
+        config_for(team, tmp_path, dry_run=True, dry_run_path=str(plan), report_path=str(dry_report)),
+        text,
+        tmp_path=tmp_path,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert [r for r in team.store.requests() if r["method"] != "GET"] == []  # read-only preflight
+    assert custom_properties(team) == {}
+    assert "would create contact property seats (number)" in dry.stderr
+    assert "Plan (dry run):" in dry.stderr
+    assert "identifies → upsert_contact: 7 requests; unchanged 0, coalesced 13" in dry.stderr
+    assert "7 requests at 10/s ≈ 1 s" in dry.stderr
+    assert len(plan.read_text().splitlines()) == 7
+    real = run_target(config_for(team, tmp_path, report_path=str(real_report)), text, tmp_path=tmp_path)
+    assert real.returncode == 0, real.stderr
+    planned, done = json.loads(dry_report.read_text()), json.loads(real_report.read_text())
+    (p,), (d,) = planned["streams"], done["streams"]
+    assert p["planned"] == d["requests"] == d["sent"] == 7
+    for key in ("read", "unchanged", "coalesced", "rejected", "reject_reasons", "duplicate_events"):
+        assert p[key] == d[key], key
+    assert planned["properties"]["would_create"] == done["properties"]["created"]
+
+
+def test_run_report_schema(team: Sandbox, tmp_path: Path) -> None:
+    report = tmp_path / "out" / "report.json"
+    run = run_target(config_for(team, tmp_path, report_path=str(report)), identifies(), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    data = json.loads(report.read_text())
+    assert set(data) == {"started_at", "finished_at", "elapsed_seconds", "completed", "dry_run", "streams",
+                         "properties", "rejects", "max_rejects"}  # fmt: skip
+    assert data["completed"] is True and data["dry_run"] is False
+    (stream,) = data["streams"]
+    assert set(stream) == {
+        "stream", "action", "read", "requests", "sent", "planned", "unchanged", "coalesced", "duplicate_events",
+        "rejected", "reject_reasons", "resubscribe_blocked", "stale", "skipped_unmapped", "retries", "rate_limited",
+        "elapsed_seconds", "requests_per_second",
+    }  # fmt: skip
+    assert (stream["stream"], stream["action"], stream["read"], stream["sent"]) == (
+        "identifies",
+        "upsert_contact",
+        2,
+        2,
+    )
+    assert data["rejects"] == {"path": run.rejects_path.name and str(run.rejects_path), "this_run": 0, "lines": 0}
+    assert set(data["properties"]) == {"created", "dropped", "unknown_mailing_lists"}
+    assert data["properties"]["unknown_mailing_lists"] == {"nolist": 1}
+    assert "Run report: {" in run.stderr
+
+
+def test_max_rejects_fails_the_run_after_everything_else_was_delivered(team: Sandbox, tmp_path: Path) -> None:
+    rows = [*ROWS, {"id": "x1", "email": "nope"}, {"id": "x2", "email": None}]
+    run = run_target(config_for(team, tmp_path, max_rejects=1), identifies(rows), tmp_path=tmp_path)
+    assert run.returncode == 1
+    assert "2 records were rejected, more than max_rejects (1)" in run.stderr
+    assert run.final_state == {"at": 1}  # checkpointed first
+    assert {c["userId"] for c in team.store.contacts()} == {"u1", "u2"}
+    ok = run_target(config_for(team, tmp_path / "..", max_rejects=2), identifies(rows), tmp_path=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_progress_lines_while_sending(make_sandbox: Any, tmp_path: Path) -> None:
+    sandbox = make_sandbox(lenient=True, latency_ms=20)
+    rows = [{"id": f"i{i}", "user_id": f"u{i}", "email": f"u{i}@example.com", "plan": "p"} for i in range(40)]
+    run = run_target(
+        config_for(sandbox, tmp_path, progress_seconds=1, requests_per_second=20, unknown_properties="drop"),
+        identifies(rows),
+        tmp_path=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if "Progress: batch" in line]
+    assert lines, run.stderr
+    assert "/40 requests, run " in lines[0] and "requests/s, 429s 0, retries 0, rejects 0, batch ETA" in lines[0]
