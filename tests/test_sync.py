@@ -307,3 +307,18 @@ def test_api_key_is_never_written_anywhere(sandbox: Sandbox, tmp_path: Path) -> 
     assert "retried" in run.stderr
     for text in (run.stdout, run.stderr, run.rejects_path.read_text()):
         assert secret not in text
+
+
+def test_a_record_that_breaks_its_schema_is_rejected_not_fatal(sandbox: Sandbox, tmp_path: Path) -> None:
+    text = singer(
+        schema("identifies", {"id": "string", "user_id": "string", "email": "string", "seats": "integer"}, ["id"]),
+        record("identifies", {"id": "1", "user_id": "u1", "email": "a@example.com", "seats": "many"}),
+        record("identifies", {"id": "2", "user_id": "u2", "email": "b@example.com", "seats": 2}),
+        state({"bookmarks": {"identifies": "2"}}),
+    )
+    run = run_target(config_for(sandbox, unknown_properties="drop"), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert [c["userId"] for c in sandbox.store.contacts()] == ["u2"]
+    (reject,) = run.rejects
+    assert reject["reason"] == "schema_invalid" and "'many' is not of type" in reject["message"]
+    assert run.final_state == {"bookmarks": {"identifies": "2"}}
