@@ -226,7 +226,8 @@ def describe(sandbox: Sandbox) -> str:
         extras.append("faults: " + ", ".join(faults))
     if config.latency_ms or config.latency_jitter_ms:
         extras.append(f"latency: {config.latency_ms:g}+{config.latency_jitter_ms:g} ms")
-    return f"Loops sandbox listening on {sandbox.url} ({'; '.join(extras)})"
+    page = sandbox.url.removesuffix("/api") + "/"
+    return f"Loops sandbox listening on {sandbox.url} ({'; '.join(extras)}); browse {page}"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
