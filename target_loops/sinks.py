@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
+from singer_sdk.sinks.core import BaseJSONSchemaValidator
 
 from target_loops.client import LoopsUnavailableError
 from target_loops.coercion import CoercionError
@@ -21,6 +22,7 @@ from target_loops.ledger import fingerprint
 from target_loops.operations import Action, LoopsRequest, Operation, Outcome, OutcomeKind, Rejection
 from target_loops.preflight import loops_type
 from target_loops.rules import StreamMapper
+from target_loops.validation import compiled_validator
 
 if TYPE_CHECKING:
     from target_loops.target import TargetLoops
@@ -95,6 +97,10 @@ class LoopsSink(BatchSink):
         self._warned_keys: set[str] = set()
         self._invalid: str | None = None
         self.in_batch = False
+
+    def get_validator(self) -> BaseJSONSchemaValidator | None:
+        """A validator compiled once for the stream (``validate_records: false`` turns validation off)."""
+        return compiled_validator(self.schema, self.stream_name) if self.validate_schema else None
 
     def _validate_and_parse(self, record: dict) -> dict:
         """Validate against the stream's SCHEMA; a record that fails is rejected (with the reason), not fatal.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from singer_sdk import typing as th
+from singer_sdk.contrib.msgspec import MsgSpecReader
 from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.mapper import RemoveRecordTransform
 from singer_sdk.sinks import Sink
@@ -213,6 +214,9 @@ class TargetLoops(Target):
     name = "target-loops"
     config_jsonschema = SETTINGS.to_dict()
     default_sink_class = LoopsSink
+    #: msgspec parses Singer lines several times faster than the default reader, with the same types
+    #: (numbers with a fraction as Decimal).
+    message_reader_class = MsgSpecReader
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
