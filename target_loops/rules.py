@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import fnmatch
+import functools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,16 +70,21 @@ class FieldSpec:
     constant: Any = None
     has_constant: bool = False
     prefix: str | None = None
+    getters: tuple[Callable[[Mapping[str, Any]], Any], ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # One compiled getter per path: this runs for every field of every record.
+        object.__setattr__(self, "getters", tuple(_getter(path) for path in self.paths))
 
     def get(self, record: Mapping[str, Any]) -> Any:
-        """The value for ``record``, or None when every path is absent or null."""
+        """The value for ``record``, or None when every path is absent or null (an empty string counts as absent)."""
         if self.has_constant:
             return self.constant
         if self.prefix is not None:
             found = {k[len(self.prefix) :]: v for k, v in record.items() if k.startswith(self.prefix)}
             return found or None
-        for path in self.paths:
-            value = resolve_path(record, path)
+        for getter in self.getters:
+            value = getter(record)
             if value is not None and value != "":
                 return value
         return None
@@ -102,16 +108,41 @@ class FieldSpec:
 
 def resolve_path(record: Mapping[str, Any], path: str) -> Any:
     """Follow a dot path (``traits.email``) into nested objects; a key that itself holds a dot is tried first."""
-    if path in record:
-        return record[path]
-    value: Any = record
-    for part in path.split("."):
-        if not isinstance(value, Mapping):
+    value = record.get(path)
+    if value is not None or "." not in path:
+        return value
+    value = record
+    for part in _split(path):
+        if not isinstance(value, dict | Mapping):
             return None
         value = value.get(part)
         if value is None:
             return None
     return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
+def _getter(path: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A function reading ``path`` from a record: the same as ``resolve_path``, with the common shapes unrolled."""
+    if "." not in path:
+        return lambda record: record.get(path)
+    parts = path.split(".")
+    if len(parts) == 2:
+        head, tail = parts
+
+        def two(record: Mapping[str, Any]) -> Any:
+            value = record.get(path)
+            if value is not None:
+                return value
+            inner = record.get(head)
+            return inner.get(tail) if isinstance(inner, dict) else resolve_path(record, path)
+
+        return two
+    return lambda record: resolve_path(record, path)
 
 
 def _present(record: Mapping[str, Any], path: str) -> bool:
@@ -300,6 +331,10 @@ class _Plan:
     skip_prefixes: tuple[str, ...]  # column prefixes read by a prefix spec (``mailing_lists_``)
     used_paths: frozenset[str]  # exact paths read by a field spec (``traits.email``), skipped by a path spread
     nested: bool
+    #: Per property source: source key → Loops name (None: not a property). Keys repeat on every record.
+    names: dict[int, dict[str, str | None]] = field(default_factory=dict)
+    #: ``fields`` without the identity (email, user id): what an upsert reads besides who it is for.
+    contact_fields: tuple[tuple[str, str, FieldSpec], ...] = ()
 
 
 @dataclass
@@ -378,6 +413,7 @@ class StreamMapper:
             skip_prefixes=tuple(spec.prefix for spec in specs if spec.prefix is not None),
             used_paths=frozenset(p for spec in specs for p in spec.paths),
             nested=shape == NESTED,
+            contact_fields=tuple((n, k, spec) for n, (k, spec) in fields.items() if n not in ("email", "user_id")),
         )
         self._plans[shape] = plan
         return plan
@@ -413,9 +449,7 @@ class StreamMapper:
         if plan.properties is not None:
             self._spread(plan, plan.properties, record, body, skipped, send_nulls=send_nulls, contact=True)
         contact_key = self._identity(plan, record, body)
-        for name, (loops_key, spec) in plan.fields.items():
-            if name in ("email", "user_id"):
-                continue
+        for name, loops_key, spec in plan.contact_fields:
             value = spec.get(record)
             if name == "mailing_lists":
                 lists = _mailing_lists(value)
@@ -508,8 +542,14 @@ class StreamMapper:
             items = obj.items()
             top = False
         prefix = f"{source.path}." if not top else ""
+        names = plan.names.setdefault(id(source), {})
         for key, value in items:
-            name = _property_name(plan, source, key, prefix)
+            try:
+                name = names[key]
+            except KeyError:
+                name = _property_name(plan, source, key, prefix)
+                if len(names) < 10_000:  # bounded: a source with unbounded key names just is not cached
+                    names[key] = name
             if name is None:
                 continue
             if contact and (name in defaults.CONTACT_BODY_KEYS or name in defaults.RESERVED_NAMES):

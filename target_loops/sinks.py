@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import pendulum
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 from singer_sdk.sinks.core import BaseJSONSchemaValidator
@@ -96,11 +97,28 @@ class LoopsSink(BatchSink):
             target.preflight.check_stream(stream_name, {k: loops_type(v) for k, v in declared.items()}, list_ids)
         self._warned_keys: set[str] = set()
         self._invalid: str | None = None
+        self._datetime_keys: tuple[str, ...] | None = None
         self.in_batch = False
 
     def get_validator(self) -> BaseJSONSchemaValidator | None:
         """A validator compiled once for the stream (``validate_records: false`` turns validation off)."""
         return compiled_validator(self.schema, self.stream_name) if self.validate_schema else None
+
+    def _parse_timestamps_in_record(self, record: dict, schema: dict, treatment: Any) -> None:
+        """Top-level ``date-time`` strings → ``datetime`` (as the SDK does), with the keys found once per stream.
+
+        An unparseable value raises ``ValueError``, which rejects the record (``schema_invalid``).
+        """
+        keys = self._datetime_keys
+        if keys is None:
+            keys = self._datetime_keys = tuple(
+                key for key, sub in (schema.get("properties") or {}).items()
+                if isinstance(sub, dict) and sub.get("format") == "date-time"
+            )  # fmt: skip
+        for key in keys:
+            value = record.get(key)
+            if isinstance(value, str):
+                record[key] = parse_datetime(key, value)
 
     def _validate_and_parse(self, record: dict) -> dict:
         """Validate against the stream's SCHEMA; a record that fails is rejected (with the reason), not fatal.
@@ -290,6 +308,20 @@ class LoopsSink(BatchSink):
                 self.stream_name,
                 sorted(new),
             )
+
+
+def parse_datetime(key: str, value: str) -> dt.datetime:
+    """ISO-8601 text → an aware ``datetime`` (no offset means UTC); ``ValueError`` names the field."""
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        try:
+            parsed = pendulum.parse(value, strict=False)
+        except Exception as exc:  # pendulum raises its own ParserError and others
+            raise ValueError(f"{key}: {value!r} is not an ISO-8601 date-time") from exc
+        if not isinstance(parsed, dt.datetime):
+            raise ValueError(f"{key}: {value!r} is not an ISO-8601 date-time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _older_than(sort_key: str | None, cutoff: dt.datetime) -> bool:
