@@ -37,6 +37,36 @@ class Run:
         return self.states[-1] if self.states else None
 
 
+def start_target(
+    config: dict[str, Any], input_text: str | None = None, *, input_path: Path | None = None, tmp_path: Path
+) -> subprocess.Popen[str]:
+    """Start ``target-loops --config <tmp>/config.json --input <file>`` (stdout and stderr piped).
+
+    The rejects file goes to ``tmp_path`` and retries back off in hundredths of a second, unless the config says
+    otherwise; no ``TARGET_LOOPS_*`` variable of the developer's reaches the process.
+    """
+    config = {"rejects_path": str(tmp_path / "rejects.jsonl"), "retry_backoff_seconds": 0.01, **config}
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    if input_path is None:
+        input_path = tmp_path / "input.singer"
+        input_path.write_text(input_text or "")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TARGET_LOOPS_", "LOOPS_"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "target_loops.target", "--config", str(config_path), "--input", str(input_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def parse_states(stdout: str) -> list[dict[str, Any]]:
+    """The STATE values a target printed."""
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
 def run_target(
     config: dict[str, Any],
     input_text: str | None = None,
@@ -45,25 +75,11 @@ def run_target(
     tmp_path: Path,
     timeout: float = 120,
 ) -> Run:
-    """``target-loops --config <tmp>/config.json --input <file>``; STATE lines are parsed from stdout."""
-    config = {"rejects_path": str(tmp_path / "rejects.jsonl"), "retry_backoff_seconds": 0.01, **config}
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(config))
-    if input_path is None:
-        input_path = tmp_path / "input.singer"
-        input_path.write_text(input_text or "")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TARGET_LOOPS_", "LOOPS_"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "target_loops.target", "--config", str(config_path), "--input", str(input_path)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
-    states = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    return Run(proc.returncode, proc.stdout, proc.stderr, Path(config["rejects_path"]), states)
+    """Run the CLI to its end; STATE lines are parsed from stdout."""
+    proc = start_target(config, input_text, input_path=input_path, tmp_path=tmp_path)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    rejects = Path(config.get("rejects_path") or tmp_path / "rejects.jsonl")
+    return Run(proc.returncode, stdout, stderr, rejects, parse_states(stdout))
 
 
 def singer(*messages: dict[str, Any]) -> str:

@@ -5,16 +5,12 @@ The sandbox counts what reached it, so "nothing lost, no event twice" is checked
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from runner import SANDBOX_KEY, record, run_target, schema, singer, state
+from runner import SANDBOX_KEY, record, run_target, schema, singer, start_target, state
 
 from target_loops.sandbox import Sandbox
 
@@ -126,17 +122,7 @@ def test_rotated_key_stops_the_next_run_before_any_write(make_sandbox: Any, tmp_
 def test_sigterm_while_sending_writes_no_untrue_state(make_sandbox: Any, tmp_path: Path) -> None:
     """SIGTERM mid-batch: no STATE may cover requests not yet accepted; the rerun completes the work."""
     sandbox = make_sandbox(latency_ms=50, properties=[{"key": "plan", "type": "string"}])
-    config = {**config_for(sandbox, requests_per_second=20), "rejects_path": str(tmp_path / "r.jsonl")}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "input.singer").write_text(workload())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "target_loops.target", "--config", "config.json", "--input", "input.singer"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("TARGET_LOOPS_", "LOOPS_"))},
-    )
+    proc = start_target(config_for(sandbox, requests_per_second=20), workload(), tmp_path=tmp_path)
     deadline = time.monotonic() + 30
     while len(sandbox.store.contacts()) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)

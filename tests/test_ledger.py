@@ -6,17 +6,13 @@ Every count of what reached Loops is taken from the sandbox's own log, never fro
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from runner import SANDBOX_KEY, record, run_target, schema, singer, state
+from runner import SANDBOX_KEY, parse_states, record, run_target, schema, singer, start_target, state
 
 from target_loops.ledger import Ledger, fingerprint, team_namespace
 from target_loops.sandbox import Sandbox
@@ -225,17 +221,7 @@ def test_kill_minus_9_then_resume_loses_nothing_and_sends_no_event_twice(
     loops = make_sandbox(properties=PLAN, latency_ms=20)
     all_messages = messages()
     config = config_for(loops, tmp_path, checkpoint_seconds=0, batch_size_rows=4, requests_per_second=50)
-    config["rejects_path"] = str(tmp_path / "rejects.jsonl")
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "input.singer").write_text(singer(*all_messages))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "target_loops.target", "--config", "config.json", "--input", "input.singer"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("TARGET_LOOPS_", "LOOPS_"))},
-    )
+    proc = start_target(config, singer(*all_messages), tmp_path=tmp_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if sum(1 for r in loops.store.requests() if r["method"] != "GET") >= kill_after_writes:
@@ -243,7 +229,7 @@ def test_kill_minus_9_then_resume_loses_nothing_and_sends_no_event_twice(
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=30)
-    states = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    states = parse_states(stdout)
     writes = [r for r in loops.store.requests() if r["method"] != "GET"]
     assert len(writes) < 2 * USERS, "the kill came too late to test anything"
 
