@@ -1,10 +1,11 @@
 """The sync ledger: what Loops has accepted, so that unchanged contacts and delivered events are never sent again.
 
 Loops cannot be listed or diffed, and forgets idempotency keys after 24 hours, so target-loops remembers, per Loops
-team: for each contact (per stream), a fingerprint of the last payload Loops accepted; for each event, its
-idempotency key. Entries are written only after Loops answered 200 (or 409 for an event), one transaction per chunk
-of requests, so a crash can at worst re-send work Loops already has (harmless for contacts, a 409 for events within
-24 hours), never skip work it lacks.
+team: for each contact (per stream), a fingerprint of every property Loops accepted (a short hash per key, so that a
+payload that repeats part of what Loops has is recognised too) and the timestamp of the latest record applied; for
+each event, its idempotency key. Entries are written only after Loops answered 200 (or 409 for an event), one
+transaction per chunk of requests, so a crash can at worst re-send work Loops already has (harmless for contacts,
+a 409 for events within 24 hours), never skip work it lacks.
 
 Storage is any SQLAlchemy URL: SQLite by default, PostgreSQL for runners without a persistent disk.
 """
@@ -12,6 +13,7 @@ Storage is any SQLAlchemy URL: SQLite by default, PostgreSQL for runners without
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,7 +45,8 @@ contacts = sa.Table(
     sa.Column("stream", sa.String(255), primary_key=True),
     sa.Column("identity", sa.String(600), primary_key=True),  # u:<userId> or e:<email, lowercased>
     sa.Column("email", sa.String(500), index=True),
-    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("state", sa.Text, nullable=False),  # JSON {property: short hash of its value}
+    sa.Column("seen_at", sa.String(40)),  # the latest record timestamp applied (UTC ISO), when records had one
     sa.Column("delivered_at", sa.Float, nullable=False),
 )
 
@@ -56,9 +59,27 @@ events = sa.Table(
 )
 
 
-def fingerprint(body: dict[str, Any]) -> str:
-    """A stable hash of a payload: equal payloads (whatever the key order) give equal fingerprints."""
-    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()[:32]
+#: A contact's ledger entry: what Loops holds per property (short hashes), and as of which record timestamp.
+ContactState = tuple[dict[str, str], str | None]
+
+
+def value_hashes(body: dict[str, Any]) -> dict[str, str]:
+    """Per property of a payload, a short stable hash of its value (mailing lists one entry per list).
+
+    Hashes, not values: the ledger must not become a copy of the team's personal data.
+    """
+    hashes: dict[str, str] = {}
+    for key, value in body.items():
+        if key == "mailingLists" and isinstance(value, dict):
+            for list_id, member in value.items():
+                hashes[f"mailingLists.{list_id}"] = _short_hash(member)
+        else:
+            hashes[key] = _short_hash(value)
+    return hashes
+
+
+def _short_hash(value: Any) -> str:
+    return hashlib.blake2b(canonical_json(value).encode("utf-8"), digest_size=8).hexdigest()
 
 
 def team_namespace(base_url: str, team_name: str | None, api_key: str | None) -> str:
@@ -133,22 +154,24 @@ class Ledger:
 
     # --- contacts
 
-    def unchanged(self, team: str, stream: str, items: Sequence[tuple[str, str]]) -> set[str]:
-        """The identities among ``(identity, fingerprint)`` whose last accepted payload had that fingerprint."""
-        if not self.available or not items:
-            return set()
-        wanted = dict(items)
-        same: set[str] = set()
+    def contact_states(self, team: str, stream: str, identities: Sequence[str]) -> dict[str, ContactState]:
+        """What Loops was last told, per identity among ``identities`` that the ledger knows."""
+        if not self.available or not identities:
+            return {}
+        found: dict[str, ContactState] = {}
         with self._lock, self.engine.connect() as conn:
-            for chunk in _chunks(list(wanted)):
-                query = sa.select(contacts.c.identity, contacts.c.fingerprint).where(
+            for chunk in _chunks(list(set(identities))):
+                query = sa.select(contacts.c.identity, contacts.c.state, contacts.c.seen_at).where(
                     contacts.c.team == team, contacts.c.stream == stream, contacts.c.identity.in_(chunk)
                 )
-                same.update(identity for identity, fp in conn.execute(query) if wanted[identity] == fp)
-        return same
+                for identity, state, seen_at in conn.execute(query):
+                    found[identity] = (json.loads(state), seen_at)
+        return found
 
-    def record_contacts(self, team: str, stream: str, items: Iterable[tuple[str, str | None, str]]) -> None:
-        """Remember ``(identity, email, fingerprint)`` of payloads Loops has just accepted."""
+    def record_contacts(
+        self, team: str, stream: str, items: Iterable[tuple[str, str | None, dict[str, str], str | None]]
+    ) -> None:
+        """Remember ``(identity, email, state, seen_at)`` of contacts Loops has just accepted (state: merged hashes)."""
         now = time.time()
         rows = [
             {
@@ -156,10 +179,11 @@ class Ledger:
                 "stream": stream,
                 "identity": identity,
                 "email": email,
-                "fingerprint": fp,
+                "state": json.dumps(state, separators=(",", ":"), sort_keys=True),
+                "seen_at": seen_at,
                 "delivered_at": now,
             }
-            for identity, email, fp in items
+            for identity, email, state, seen_at in items
         ]
         if self.read_only or not rows:
             return
@@ -170,7 +194,7 @@ class Ledger:
                     contacts,
                     list(chunk),
                     ["team", "stream", "identity"],
-                    ["email", "fingerprint", "delivered_at"],
+                    ["email", "state", "seen_at", "delivered_at"],
                 )
 
     def forget_contacts(self, team: str, identities: Sequence[str], emails: Sequence[str]) -> None:

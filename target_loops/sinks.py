@@ -19,7 +19,7 @@ from singer_sdk.sinks.core import BaseJSONSchemaValidator
 
 from target_loops.client import LoopsUnavailableError
 from target_loops.coercion import CoercionError
-from target_loops.ledger import fingerprint
+from target_loops.ledger import ContactState, value_hashes
 from target_loops.operations import Action, LoopsRequest, Operation, Outcome, OutcomeKind, Rejection
 from target_loops.preflight import loops_type
 from target_loops.rules import StreamMapper
@@ -98,6 +98,7 @@ class LoopsSink(BatchSink):
         self._warned_keys: set[str] = set()
         self._invalid: str | None = None
         self._datetime_keys: tuple[str, ...] | None = None
+        self._known: dict[str, ContactState] = {}  # the ledger's view of this batch's contacts
         self.in_batch = False
 
     def get_validator(self) -> BaseJSONSchemaValidator | None:
@@ -227,11 +228,8 @@ class LoopsSink(BatchSink):
         if ledger is None or team is None:
             return planned
         if self.action is Action.UPSERT_CONTACT:
-            if not self.loops.skip_unchanged:
-                return planned
-            prints = [(members[0].contact_key, fingerprint(request.body)) for request, members in planned]
-            same = ledger.unchanged(team, self.stream_name, prints)
-            kept = [item for item, (identity, _) in zip(planned, prints, strict=True) if identity not in same]
+            self._known = ledger.contact_states(team, self.stream_name, [m[0].contact_key for _, m in planned])
+            kept = [item for item in map(self._unknown_part, planned) if item is not None]
             self.stats.unchanged += len(planned) - len(kept)  # records merged into them count as coalesced
             return kept
         if self.action is Action.SEND_EVENT:
@@ -243,6 +241,29 @@ class LoopsSink(BatchSink):
             self.stats.duplicates += len(planned) - len(kept)  # in-batch replays were counted by dedupe_events
             return kept
         return planned
+
+    def _unknown_part(self, item: Planned) -> Planned | None:
+        """The part of an upsert Loops does not have yet, or None when it has all of it.
+
+        A payload whose every property matches what Loops last accepted is unchanged. A payload older (by record
+        timestamp) than what Loops already has from this stream, as a replay after a crash is, may only add
+        properties Loops lacks: it never takes a newer value back.
+        """
+        request, members = item
+        known = self._known.get(members[0].contact_key)
+        if known is None or not self.loops.skip_unchanged:
+            return item
+        state, seen_at = known
+        latest = _latest(members)
+        if latest is not None and seen_at is not None and latest < seen_at:
+            body = _missing_from(request.body, state)
+            if set(body) <= IDENTITY_KEYS:
+                return None
+            return LoopsRequest(request.method, request.path, body, request.idempotency_key), members
+        hashes = value_hashes(request.body)
+        if all(state.get(key) == value for key, value in hashes.items()):
+            return None
+        return item
 
     def _settle(self, chunk: list[Planned], outcomes: list[Outcome]) -> None:
         """Count, reject, and write the ledger for one chunk; raise if anything could not be delivered."""
@@ -270,11 +291,14 @@ class LoopsSink(BatchSink):
         if ledger is None or team is None or not accepted:
             return
         if self.action is Action.UPSERT_CONTACT:
-            ledger.record_contacts(
-                team,
-                self.stream_name,
-                [(m[0].contact_key, r.body.get("email"), fingerprint(r.body)) for r, m in accepted],
-            )
+            rows = []
+            for request, members in accepted:
+                identity = members[0].contact_key
+                state, seen_at = self._known.get(identity, ({}, None))
+                latest = _latest(members)
+                newest = max(filter(None, (seen_at, latest)), default=None)
+                rows.append((identity, request.body.get("email"), {**state, **value_hashes(request.body)}, newest))
+            ledger.record_contacts(team, self.stream_name, rows)
         elif self.action is Action.SEND_EVENT:
             ledger.record_events(team, [r.idempotency_key for r, _ in accepted if r.idempotency_key])
         else:
@@ -308,6 +332,25 @@ class LoopsSink(BatchSink):
                 self.stream_name,
                 sorted(new),
             )
+
+
+#: Keys that address the contact: always sent, never what makes a payload "new".
+IDENTITY_KEYS = frozenset({"email", "userId"})
+
+
+def _latest(members: Sequence[Operation]) -> str | None:
+    """The latest record timestamp of a request's records, or None unless every record has one."""
+    keys = [m.sort_key for m in members]
+    return max(keys) if all(k is not None for k in keys) else None  # type: ignore[type-var]
+
+
+def _missing_from(body: dict[str, Any], state: dict[str, str]) -> dict[str, Any]:
+    """The identity keys plus every property (and mailing list) of ``body`` that ``state`` does not hold."""
+    kept = {k: v for k, v in body.items() if k in IDENTITY_KEYS or (k not in state and k != "mailingLists")}
+    lists = {k: v for k, v in (body.get("mailingLists") or {}).items() if f"mailingLists.{k}" not in state}
+    if lists:
+        kept["mailingLists"] = lists
+    return kept
 
 
 def parse_datetime(key: str, value: str) -> dt.datetime:

@@ -6,6 +6,7 @@ Every count of what reached Loops is taken from the sandbox's own log, never fro
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from runner import SANDBOX_KEY, parse_states, record, run_target, schema, singer, start_target, state
 
-from target_loops.ledger import Ledger, fingerprint, team_namespace
+from target_loops.ledger import Ledger, team_namespace, value_hashes
 from target_loops.sandbox import Sandbox
 
 PLAN = [{"key": "plan", "type": "string"}]
@@ -245,21 +246,64 @@ def test_ledger_unit(tmp_path: Path) -> None:
     assert team_namespace("https://app.loops.so/api/", "Acme", "k1") == team_namespace(
         "https://app.loops.so/api", "Acme", "k2"
     )
-    fp = fingerprint({"b": 1, "a": 2})
-    assert fp == fingerprint({"a": 2, "b": 1}) != fingerprint({"a": 2, "b": 2})
-    ledger.record_contacts(team, "s", [("u:1", "a@example.com", fp), ("e:b@example.com", "b@example.com", "x")])
-    assert ledger.unchanged(team, "s", [("u:1", fp), ("e:b@example.com", "y"), ("u:9", fp)]) == {"u:1"}
-    assert ledger.unchanged(team, "other-stream", [("u:1", fp)]) == set()
-    assert ledger.unchanged("other-team", "s", [("u:1", fp)]) == set()
+    hashes = value_hashes({"b": 1, "a": "x", "mailingLists": {"L1": True}})
+    assert set(hashes) == {"a", "b", "mailingLists.L1"}
+    assert hashes["b"] == value_hashes({"b": 1})["b"] != value_hashes({"b": 2})["b"]
+    assert "x" not in json.dumps(hashes)  # hashes, never the values themselves
+    ledger.record_contacts(team, "s", [("u:1", "a@example.com", hashes, "2026-01-01T00:00:00+00:00")])
+    assert ledger.contact_states(team, "s", ["u:1", "u:9"]) == {"u:1": (hashes, "2026-01-01T00:00:00+00:00")}
+    assert ledger.contact_states(team, "other-stream", ["u:1"]) == {}
+    assert ledger.contact_states("other-team", "s", ["u:1"]) == {}
     ledger.record_events(team, ["k1", "k2", "k1"])
     assert ledger.delivered_events(team, ["k1", "k3"]) == {"k1"}
     ledger.forget_contacts(team, [], ["A@Example.com"])
-    assert ledger.unchanged(team, "s", [("u:1", fp)]) == set()
-    many = [(f"u:{i}", None, "f") for i in range(1200)]
+    assert ledger.contact_states(team, "s", ["u:1"]) == {}
+    many = [(f"u:{i}", None, {"p": "h"}, None) for i in range(1200)]
     ledger.record_contacts(team, "s", many)
-    assert len(ledger.unchanged(team, "s", [(i, "f") for i, _, _ in many])) == 1200
+    assert len(ledger.contact_states(team, "s", [i for i, *_ in many])) == 1200
     ledger.close()
     missing = tmp_path / "none.sqlite"
     read_only = Ledger(f"sqlite:///{missing}", read_only=True)
     assert not read_only.available and not missing.exists()
-    assert read_only.unchanged(team, "s", [("u:1", fp)]) == set()
+    assert read_only.contact_states(team, "s", ["u:1"]) == {}
+
+
+def test_a_row_repeating_part_of_a_delivered_merge_is_not_resent(loops: Sandbox, tmp_path: Path) -> None:
+    """Three identifies of one user are merged and sent once; an incremental tap reads the last one again."""
+    loops.configure(properties=[*PLAN, {"key": "isAdmin", "type": "boolean"}])
+    columns = {"id": "string", "user_id": "string", "email": "string", "plan": "string", "is_admin": "boolean",
+               "timestamp": {"type": ["string", "null"], "format": "date-time"}}  # fmt: skip
+    rows = [
+        {"id": "1", "user_id": "u1", "email": "old@example.com", "plan": "free", "timestamp": "2026-01-01T09:00:00Z"},
+        {"id": "2", "user_id": "u1", "email": "new@example.com", "plan": "pro", "timestamp": "2026-01-01T10:00:00Z"},
+        {"id": "3", "user_id": "u1", "email": "new@example.com", "is_admin": True, "timestamp": "2026-01-01T11:00:00Z"},
+    ]
+    first = singer(schema("identifies", columns, ["id"]), *(record("identifies", r) for r in rows))
+    assert run_target(config_for(loops, tmp_path), first, tmp_path=tmp_path).returncode == 0
+    mark = len(loops.store.requests())
+    again = singer(schema("identifies", columns, ["id"]), record("identifies", rows[2]))
+    run = run_target(config_for(loops, tmp_path), again, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert writes_since(loops, mark) == []
+    assert "unchanged 1" in run.stderr
+
+
+def test_an_older_replay_adds_what_is_missing_but_never_takes_a_value_back(loops: Sandbox, tmp_path: Path) -> None:
+    loops.configure(properties=[*PLAN, {"key": "favoriteColor", "type": "string"}])
+    columns = {"id": "string", "user_id": "string", "email": "string", "plan": "string", "favorite_color": "string",
+               "timestamp": {"type": ["string", "null"], "format": "date-time"}}  # fmt: skip
+    newer = {"id": "2", "user_id": "u1", "email": "a@example.com", "plan": "team", "timestamp": "2026-01-01T10:00:00Z"}
+    older = {"id": "1", "user_id": "u1", "email": "a@example.com", "plan": "free", "favorite_color": "green",
+             "timestamp": "2026-01-01T08:00:00Z"}  # fmt: skip
+
+    def one(row: dict[str, Any]) -> str:
+        return singer(schema("identifies", columns, ["id"]), record("identifies", row))
+
+    assert run_target(config_for(loops, tmp_path), one(newer), tmp_path=tmp_path).returncode == 0
+    mark = len(loops.store.requests())
+    run = run_target(config_for(loops, tmp_path), one(older), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    (sent,) = [r["body"] for r in loops.store.requests()[mark:] if r["method"] == "PUT"]
+    assert sent == {"email": "a@example.com", "userId": "u1", "favoriteColor": "green"}
+    contact = loops.store.find(user_id="u1")
+    assert (contact["plan"], contact["favoriteColor"]) == ("team", "green")
