@@ -104,6 +104,10 @@ DEFAULT_RULES: list[dict[str, Any]] = [
     {"stream": "users", "action": "upsert_contact", "user_id": ["id", "userId", "user_id"]},
     {"stream": "tracks", "action": "send_event"},
     {"stream": "track", "action": "send_event"},
+    # SQL taps name streams <schema>-<table> (tap-postgres: web_app-identifies).
+    {"stream": "*-identifies", "action": "upsert_contact"},
+    {"stream": "*-users", "action": "upsert_contact", "user_id": ["id", "userId", "user_id"]},
+    {"stream": "*-tracks", "action": "send_event"},
 ]
 
 

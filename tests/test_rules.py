@@ -363,7 +363,7 @@ def test_builtin_rules_route_segment_streams(stream: str, action: Action) -> Non
     assert rule.label.startswith("built-in rule")
 
 
-def test_builtin_rules_are_exactly_the_five_segment_streams() -> None:
+def test_builtin_rules_are_the_segment_streams_also_as_sql_taps_name_them() -> None:
     rules = parse_rules(None)
     assert [(r.stream, r.action) for r in rules] == [
         ("identifies", Action.UPSERT_CONTACT),
@@ -371,9 +371,16 @@ def test_builtin_rules_are_exactly_the_five_segment_streams() -> None:
         ("users", Action.UPSERT_CONTACT),
         ("tracks", Action.SEND_EVENT),
         ("track", Action.SEND_EVENT),
+        ("*-identifies", Action.UPSERT_CONTACT),
+        ("*-users", Action.UPSERT_CONTACT),
+        ("*-tracks", Action.SEND_EVENT),
     ]
     assert match_rule(rules, "pages") is None
     assert match_rule(rules, "order_completed") is None
+    assert match_rule(rules, "web_app-identifies").action is Action.UPSERT_CONTACT
+    users = StreamMapper(match_rule(rules, "web_app-users"), "web_app-users").map({"id": "u9", "email": "x@example.com"})
+    assert users.request.body == {"email": "x@example.com", "userId": "u9"}
+    assert match_rule(rules, "web_app-order_completed") is None
 
 
 def test_seed_identify_email_falls_back_to_top_level_email() -> None:
