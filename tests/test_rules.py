@@ -378,7 +378,8 @@ def test_builtin_rules_are_the_segment_streams_also_as_sql_taps_name_them() -> N
     assert match_rule(rules, "pages") is None
     assert match_rule(rules, "order_completed") is None
     assert match_rule(rules, "web_app-identifies").action is Action.UPSERT_CONTACT
-    users = StreamMapper(match_rule(rules, "web_app-users"), "web_app-users").map({"id": "u9", "email": "x@example.com"})
+    users_rule = match_rule(rules, "web_app-users")
+    users = StreamMapper(users_rule, "web_app-users").map({"id": "u9", "email": "x@example.com"})
     assert users.request.body == {"email": "x@example.com", "userId": "u9"}
     assert match_rule(rules, "web_app-order_completed") is None
 
