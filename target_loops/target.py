@@ -553,7 +553,10 @@ class TargetLoops(Target):
                 self.client.abort()
             self._finish()
             raise SystemExit(128 + signum)
-        super()._handle_termination(signum, frame)
+        try:
+            super()._handle_termination(signum, frame)  # drains everything, writes STATE, exits 0
+        finally:
+            self._finish()
 
     # --- CLI
 

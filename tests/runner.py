@@ -38,9 +38,16 @@ class Run:
 
 
 def start_target(
-    config: dict[str, Any], input_text: str | None = None, *, input_path: Path | None = None, tmp_path: Path
+    config: dict[str, Any],
+    input_text: str | None = None,
+    *,
+    input_path: Path | None = None,
+    tmp_path: Path,
+    stdin: bool = False,
 ) -> subprocess.Popen[str]:
     """Start ``target-loops --config <tmp>/config.json --input <file>`` (stdout and stderr piped).
+
+    With ``stdin=True`` the target reads its standard input instead, left open for the test to write to.
 
     The rejects file goes to ``tmp_path`` and retries back off in hundredths of a second, unless the config says
     otherwise; no ``TARGET_LOOPS_*`` variable of the developer's reaches the process.
@@ -48,12 +55,16 @@ def start_target(
     config = {"rejects_path": str(tmp_path / "rejects.jsonl"), "retry_backoff_seconds": 0.01, **config}
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config))
-    if input_path is None:
-        input_path = tmp_path / "input.singer"
-        input_path.write_text(input_text or "")
+    command = [sys.executable, "-m", "target_loops.target", "--config", str(config_path)]
+    if not stdin:
+        if input_path is None:
+            input_path = tmp_path / "input.singer"
+            input_path.write_text(input_text or "")
+        command += ["--input", str(input_path)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TARGET_LOOPS_", "LOOPS_"))}
     return subprocess.Popen(
-        [sys.executable, "-m", "target_loops.target", "--config", str(config_path), "--input", str(input_path)],
+        command,
+        stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner import SANDBOX_KEY, record, run_target, schema, singer, start_target, state
+from runner import SANDBOX_KEY, parse_states, record, run_target, schema, singer, start_target, state
 
 from target_loops.sandbox import Sandbox
 
@@ -136,3 +136,21 @@ def test_sigterm_while_sending_writes_no_untrue_state(make_sandbox: Any, tmp_pat
     rerun = run_target(config_for(sandbox), workload(), tmp_path=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert_everything_delivered_once(sandbox)
+
+
+def test_sigterm_between_batches_sends_what_it_holds_and_checkpoints(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Input still open, nothing in flight: SIGTERM drains the buffered records, emits the true STATE, exits 0."""
+    proc = start_target(config_for(sandbox, unknown_properties="drop"), tmp_path=tmp_path, stdin=True)
+    assert proc.stdin is not None
+    proc.stdin.write(workload(3))
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not any(r["path"] == "/api/v1/lists" for r in sandbox.store.requests()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # the records are read and buffered; nothing has been sent
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert parse_states(stdout)[-1] == {"bookmarks": {"tracks": "t2"}}
+    assert len(sandbox.store.contacts()) == 3 and len(sandbox.store.events()) == 3
+    assert "Summary: stream identifies" in stderr
