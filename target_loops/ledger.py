@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,6 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from target_loops.serialization import canonical_json
+
+logger = logging.getLogger("target_loops.ledger")
 
 CHUNK = 500  # keys per lookup: well under SQLite's bound-parameter limit
 
@@ -125,9 +128,23 @@ class Ledger:
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if self.available and not read_only:
+            self._upgrade()
             metadata.create_all(self.engine)
         elif self.available:
             self.available = sa.inspect(self.engine).has_table(contacts.name)
+
+    def _upgrade(self) -> None:
+        """A contacts table from before per-property state is dropped: contacts are re-sent once, events stay."""
+        inspector = sa.inspect(self.engine)
+        if inspector.has_table(contacts.name):
+            columns = {c["name"] for c in inspector.get_columns(contacts.name)}
+            if "state" not in columns:
+                logger.warning(
+                    "The ledger's contact table is from an older target-loops; it is rebuilt (each contact is sent "
+                    "once more, delivered events are still never re-sent)"
+                )
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text(f"DROP TABLE {contacts.name}"))
 
     # --- teams
 

@@ -7,9 +7,10 @@ dropped), and every outcome lands in the counters or, for a refusal, the rejects
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pendulum
@@ -99,6 +100,7 @@ class LoopsSink(BatchSink):
         self._invalid: str | None = None
         self._datetime_keys: tuple[str, ...] | None = None
         self._known: dict[str, ContactState] = {}  # the ledger's view of this batch's contacts
+        self._held: list[Operation] = []  # upserts waiting to be merged with later batches
         self.in_batch = False
 
     def get_validator(self) -> BaseJSONSchemaValidator | None:
@@ -153,26 +155,57 @@ class LoopsSink(BatchSink):
         context.setdefault("results", []).append(result)
 
     def process_batch(self, context: dict) -> None:
-        """Send the batch; raise (failing the run, with no STATE) if anything transient was not delivered."""
+        """Send the batch; raise (failing the run, with no STATE) if anything transient was not delivered.
+
+        Upserts are held instead (merged per contact) until a checkpoint, a batch of events that may need them,
+        or ``coalesce_rows`` held records: a contact whose rows are spread over many batches gets one request.
+        """
         results: list[Operation | Rejection] = context.get("results", [])
         if not results:
             return
+        with self._sending():
+            ops = self._admit(results)
+            if self.action is Action.UPSERT_CONTACT:
+                self._held.extend(ops)
+                if self.loops.flushing or len(self._held) >= self.loops.coalesce_rows:
+                    self._send_held()
+                return
+            if self.action is Action.SEND_EVENT:
+                self.loops.drain_contact_sinks()
+            self._send(ops)
+
+    def flush(self) -> None:
+        """Send the upserts held across batches (at a checkpoint, before events, at the end)."""
+        if self._held:
+            with self._sending():
+                self._send_held()
+
+    @property
+    def held(self) -> int:
+        """Records held for coalescing, not sent yet."""
+        return len(self._held)
+
+    # --- internals
+
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[None]:
         if self.in_batch:
             # A termination signal re-entered the drain (a known SDK behaviour): never send a batch twice at once.
             raise LoopsUnavailableError(f"stream {self.stream_name}: drain interrupted; stopping without a checkpoint")
         self.in_batch = True
         started = time.monotonic()
         try:
-            if self.action is Action.SEND_EVENT:
-                self.loops.drain_contact_sinks()
-            self._send(results)
+            yield
         finally:
             self.stats.elapsed += time.monotonic() - started
             self.in_batch = False
 
-    # --- internals
+    def _send_held(self) -> None:
+        held, self._held = self._held, []
+        self._send(held)
 
-    def _send(self, results: list[Operation | Rejection]) -> None:
+    def _admit(self, results: list[Operation | Rejection]) -> list[Operation]:
+        """Reject what cannot be sent (local rejections, stale events, values that fit no type); keep the rest."""
         ops: list[Operation] = []
         cutoff = self.loops.event_cutoff()
         for result in results:
@@ -194,6 +227,9 @@ class LoopsSink(BatchSink):
                     continue
                 self.stats.resubscribe_blocked += result.resubscribe_blocked
                 ops.append(result)
+        return ops
+
+    def _send(self, ops: list[Operation]) -> None:
         if not ops:
             return
         if self.action is Action.UPSERT_CONTACT:

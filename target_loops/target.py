@@ -166,6 +166,13 @@ SETTINGS = th.PropertiesList(
         "workflows late (first backfills, catch-up after an outage).",
     ),
     th.Property(
+        "coalesce_rows",
+        th.IntegerType,
+        default=20_000,
+        description="Contact upserts are held, merged per contact, across batches until a checkpoint, a batch of "
+        "events that may need them, or this many held records: a contact spread over many batches gets one request.",
+    ),
+    th.Property(
         "unknown_properties",
         th.StringType,
         default="create",
@@ -241,6 +248,9 @@ class TargetLoops(Target):
         self._finished = False
         self._last_state_written: dict | None = None
         self._with_metadata = bool(self.config.get("add_record_metadata"))
+        #: True while everything must be sent now (a checkpoint, the end, events waiting for their contacts).
+        self.flushing = False
+        self.coalesce_rows = int(self.config.get("coalesce_rows", 20_000))
 
     # --- settings
 
@@ -519,19 +529,38 @@ class TargetLoops(Target):
     # --- drain order: contacts before the events that may need them
 
     def _drain_all(self, sink_list: Iterable[Sink], parallelism: int) -> None:
-        """Drain upserts first, then events, then deletes; each phase in parallel across streams."""
+        """Drain upserts first (held ones included), then events, then deletes; each phase in parallel.
+
+        Every record before the STATE that ``drain_all`` writes next is then sent: held upserts too.
+        """
         sinks = list(sink_list)
-        for phase in (Action.UPSERT_CONTACT, Action.SEND_EVENT, Action.DELETE_CONTACT, None):
-            group = [s for s in sinks if getattr(s, "action", None) is phase]
-            if group:
-                super()._drain_all(group, parallelism)
+        self.flushing = True
+        try:
+            for phase in (Action.UPSERT_CONTACT, Action.SEND_EVENT, Action.DELETE_CONTACT, None):
+                group = [s for s in sinks if getattr(s, "action", None) is phase]
+                if group:
+                    super()._drain_all(group, parallelism)
+                if phase is Action.UPSERT_CONTACT:
+                    for sink in self._upsert_sinks():
+                        sink.flush()
+        finally:
+            self.flushing = False
 
     def drain_contact_sinks(self) -> None:
-        """Send buffered upserts of every stream now (called before a batch of events is sent)."""
+        """Send every stream's buffered and held upserts now (called before a batch of events is sent)."""
         with self._drain_lock:
-            for sink in list(self._sinks_active.values()):
-                if getattr(sink, "action", None) is Action.UPSERT_CONTACT and sink.current_size:
-                    self.drain_one(sink)
+            flushing, self.flushing = self.flushing, True
+            try:
+                for sink in self._upsert_sinks():
+                    if sink.current_size:
+                        self.drain_one(sink)
+                    sink.flush()
+            finally:
+                self.flushing = flushing
+
+    def _upsert_sinks(self) -> list[LoopsSink]:
+        sinks = [*self._sinks_to_clear, *self._sinks_active.values()]
+        return [s for s in sinks if isinstance(s, LoopsSink) and s.action is Action.UPSERT_CONTACT]
 
     # --- signals
 

@@ -81,6 +81,8 @@ BASE_CONFIG: dict[str, Any] = {
     "base_url": SANDBOX.url,
     "retry_backoff_seconds": 0.01,
     "max_retries": 1,
+    # Each test starts with an empty Loops (the sandbox is reset), so each starts with an empty ledger too.
+    "ledger_url": f"sqlite:///{WORKDIR / 'ledger.sqlite'}",
 }
 
 #: ``row-<key>@<stream>.example.com``; the key column is ``id``, ``Id`` or ``_id`` depending on the file.
@@ -223,6 +225,8 @@ class SuiteRun:
 
 def _fresh_run(mode: str, config: dict[str, Any]) -> SuiteRun:
     SANDBOX.store.reset()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{WORKDIR / 'ledger.sqlite'}{suffix}").unlink(missing_ok=True)
     rejects_path = Path(config["rejects_path"])
     rejects_path.unlink(missing_ok=True)
     return SuiteRun(mode, SANDBOX, rejects_path)

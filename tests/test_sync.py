@@ -322,3 +322,31 @@ def test_a_record_that_breaks_its_schema_is_rejected_not_fatal(sandbox: Sandbox,
     (reject,) = run.rejects
     assert reject["reason"] == "schema_invalid" and "seats must be integer" in reject["message"]
     assert run.final_state == {"bookmarks": {"identifies": "2"}}
+
+
+def test_a_contact_spread_over_many_batches_gets_one_request(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Upserts are held across batches (``coalesce_rows``) until a checkpoint or events need them."""
+    rows = [
+        {"id": f"i{n}", "user_id": f"u{n % 4}", "email": f"u{n % 4}@example.com", "plan": f"p{n}"} for n in range(24)
+    ]
+    text = singer(
+        schema("identifies", {"id": "string", "user_id": "string", "email": "string", "plan": "string"}, ["id"]),
+        *(record("identifies", r) for r in rows),
+        state({"at": 24}),
+    )
+    run = run_target(config_for(sandbox, batch_size_rows=3), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(upserts(sandbox)) == 4  # 24 rows, 8 batches, 4 contacts: one request each
+    assert "coalesced 20" in run.stderr
+    assert run.final_state == {"at": 24}
+    small = tmp_path / "small-window"
+    small.mkdir()
+    before = len(upserts(sandbox))
+    held_back = run_target(config_for(sandbox, batch_size_rows=3, coalesce_rows=6), text, tmp_path=small)
+    assert held_back.returncode == 0, held_back.stderr
+    # A window of 6 rows sends each contact once per window: its intermediate states too.
+    assert len(upserts(sandbox)) - before == 16, held_back.stderr
+
+
+def upserts(sandbox: Sandbox) -> list[dict[str, Any]]:
+    return [r for r in sandbox.store.requests() if r["path"] == "/api/v1/contacts/update"]
