@@ -100,7 +100,8 @@ class LoopsSink(BatchSink):
         self._invalid: str | None = None
         self._datetime_keys: tuple[str, ...] | None = None
         self._known: dict[str, ContactState] = {}  # the ledger's view of this batch's contacts
-        self._held: list[Operation] = []  # upserts waiting to be merged with later batches
+        self._held: list[Operation] = []  # upserts and events waiting for the window to close
+        self._advanced: list[tuple[str, str | None, dict[str, str], str | None]] = []
         self.in_batch = False
 
     def get_validator(self) -> BaseJSONSchemaValidator | None:
@@ -157,25 +158,24 @@ class LoopsSink(BatchSink):
     def process_batch(self, context: dict) -> None:
         """Send the batch; raise (failing the run, with no STATE) if anything transient was not delivered.
 
-        Upserts are held instead (merged per contact) until a checkpoint, a batch of events that may need them,
-        or ``coalesce_rows`` held records: a contact whose rows are spread over many batches gets one request.
+        Upserts and events are held instead until a checkpoint or ``coalesce_rows`` held records; then every
+        stream's upserts (merged per contact) go first and the events after them: a contact whose rows are spread
+        over many batches gets one request, and an event finds the contact it is for.
         """
         results: list[Operation | Rejection] = context.get("results", [])
         if not results:
             return
         with self._sending():
             ops = self._admit(results)
-            if self.action is Action.UPSERT_CONTACT:
-                self._held.extend(ops)
-                if self.loops.flushing or len(self._held) >= self.loops.coalesce_rows:
-                    self._send_held()
+            if self.action is Action.DELETE_CONTACT:
+                self._send(ops)
                 return
-            if self.action is Action.SEND_EVENT:
-                self.loops.drain_contact_sinks()
-            self._send(ops)
+            self._held.extend(ops)
+            if self.loops.flushing or len(self._held) >= self.loops.coalesce_rows:
+                self._send_held()
 
     def flush(self) -> None:
-        """Send the upserts held across batches (at a checkpoint, before events, at the end)."""
+        """Send what is held across batches (at a checkpoint, before events, at the end)."""
         if self._held:
             with self._sending():
                 self._send_held()
@@ -201,6 +201,8 @@ class LoopsSink(BatchSink):
             self.in_batch = False
 
     def _send_held(self) -> None:
+        if self.action is Action.SEND_EVENT:
+            self.loops.drain_contact_sinks()  # the contacts these events are for must exist first
         held, self._held = self._held, []
         self._send(held)
 
@@ -265,7 +267,11 @@ class LoopsSink(BatchSink):
             return planned
         if self.action is Action.UPSERT_CONTACT:
             self._known = ledger.contact_states(team, self.stream_name, [m[0].contact_key for _, m in planned])
+            self._advanced = []
             kept = [item for item in map(self._unknown_part, planned) if item is not None]
+            # Unchanged but newer: Loops holds these values as of a later record now; a replay of the rows in
+            # between must count as older.
+            ledger.record_contacts(team, self.stream_name, self._advanced)
             self.stats.unchanged += len(planned) - len(kept)  # records merged into them count as coalesced
             return kept
         if self.action is Action.SEND_EVENT:
@@ -298,6 +304,8 @@ class LoopsSink(BatchSink):
             return LoopsRequest(request.method, request.path, body, request.idempotency_key), members
         hashes = value_hashes(request.body)
         if all(state.get(key) == value for key, value in hashes.items()):
+            if latest is not None and (seen_at is None or latest > seen_at):
+                self._advanced.append((members[0].contact_key, request.body.get("email"), state, latest))
             return None
         return item
 

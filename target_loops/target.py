@@ -169,8 +169,8 @@ SETTINGS = th.PropertiesList(
         "coalesce_rows",
         th.IntegerType,
         default=20_000,
-        description="Contact upserts are held, merged per contact, across batches until a checkpoint, a batch of "
-        "events that may need them, or this many held records: a contact spread over many batches gets one request.",
+        description="Upserts and events are held across batches until a checkpoint or this many held records per "
+        "stream, then sent contacts first: a contact spread over many batches gets one request.",
     ),
     th.Property(
         "unknown_properties",
@@ -529,9 +529,9 @@ class TargetLoops(Target):
     # --- drain order: contacts before the events that may need them
 
     def _drain_all(self, sink_list: Iterable[Sink], parallelism: int) -> None:
-        """Drain upserts first (held ones included), then events, then deletes; each phase in parallel.
+        """Drain upserts first, then events, then deletes (held records included); each phase in parallel.
 
-        Every record before the STATE that ``drain_all`` writes next is then sent: held upserts too.
+        Every record before the STATE that ``drain_all`` writes next is then sent, held ones too.
         """
         sinks = list(sink_list)
         self.flushing = True
@@ -540,9 +540,8 @@ class TargetLoops(Target):
                 group = [s for s in sinks if getattr(s, "action", None) is phase]
                 if group:
                     super()._drain_all(group, parallelism)
-                if phase is Action.UPSERT_CONTACT:
-                    for sink in self._upsert_sinks():
-                        sink.flush()
+                for sink in self._loops_sinks(phase):
+                    sink.flush()
         finally:
             self.flushing = False
 
@@ -551,16 +550,16 @@ class TargetLoops(Target):
         with self._drain_lock:
             flushing, self.flushing = self.flushing, True
             try:
-                for sink in self._upsert_sinks():
+                for sink in self._loops_sinks(Action.UPSERT_CONTACT):
                     if sink.current_size:
                         self.drain_one(sink)
                     sink.flush()
             finally:
                 self.flushing = flushing
 
-    def _upsert_sinks(self) -> list[LoopsSink]:
+    def _loops_sinks(self, action: Action | None) -> list[LoopsSink]:
         sinks = [*self._sinks_to_clear, *self._sinks_active.values()]
-        return [s for s in sinks if isinstance(s, LoopsSink) and s.action is Action.UPSERT_CONTACT]
+        return [s for s in sinks if isinstance(s, LoopsSink) and s.action is action]
 
     # --- signals
 
