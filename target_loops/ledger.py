@@ -12,12 +12,14 @@ Storage is any SQLAlchemy URL: SQLite by default, PostgreSQL for runners without
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ contacts = sa.Table(
     sa.Column("identity", sa.String(600), primary_key=True),  # u:<userId> or e:<email, lowercased>
     sa.Column("email", sa.String(500), index=True),
     sa.Column("state", sa.Text, nullable=False),  # JSON {property: short hash of its value}
+    sa.Column("fingerprint", sa.String(32), nullable=False),  # hash of the last payload accepted, whole
     sa.Column("seen_at", sa.String(40)),  # the latest record timestamp applied (UTC ISO), when records had one
     sa.Column("delivered_at", sa.Float, nullable=False),
 )
@@ -62,8 +65,28 @@ events = sa.Table(
 )
 
 
-#: A contact's ledger entry: what Loops holds per property (short hashes), and as of which record timestamp.
-ContactState = tuple[dict[str, str], str | None]
+@dataclass
+class ContactState:
+    """A contact's ledger entry: what Loops holds per property (short hashes), as of which record timestamp, and a
+    fingerprint of the last payload it accepted (the cheap check: a re-sent table repeats payloads exactly)."""
+
+    raw: str
+    seen_at: str | None
+    fingerprint: str
+
+    @functools.cached_property
+    def hashes(self) -> dict[str, str]:
+        """Per property, the hash of the value Loops holds (parsed only when the fingerprint does not settle it)."""
+        return json.loads(self.raw)
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    """A stable hash of a whole payload: equal payloads (whatever the key order) give equal fingerprints."""
+    return hashlib.blake2b(canonical_json(body).encode("utf-8"), digest_size=16).hexdigest()
+
+
+#: A row for ``record_contacts``: identity, email, per-property hashes (or their JSON), seen_at, fingerprint.
+ContactRow = tuple[str, "str | None", "dict[str, str] | str", "str | None", str]
 
 
 def value_hashes(body: dict[str, Any]) -> dict[str, str]:
@@ -138,7 +161,7 @@ class Ledger:
         inspector = sa.inspect(self.engine)
         if inspector.has_table(contacts.name):
             columns = {c["name"] for c in inspector.get_columns(contacts.name)}
-            if "state" not in columns:
+            if not {"state", "fingerprint"} <= columns:
                 logger.warning(
                     "The ledger's contact table is from an older target-loops; it is rebuilt (each contact is sent "
                     "once more, delivered events are still never re-sent)"
@@ -178,17 +201,16 @@ class Ledger:
         found: dict[str, ContactState] = {}
         with self._lock, self.engine.connect() as conn:
             for chunk in _chunks(list(set(identities))):
-                query = sa.select(contacts.c.identity, contacts.c.state, contacts.c.seen_at).where(
+                columns = (contacts.c.identity, contacts.c.state, contacts.c.seen_at, contacts.c.fingerprint)
+                query = sa.select(*columns).where(
                     contacts.c.team == team, contacts.c.stream == stream, contacts.c.identity.in_(chunk)
                 )
-                for identity, state, seen_at in conn.execute(query):
-                    found[identity] = (json.loads(state), seen_at)
+                for identity, state, seen_at, print_ in conn.execute(query):
+                    found[identity] = ContactState(state, seen_at, print_)
         return found
 
-    def record_contacts(
-        self, team: str, stream: str, items: Iterable[tuple[str, str | None, dict[str, str], str | None]]
-    ) -> None:
-        """Remember ``(identity, email, state, seen_at)`` of contacts Loops has just accepted (state: merged hashes)."""
+    def record_contacts(self, team: str, stream: str, items: Iterable[ContactRow]) -> None:
+        """Remember contacts Loops has just accepted (rows: identity, email, hashes or their JSON, seen_at, print)."""
         now = time.time()
         rows = [
             {
@@ -196,23 +218,19 @@ class Ledger:
                 "stream": stream,
                 "identity": identity,
                 "email": email,
-                "state": json.dumps(state, separators=(",", ":"), sort_keys=True),
+                "state": state if isinstance(state, str) else json.dumps(state, separators=(",", ":"), sort_keys=True),
                 "seen_at": seen_at,
+                "fingerprint": print_,
                 "delivered_at": now,
             }
-            for identity, email, state, seen_at in items
+            for identity, email, state, seen_at, print_ in items
         ]
         if self.read_only or not rows:
             return
         with self._lock, self.engine.begin() as conn:
             for chunk in _chunks(rows):
-                self._upsert(
-                    conn,
-                    contacts,
-                    list(chunk),
-                    ["team", "stream", "identity"],
-                    ["email", "state", "seen_at", "delivered_at"],
-                )
+                update = ["email", "state", "seen_at", "fingerprint", "delivered_at"]
+                self._upsert(conn, contacts, list(chunk), ["team", "stream", "identity"], update)
 
     def forget_contacts(self, team: str, identities: Sequence[str], emails: Sequence[str]) -> None:
         """A deleted contact is unknown again: its next upsert must be sent."""

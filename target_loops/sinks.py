@@ -20,7 +20,7 @@ from singer_sdk.sinks.core import BaseJSONSchemaValidator
 
 from target_loops.client import LoopsUnavailableError
 from target_loops.coercion import CoercionError
-from target_loops.ledger import ContactState, value_hashes
+from target_loops.ledger import ContactRow, ContactState, fingerprint, value_hashes
 from target_loops.operations import Action, LoopsRequest, Operation, Outcome, OutcomeKind, Rejection
 from target_loops.preflight import loops_type
 from target_loops.rules import StreamMapper
@@ -101,7 +101,7 @@ class LoopsSink(BatchSink):
         self._datetime_keys: tuple[str, ...] | None = None
         self._known: dict[str, ContactState] = {}  # the ledger's view of this batch's contacts
         self._held: list[Operation] = []  # upserts and events waiting for the window to close
-        self._advanced: list[tuple[str, str | None, dict[str, str], str | None]] = []
+        self._advanced: list[ContactRow] = []
         self.in_batch = False
 
     def get_validator(self) -> BaseJSONSchemaValidator | None:
@@ -295,19 +295,20 @@ class LoopsSink(BatchSink):
         known = self._known.get(members[0].contact_key)
         if known is None or not self.loops.skip_unchanged:
             return item
-        state, seen_at = known
         latest = _latest(members)
-        if latest is not None and seen_at is not None and latest < seen_at:
-            body = _missing_from(request.body, state)
+        if latest is not None and known.seen_at is not None and latest < known.seen_at:
+            body = _missing_from(request.body, known.hashes)
             if set(body) <= IDENTITY_KEYS:
                 return None
             return LoopsRequest(request.method, request.path, body, request.idempotency_key), members
-        hashes = value_hashes(request.body)
-        if all(state.get(key) == value for key, value in hashes.items()):
-            if latest is not None and (seen_at is None or latest > seen_at):
-                self._advanced.append((members[0].contact_key, request.body.get("email"), state, latest))
-            return None
-        return item
+        if known.fingerprint != fingerprint(request.body):
+            hashes = value_hashes(request.body)
+            if any(known.hashes.get(key) != value for key, value in hashes.items()):
+                return item
+        if latest is not None and (known.seen_at is None or latest > known.seen_at):
+            row = (members[0].contact_key, request.body.get("email"), known.raw, latest, known.fingerprint)
+            self._advanced.append(row)
+        return None
 
     def _settle(self, chunk: list[Planned], outcomes: list[Outcome]) -> None:
         """Count, reject, and write the ledger for one chunk; raise if anything could not be delivered."""
@@ -335,13 +336,13 @@ class LoopsSink(BatchSink):
         if ledger is None or team is None or not accepted:
             return
         if self.action is Action.UPSERT_CONTACT:
-            rows = []
+            rows: list[ContactRow] = []
             for request, members in accepted:
                 identity = members[0].contact_key
-                state, seen_at = self._known.get(identity, ({}, None))
-                latest = _latest(members)
-                newest = max(filter(None, (seen_at, latest)), default=None)
-                rows.append((identity, request.body.get("email"), {**state, **value_hashes(request.body)}, newest))
+                known = self._known.get(identity)
+                state = {**(known.hashes if known else {}), **value_hashes(request.body)}
+                newest = max(filter(None, (known.seen_at if known else None, _latest(members))), default=None)
+                rows.append((identity, request.body.get("email"), state, newest, fingerprint(request.body)))
             ledger.record_contacts(team, self.stream_name, rows)
         elif self.action is Action.SEND_EVENT:
             ledger.record_events(team, [r.idempotency_key for r, _ in accepted if r.idempotency_key])

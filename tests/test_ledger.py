@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from runner import SANDBOX_KEY, parse_states, record, run_target, schema, singer, start_target, state
 
-from target_loops.ledger import Ledger, team_namespace, value_hashes
+from target_loops.ledger import Ledger, fingerprint, team_namespace, value_hashes
 from target_loops.sandbox import Sandbox
 
 PLAN = [{"key": "plan", "type": "string"}]
@@ -250,15 +250,21 @@ def test_ledger_unit(tmp_path: Path) -> None:
     assert set(hashes) == {"a", "b", "mailingLists.L1"}
     assert hashes["b"] == value_hashes({"b": 1})["b"] != value_hashes({"b": 2})["b"]
     assert "x" not in json.dumps(hashes)  # hashes, never the values themselves
-    ledger.record_contacts(team, "s", [("u:1", "a@example.com", hashes, "2026-01-01T00:00:00+00:00")])
-    assert ledger.contact_states(team, "s", ["u:1", "u:9"]) == {"u:1": (hashes, "2026-01-01T00:00:00+00:00")}
+    body = {"b": 1, "a": "x"}
+    assert fingerprint(body) == fingerprint({"a": "x", "b": 1}) != fingerprint({"a": "x", "b": 2})
+    ledger.record_contacts(
+        team, "s", [("u:1", "a@example.com", hashes, "2026-01-01T00:00:00+00:00", fingerprint(body))]
+    )
+    (identity, state), *rest = ledger.contact_states(team, "s", ["u:1", "u:9"]).items()
+    assert (identity, rest) == ("u:1", [])
+    assert (state.hashes, state.seen_at, state.fingerprint) == (hashes, "2026-01-01T00:00:00+00:00", fingerprint(body))
     assert ledger.contact_states(team, "other-stream", ["u:1"]) == {}
     assert ledger.contact_states("other-team", "s", ["u:1"]) == {}
     ledger.record_events(team, ["k1", "k2", "k1"])
     assert ledger.delivered_events(team, ["k1", "k3"]) == {"k1"}
     ledger.forget_contacts(team, [], ["A@Example.com"])
     assert ledger.contact_states(team, "s", ["u:1"]) == {}
-    many = [(f"u:{i}", None, {"p": "h"}, None) for i in range(1200)]
+    many = [(f"u:{i}", None, {"p": "h"}, None, "f") for i in range(1200)]
     ledger.record_contacts(team, "s", many)
     assert len(ledger.contact_states(team, "s", [i for i, *_ in many])) == 1200
     ledger.close()
