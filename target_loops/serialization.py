@@ -10,7 +10,6 @@ import datetime as dt
 import decimal
 import hashlib
 import json
-import math
 from typing import Any
 
 
@@ -61,8 +60,3 @@ def canonical_json(value: Any) -> str:
 def stable_hash(*parts: Any) -> str:
     """A sha256 hex digest over the canonical JSON of ``parts``: deterministic across runs and machines."""
     return hashlib.sha256(canonical_json(list(parts)).encode("utf-8")).hexdigest()
-
-
-def is_finite_number(value: float) -> bool:
-    """False for NaN and infinities, which JSON cannot carry."""
-    return math.isfinite(value)

@@ -180,11 +180,6 @@ class LoopsSink(BatchSink):
             with self._sending():
                 self._send_held()
 
-    @property
-    def held(self) -> int:
-        """Records held for coalescing, not sent yet."""
-        return len(self._held)
-
     # --- internals
 
     @contextlib.contextmanager
