@@ -280,7 +280,7 @@ class TargetLoops(Target):
             errors.append(f"checkpoint_seconds must be 0 or more, not {self.config['checkpoint_seconds']}")
         if self.config.get("max_event_age_hours") is not None and self.config["max_event_age_hours"] < 1:
             errors.append(f"max_event_age_hours must be at least 1, not {self.config['max_event_age_hours']}")
-        for name in ("requests_per_second", "max_concurrency", "timeout_seconds"):
+        for name in ("requests_per_second", "max_concurrency", "timeout_seconds", "coalesce_rows", "progress_seconds"):
             if self.config.get(name) is not None and self.config[name] < 1:
                 errors.append(f"{name} must be at least 1, not {self.config[name]}")
         if self.config.get("max_retries") is not None and self.config["max_retries"] < 0:
