@@ -32,6 +32,7 @@ class StreamStats:
     resubscribe_blocked: int = 0  # subscribed: true dropped (the rule does not allow re-subscribing)
     elapsed: float = 0.0  # seconds spent sending this stream's batches
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    reserved_skipped: collections.Counter[str] = field(default_factory=collections.Counter)  # source key → records
 
     def add_outcome(self, outcome: Outcome) -> None:
         """Fold one request's outcome into the counters (rejections are counted per record by the sink)."""
@@ -167,6 +168,7 @@ def stream_report(stats: StreamStats) -> dict[str, Any]:
         "resubscribe_blocked": stats.resubscribe_blocked,
         "stale": stats.reasons.get("stale", 0),
         "skipped_unmapped": stats.skipped,
+        "reserved_not_sent": dict(sorted(stats.reserved_skipped.items())),
         "retries": stats.retried,
         "rate_limited": stats.rate_limited,
         "elapsed_seconds": round(stats.elapsed, 3),

@@ -363,6 +363,7 @@ class LoopsSink(BatchSink):
         )
 
     def _warn_skipped(self, keys: Sequence[str]) -> None:
+        self.stats.reserved_skipped.update(keys)
         new = [k for k in keys if k not in self._warned_keys]
         if new:
             self._warned_keys.update(new)

@@ -110,9 +110,12 @@ def test_reserved_names_are_never_sent(team: Sandbox, tmp_path: Path) -> None:
         schema("identifies", {"id": "string", "email": "string", "created_at": "string", "notes": "string"}, ["id"]),
         record("identifies", {"id": "1", "email": "a@example.com", "created_at": "2020-01-01", "notes": "vip"}),
     )
-    run = run_target(config_for(team, tmp_path), text, tmp_path=tmp_path)
+    report = tmp_path / "report.json"
+    run = run_target(config_for(team, tmp_path, report_path=str(report)), text, tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "reserved Loops names" in run.stderr and "'created_at'" in run.stderr
+    (stream,) = json.loads(report.read_text())["streams"]
+    assert stream["reserved_not_sent"] == {"created_at": 1, "notes": 1}
     body = next(r["body"] for r in team.store.requests() if r["method"] == "PUT")
     assert body == {"email": "a@example.com"}
     assert custom_properties(team) == {}
@@ -265,7 +268,8 @@ def test_run_report_schema(team: Sandbox, tmp_path: Path) -> None:
     (stream,) = data["streams"]
     assert set(stream) == {
         "stream", "action", "read", "requests", "sent", "planned", "unchanged", "coalesced", "duplicate_events",
-        "rejected", "reject_reasons", "resubscribe_blocked", "stale", "skipped_unmapped", "retries", "rate_limited",
+        "rejected", "reject_reasons", "resubscribe_blocked", "stale", "skipped_unmapped", "reserved_not_sent",
+        "retries", "rate_limited",
         "elapsed_seconds", "requests_per_second",
     }  # fmt: skip
     assert (stream["stream"], stream["action"], stream["read"], stream["sent"]) == (
