@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from target_loops.sandbox import Sandbox, SandboxConfig
+from target_loops.sandbox import CONTACT_OWN_KEYS, Sandbox, SandboxConfig
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_streams"
 SAMPLE_FILES = ("segment_export.singer", "warehouse_rows.singer", "custom_table.singer")
@@ -91,21 +91,8 @@ def print_sandbox(sandbox: Sandbox, rejects: Path) -> None:
     """What Loops would now hold, in a form a person can check at a glance."""
     contacts = sandbox.store.contacts()
     print(f"\n--- {len(contacts)} contacts in the sandbox")
-    defaults = {
-        "id",
-        "email",
-        "userId",
-        "firstName",
-        "lastName",
-        "source",
-        "subscribed",
-        "userGroup",
-        "mailingLists",
-        "optInStatus",
-        "createdAt",
-    }
     for c in contacts:
-        props = {k: v for k, v in c.items() if k not in defaults and v is not None}
+        props = {k: v for k, v in c.items() if k not in CONTACT_OWN_KEYS and v is not None}
         lists = sorted(k for k, v in (c.get("mailingLists") or {}).items() if v)
         name = " ".join(x for x in (c.get("firstName"), c.get("lastName")) if x)
         print(f"  {c.get('email') or '-':32} userId={c.get('userId') or '-':8} {name:20} {props} lists={lists}")

@@ -54,7 +54,7 @@ from singer_sdk.testing.target_tests import (
 )
 from singer_sdk.testing.templates import TargetFileTestTemplate
 
-from target_loops.sandbox import Sandbox, SandboxConfig
+from target_loops.sandbox import CONTACT_OWN_KEYS, Sandbox, SandboxConfig
 from target_loops.target import TargetLoops
 
 SUITE_KEY = "sdk-suite-sandbox-key"
@@ -182,20 +182,6 @@ EXPECTED: dict[str, tuple[dict[str, dict[str, Any]], Counter[tuple[str, str]]]] 
         Counter({("test_schema_updates", "nested_value"): 4}),  # records 3-6 carry an object (a4) and a list (a5)
     ),
     "special_chars_in_attributes": ({}, Counter({("test:SpecialChars!in?attributes", "nested_value"): 1})),
-}
-
-CONTACT_OWN_KEYS = {
-    "id",
-    "email",
-    "userId",
-    "firstName",
-    "lastName",
-    "source",
-    "subscribed",
-    "userGroup",
-    "mailingLists",
-    "optInStatus",
-    "createdAt",
 }
 
 

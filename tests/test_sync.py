@@ -9,12 +9,11 @@ from typing import Any
 import pytest
 from runner import SAMPLES, SANDBOX_KEY, record, run_target, schema, singer, state
 
-from target_loops.sandbox import Sandbox
+from target_loops.sandbox import CONTACT_OWN_KEYS, Sandbox
 
 L1, L2 = "cm06f5v0e45nf0ml5754o9cix", "cm06f5v0e45nf0ml5754o9ciy"
 TEAM = json.loads((SAMPLES / "sandbox_team.json").read_text())
 RULES = json.loads((SAMPLES / "rules.json").read_text())
-CONTACT_FIELDS = ("email", "userId", "firstName", "lastName", "source", "subscribed", "userGroup")
 
 
 @pytest.fixture
@@ -33,8 +32,7 @@ def contacts_by_email(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
 
 def custom(contact: dict[str, Any]) -> dict[str, Any]:
     """A contact's custom properties (those that are not Loops' own fields)."""
-    own = {*CONTACT_FIELDS, "id", "mailingLists", "optInStatus", "createdAt", "notes"}
-    return {k: v for k, v in contact.items() if k not in own and v is not None}
+    return {k: v for k, v in contact.items() if k not in CONTACT_OWN_KEYS and v is not None}
 
 
 def writes(sandbox: Sandbox) -> list[dict[str, Any]]:

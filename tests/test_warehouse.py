@@ -477,6 +477,8 @@ DAY2_WRITES = [
         for e in DAY2_EVENTS
     ],
 ]
+
+
 def loops_contacts(sandbox: Sandbox) -> list[dict[str, Any]]:
     return sorted(
         (normal({k: v for k, v in c.items() if k not in ("id", "createdAt")}) for c in sandbox.store.contacts()),

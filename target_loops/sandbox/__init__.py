@@ -6,6 +6,6 @@ Its behaviour follows ``loops-api.md``; faults, latency and the rate limit are c
 
 from target_loops.sandbox.app import SandboxApp, SandboxConfig
 from target_loops.sandbox.server import Sandbox, main
-from target_loops.sandbox.store import LoopsError, Store
+from target_loops.sandbox.store import CONTACT_OWN_KEYS, LoopsError, Store
 
-__all__ = ["LoopsError", "Sandbox", "SandboxApp", "SandboxConfig", "Store", "main"]
+__all__ = ["CONTACT_OWN_KEYS", "LoopsError", "Sandbox", "SandboxApp", "SandboxConfig", "Store", "main"]

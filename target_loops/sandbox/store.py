@@ -38,6 +38,11 @@ DEFAULT_PROPERTIES: tuple[tuple[str, str, str], ...] = (
 )
 """Loops' built-in contact properties, as ``GET /v1/contacts/properties`` lists them: (key, label, type)."""
 
+CONTACT_OWN_KEYS: frozenset[str] = frozenset(
+    {"id", "mailingLists", "optInStatus", *(key for key, _label, _type in DEFAULT_PROPERTIES)}
+)
+"""Keys every contact has as Loops' own fields; anything else on a contact is a custom property."""
+
 RESERVED_BODY_KEYS: frozenset[str] = frozenset(
     {"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "createdAt"}
 )
