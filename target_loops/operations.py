@@ -18,14 +18,32 @@ class Action(str, enum.Enum):
     DELETE_CONTACT = "delete_contact"
 
 
+class OutcomeKind(str, enum.Enum):
+    """How one request ended."""
+
+    DELIVERED = "delivered"  # 200
+    DUPLICATE = "duplicate"  # 409 on events/send: Loops had already accepted this idempotency key
+    ALREADY_DONE = "already_done"  # 404 on contacts/delete: nothing left to delete
+    REJECTED = "rejected"  # a permanent 4xx for this record
+    FAILED = "failed"  # a transient failure that outlived max_retries
+    ABORTED = "aborted"  # not sent because the run is stopping (bad key, another failure)
+    PLANNED = "planned"  # dry run: not sent
+
+
 @dataclass(frozen=True, slots=True)
 class LoopsRequest:
-    """One HTTP call to Loops: ``path`` is relative to ``base_url`` (e.g. ``/v1/contacts/update``)."""
+    """One HTTP call to Loops: ``path`` is relative to ``base_url`` (e.g. ``/v1/contacts/update``).
+
+    ``also_done`` says which non-200 answers still mean Loops holds the effect, for this request only: a 409 on
+    ``events/send`` (the idempotency key was already accepted), a 404 on ``contacts/delete`` (nothing to delete).
+    The client knows no endpoint: what counts as success travels with the request.
+    """
 
     method: str
     path: str
     body: dict[str, Any]
     idempotency_key: str | None = None
+    also_done: tuple[tuple[int, OutcomeKind], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The request as written to the rejects file and the dry-run plan (never any header but the key)."""
@@ -42,7 +60,8 @@ class Operation:
     """A record that mapped cleanly: the request it asks for, and what coalescing needs to know.
 
     ``contact_key`` groups upserts of one contact (``u:<userId>``, else ``e:<email>``); ``sort_key`` is the
-    record's timestamp (ISO string, or None) so that later facts override earlier ones.
+    record's timestamp (ISO string, or None) so that later facts override earlier ones. ``email`` and ``user_id``
+    are the record's identities as sent (held in memory only: the outbox links one person's rows by them).
     """
 
     action: Action
@@ -52,6 +71,8 @@ class Operation:
     sort_key: str | None = None
     skipped_keys: tuple[str, ...] = ()
     resubscribe_blocked: bool = False  # the record said subscribed: true and the rule does not allow it
+    email: str | None = None
+    user_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +85,6 @@ class Rejection:
     request: LoopsRequest | None = None
 
 
-class OutcomeKind(str, enum.Enum):
-    """How one request ended."""
-
-    DELIVERED = "delivered"  # 200
-    DUPLICATE = "duplicate"  # 409 on events/send: Loops had already accepted this idempotency key
-    ALREADY_DONE = "already_done"  # 404 on contacts/delete: nothing left to delete
-    REJECTED = "rejected"  # a permanent 4xx for this record
-    FAILED = "failed"  # a transient failure that outlived max_retries
-    ABORTED = "aborted"  # not sent because the run is stopping (bad key, another failure)
-    PLANNED = "planned"  # dry run: not sent
 
 
 @dataclass(slots=True)

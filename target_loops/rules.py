@@ -19,7 +19,7 @@ from typing import Any
 
 from target_loops import defaults
 from target_loops.defaults import FLAT, NESTED
-from target_loops.operations import Action, LoopsRequest, Operation, Rejection
+from target_loops.operations import Action, LoopsRequest, Operation, OutcomeKind, Rejection
 from target_loops.serialization import canonical_json, iso_datetime, json_number, stable_hash
 
 MAX_STRING = 500
@@ -29,6 +29,10 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 UPSERT_PATH = "/v1/contacts/update"
 EVENT_PATH = "/v1/events/send"
 DELETE_PATH = "/v1/contacts/delete"
+#: A 409 on events/send: Loops already accepted this Idempotency-Key (https://loops.so/docs/api-reference/send-event).
+EVENT_ALSO_DONE = ((409, OutcomeKind.DUPLICATE),)
+#: A 404 on contacts/delete: no such contact, nothing left to delete (https://loops.so/docs/api-reference/delete-contact).
+DELETE_ALSO_DONE = ((404, OutcomeKind.ALREADY_DONE),)
 
 _COMMON_KEYS = {"stream", "action", "email", "user_id", "shape", "order_by"}
 _PROPERTY_OPTIONS = {"include", "exclude", "rename", "camel_case", "send_nulls"}
@@ -476,6 +480,8 @@ class StreamMapper:
             _sort_key(plan.order_by.get(record)),
             tuple(skipped),
             resubscribe_blocked,
+            body.get("email"),
+            body.get("userId"),
         )
 
     def _event(self, plan: _Plan, record: dict[str, Any]) -> Operation:
@@ -503,16 +509,32 @@ class StreamMapper:
             if lists:
                 body["mailingLists"] = lists
         key = self._idempotency_key(plan, record)
-        request = LoopsRequest("POST", EVENT_PATH, body, key)
+        request = LoopsRequest("POST", EVENT_PATH, body, key, EVENT_ALSO_DONE)
         return Operation(
-            Action.SEND_EVENT, request, record, contact_key, _sort_key(plan.order_by.get(record)), tuple(skipped)
+            Action.SEND_EVENT,
+            request,
+            record,
+            contact_key,
+            _sort_key(plan.order_by.get(record)),
+            tuple(skipped),
+            email=body.get("email"),
+            user_id=body.get("userId"),
         )
 
     def _delete(self, plan: _Plan, record: dict[str, Any]) -> Operation:
         found: dict[str, Any] = {}
         contact_key = self._identity(plan, record, found)
         body = {"userId": found["userId"]} if "userId" in found else {"email": found["email"]}
-        return Operation(Action.DELETE_CONTACT, LoopsRequest("POST", DELETE_PATH, body), record, contact_key)
+        request = LoopsRequest("POST", DELETE_PATH, body, also_done=DELETE_ALSO_DONE)
+        return Operation(
+            Action.DELETE_CONTACT,
+            request,
+            record,
+            contact_key,
+            _sort_key(plan.order_by.get(record)),
+            email=found.get("email"),
+            user_id=found.get("userId"),
+        )
 
     # ----- pieces
 
