@@ -2,6 +2,8 @@
 
 It starts the sandbox on a free local port (seeded with ``sample_streams/sandbox_team.json``), runs
 ``target-loops`` on every sample file, then prints what the sandbox holds: what Loops would hold after the sync.
+The samples ship inside the package (``target_loops/sample_streams`` in a wheel, copied from the repository's
+``sample_streams/`` at build time); an editable install reads the repository's folder.
 """
 
 from __future__ import annotations
@@ -11,11 +13,21 @@ import json
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 from target_loops.sandbox import CONTACT_OWN_KEYS, Sandbox, SandboxConfig
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_streams"
+
+def samples_folder() -> Path:
+    """The sample streams: the package's copy in an installed wheel, else the repository's (editable install)."""
+    packaged = resources.files("target_loops").joinpath("sample_streams")
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "sample_streams"
+
+
+SAMPLES = samples_folder()
 SAMPLE_FILES = ("segment_export.singer", "warehouse_rows.singer", "custom_table.singer")
 DEMO_KEY = "sandbox-demo-key"
 
@@ -28,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="sandbox port (default: a free one)")
     parser.add_argument("--keep-running", action="store_true", help="leave the sandbox up to look at it")
     args = parser.parse_args(argv)
+    if not (args.samples / "sandbox_team.json").is_file():
+        parser.error(f"no sample streams in {args.samples} (sandbox_team.json is missing); pass --samples")
 
     team = json.loads((args.samples / "sandbox_team.json").read_text())
     rules = json.loads((args.samples / "rules.json").read_text())

@@ -2,11 +2,19 @@
 
 Importing this module wipes every ``TARGET_LOOPS_*`` and ``LOOPS_*`` environment variable first, so a
 developer's real Loops key (or any setting) can never leak into a test run: tests talk to the sandbox only.
+
+Two layers. ``pytest -m "not e2e"`` runs the fast in-process layer alone (seconds); ``pytest`` runs everything. A test
+is end to end (marker ``e2e``, applied here at collection) when its module is in ``E2E_MODULES``, when it uses a
+fixture that starts a server (``SERVER_FIXTURES``, directly or through another fixture), or when its body names
+something that starts a server or a process (``E2E_NAMES``). Any other test is in the fast layer, and a guard keeps
+it honest: a fast-layer test that binds a socket or starts a subprocess fails and says how to mark it.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 
 for _name in [name for name in os.environ if name.startswith(("TARGET_LOOPS_", "LOOPS_"))]:
     del os.environ[_name]
@@ -19,6 +27,62 @@ import pytest  # noqa: E402
 from target_loops.sandbox import Sandbox, SandboxConfig  # noqa: E402
 
 SandboxFactory = Callable[..., Sandbox]
+
+#: Modules whose every test goes over HTTP or runs the CLI (or Meltano, PostgreSQL, pip) in a subprocess.
+E2E_MODULES = frozenset(
+    {
+        "test_sync",
+        "test_failures",
+        "test_ledger",
+        "test_warehouse",
+        "test_sdk_suite",
+        "test_preflight",
+        "test_client_answers",  # every test starts a stub HTTP server or proxy
+    }
+)
+#: Fixtures that start a server: the sandbox, test_client_answers' stub HTTP server, test_sandbox's shared sandboxes,
+#: test_warehouse's PostgreSQL. Fixtures built on them (``team``, ``loops``...) count through pytest's closure.
+SERVER_FIXTURES = frozenset({"sandbox", "make_sandbox", "serve", "_shared", "pg_server"})
+#: Names that, used in a test's own body, mean it starts a server or a process.
+E2E_NAMES = frozenset({"subprocess", "Popen", "run_target", "start_target", "Sandbox", "ThreadingHTTPServer"})
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__.rpartition(".")[2] in E2E_MODULES:
+        return True
+    if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    function = getattr(item, "function", None)
+    code = getattr(function, "__code__", None)
+    return code is not None and bool(E2E_NAMES.intersection(code.co_names))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the end-to-end tests ``e2e`` (see the module docstring)."""
+    for item in items:
+        if _is_e2e(item):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def _fast_layer_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test outside ``e2e`` may not bind a socket (start a server) nor start a subprocess."""
+    if request.node.get_closest_marker("e2e") is not None:
+        return
+    where = request.node.nodeid
+
+    def refuse(what: str) -> Any:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(
+                f"{where} {what} but is not marked e2e: use a server fixture (tests/conftest.py SERVER_FIXTURES), "
+                "add its module to E2E_MODULES, or decorate it with @pytest.mark.e2e"
+            )
+
+        return refused
+
+    monkeypatch.setattr(socket.socket, "bind", refuse("binds a socket (starts a server)"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("starts a subprocess"))
 
 
 @pytest.fixture
