@@ -931,11 +931,31 @@ def test_cli_config_merges_team_file_and_flags(tmp_path: Path) -> None:
     assert config.lists[-1] == {"id": "l2", "name": "Beta"}
 
 
-def test_cli_starts_prints_its_url_and_stops_on_ctrl_c() -> None:
+_LAUNCH_WITH_SIGINT = (
+    "import os, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == 'ignored' else signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'target_loops.sandbox', *sys.argv[2:]])"
+)
+"""Start the CLI with SIGINT ignored or at its default, whatever pytest's own disposition is (exec keeps SIG_IGN)."""
+
+
+@pytest.mark.parametrize(
+    ("sigint", "stop_signal"),
+    [("default", signal.SIGINT), ("ignored", signal.SIGINT), ("ignored", signal.SIGTERM)],
+    ids=["ctrl-c", "ctrl-c-when-started-with-sigint-ignored", "sigterm"],
+)
+def test_cli_starts_prints_its_url_and_stops_on_ctrl_c(sigint: str, stop_signal: signal.Signals) -> None:
+    """Ctrl-C and SIGTERM stop the CLI cleanly, also when it was started with SIGINT ignored.
+
+    A process started under ``nohup``, ``&`` in a script or some CI runners inherits SIGINT ignored, and Python
+    keeps it ignored unless the program installs a handler; the sandbox does, so the "ignored" case stops too.
+    The child's SIGINT disposition is set explicitly, so this test does not depend on how pytest was started,
+    and a child that does not stop is killed after 5 s (a failure, not a hang).
+    """
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
-        [sys.executable, "-m", "target_loops.sandbox", "--port", "0", "--rate-limit", "0"],
+        [sys.executable, "-c", _LAUNCH_WITH_SIGINT, sigint, "--port", "0", "--rate-limit", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -947,10 +967,15 @@ def test_cli_starts_prints_its_url_and_stops_on_ctrl_c() -> None:
         assert line.startswith("Loops sandbox listening on http://127.0.0.1:") and "key: sandbox-key" in line
         url = line.split()[4]
         assert requests.get(url + "/v1/api-key", headers={"Authorization": f"Bearer {KEY}"}, timeout=5).ok
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=5)
+        process.send_signal(stop_signal)
+        try:
+            _, stderr = process.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the sandbox did not stop on {stop_signal.name} (SIGINT {sigint} at start)")
     finally:
         if process.poll() is None:
             process.kill()
+            process.communicate()
     assert process.returncode == 0
+    assert "Loops sandbox stopped." in stderr
     assert "Traceback" not in stderr and "GET /api" not in stderr  # quiet by default

@@ -158,6 +158,23 @@ def error_response(status: int, message: str) -> Response:
     return json_response(status, {"success": False, "message": message})
 
 
+def refusal_message(response: Response) -> str | None:
+    """The ``message`` of an error answer (None for a success), or a short note when the answer is not JSON.
+
+    Kept in the request log because "400" alone does not tell a person which value Loops refused.
+    """
+    if response.status_code < 400:
+        return None
+    if response.mimetype != "application/json":
+        return f"{response.status_code} answer that is not JSON ({response.mimetype})"
+    try:
+        payload = json.loads(response.get_data())
+    except ValueError:
+        return None
+    message = payload.get("message") if isinstance(payload, dict) else None
+    return str(message) if message is not None else None
+
+
 def _reject_constant(name: str) -> Any:
     """JSON has no NaN/Infinity: refuse them like a strict JSON parser (Python's accepts them by default)."""
     raise ValueError(f"invalid JSON constant {name}")
@@ -261,7 +278,9 @@ class SandboxApp:
             latency_ms=config.latency_ms,
             latency_jitter_ms=config.latency_jitter_ms,
         )
-        body = page.render_page(self.store.snapshot(), team, options, iso_timestamp(self.store.now()))
+        state = self.store.snapshot()
+        series = page.rate_series(state["requests"], config.rate_limit)
+        body = page.render_page(state, team, options, iso_timestamp(self.store.now()), series)
         headers = {
             "Cache-Control": "no-store",
             "Content-Security-Policy": page.CONTENT_SECURITY_POLICY,
@@ -270,11 +289,15 @@ class SandboxApp:
         return Response(body, status=200, headers=headers, mimetype="text/html")
 
     def _view(self, request: Request) -> Response:
-        """Read-only JSON views of the store: no auth, no rate limit, not logged."""
+        """Read-only JSON views of the store: no auth, no rate limit, not logged.
+
+        ``/_sandbox/rate`` is the page's requests-per-second chart as numbers (:func:`page.rate_series`).
+        """
         views: dict[str, Callable[[], Any]] = {
             "/_sandbox/contacts": self.store.contacts,
             "/_sandbox/events": self.store.events,
             "/_sandbox/requests": self.store.requests,
+            "/_sandbox/rate": lambda: page.rate_series(self.store.requests(), self._config.rate_limit),
             "/_sandbox/state": lambda: {"teamName": self._config.team_name, **self.store.snapshot()},
         }
         view = views.get(request.path.rstrip("/"))
@@ -296,6 +319,7 @@ class SandboxApp:
             "idempotencyKey": request.headers.get("Idempotency-Key"),
             "body": None,
             "fault": None,
+            "message": None,
         }
         self._sleep_latency(config)
         body, body_error = parse_json_body(request)
@@ -313,7 +337,7 @@ class SandboxApp:
             response.headers.update(limit_headers)
             if entry["fault"] == "429" and limit_headers:
                 response.headers["x-ratelimit-remaining"] = "0"
-        self._log(entry, response.status_code)
+        self._log(entry, response)
         return response
 
     def _answer(
@@ -333,13 +357,17 @@ class SandboxApp:
         if response is None:
             response = self._dispatch(request, body, body_error, config)
         if fault == "lost":
-            self._log(entry, response.status_code)  # the status of the work done, never sent
+            self._log(entry, response)  # the status of the work done, never sent
             self._hang_up(request)
         return response
 
-    def _log(self, entry: dict[str, Any], status: int | None) -> None:
-        """Record the request; ``status`` is None when the connection was dropped before any work."""
-        entry["status"] = status
+    def _log(self, entry: dict[str, Any], response: Response | None) -> None:
+        """Record the request with its status and, for a refusal, Loops' message (what the page shows a person).
+
+        ``response`` is None when the connection was dropped before any work: no status, no message.
+        """
+        entry["status"] = None if response is None else response.status_code
+        entry["message"] = None if response is None else refusal_message(response)
         self.store.log_request(entry)
 
     # ----- pipeline steps -------------------------------------------------------------------------------

@@ -138,37 +138,123 @@ class Sandbox:
 # ----- CLI -----------------------------------------------------------------------------------------------
 
 
+EPILOG = """\
+examples:
+  target-loops-sandbox --port 8787 --team-file sample_streams/sandbox_team.json
+  target-loops-sandbox --rate-limit 5 --latency-ms 150 --fail-500 0.05 --seed 1 --verbose
+
+Then point the target at it (base_url http://127.0.0.1:8787/api, api_key sandbox-key) and open
+http://127.0.0.1:8787/ in a browser: request counts, a requests-per-second chart, the request log,
+the contacts and the events. JSON views: /_sandbox/state, /_sandbox/requests, /_sandbox/rate.
+The store lives in memory: each start is a new, empty team. Ctrl-C or SIGTERM stops it.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``target-loops-sandbox`` options, one per :class:`SandboxConfig` field plus host/port/team file."""
+    """The ``target-loops-sandbox`` options, one per :class:`SandboxConfig` field plus host/port/team file.
+
+    Every help text says its default in plain words (no markup: argparse prints it as it is), because a person
+    reading ``--help`` wants to know what happens when they leave an option out.
+    """
     parser = argparse.ArgumentParser(
         prog="target-loops-sandbox",
         description="A local Loops-compatible API, to test target-loops without touching a real Loops team.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8787)
+    parser.add_argument("--host", metavar="HOST", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8787, help="port to listen on, 0 = any free port (default: 8787)")
     parser.add_argument(
         "--api-key",
+        metavar="KEY",
         default=os.environ.get("LOOPS_SANDBOX_API_KEY", "sandbox-key"),
-        help="the Bearer key accepted (default: $LOOPS_SANDBOX_API_KEY or 'sandbox-key')",
+        help="the Bearer key accepted (default: $LOOPS_SANDBOX_API_KEY, else sandbox-key)",
     )
     parser.add_argument(
         "--team-name",
+        metavar="NAME",
         default=None,
-        help="default: the team file's teamName or 'Sandbox team'; a per-start suffix is added",
+        help="the team's name (page header, GET /v1/api-key); a suffix unique to this start is added "
+        "(default: the team file's teamName, else 'Sandbox team')",
     )
-    parser.add_argument("--rate-limit", type=int, default=10, help="requests per second, 0 = unlimited")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--latency-jitter-ms", type=float, default=0.0)
-    parser.add_argument("--fail-500", type=float, default=0.0, help="fraction of requests answered 500")
-    parser.add_argument("--fail-429", type=float, default=0.0, help="fraction of requests answered 429")
-    parser.add_argument("--fail-lost", type=float, default=0.0, help="fraction done, then hung up on")
-    parser.add_argument("--fail-drop", type=float, default=0.0, help="fraction hung up on, not done")
-    parser.add_argument("--seed", type=int, default=None, help="seed for the fault draws")
-    parser.add_argument("--lenient", action="store_true", help="accept unknown properties and wrong types")
-    parser.add_argument("--team-file", type=Path, help='JSON {"teamName", "properties": [...], "lists": [...]}')
-    parser.add_argument("--property", action="append", default=[], metavar="KEY:TYPE", help="repeatable")
-    parser.add_argument("--list", action="append", default=[], metavar="ID:NAME", help="repeatable")
-    parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument(
+        "--rate-limit",
+        metavar="N",
+        type=int,
+        default=10,
+        help="requests per second, as Loops counts them; 0 = unlimited (default: 10)",
+    )
+    parser.add_argument(
+        "--latency-ms", metavar="MS", type=float, default=0.0, help="delay added to every API answer (default: 0)"
+    )
+    parser.add_argument(
+        "--latency-jitter-ms",
+        metavar="MS",
+        type=float,
+        default=0.0,
+        help="up to this much more delay, at random (default: 0)",
+    )
+    parser.add_argument(
+        "--fail-500",
+        metavar="FRACTION",
+        type=float,
+        default=0.0,
+        help="fraction of requests answered 500, work not done (default: 0)",
+    )
+    parser.add_argument(
+        "--fail-429",
+        metavar="FRACTION",
+        type=float,
+        default=0.0,
+        help="fraction of requests answered 429, work not done (default: 0)",
+    )
+    parser.add_argument(
+        "--fail-lost",
+        metavar="FRACTION",
+        type=float,
+        default=0.0,
+        help="fraction of requests done, then hung up on: the answer is lost (default: 0)",
+    )
+    parser.add_argument(
+        "--fail-drop",
+        metavar="FRACTION",
+        type=float,
+        default=0.0,
+        help="fraction of requests hung up on, work not done (default: 0)",
+    )
+    parser.add_argument(
+        "--seed",
+        metavar="N",
+        type=int,
+        default=None,
+        help="seed for the fault draws, to repeat a run (default: none, random)",
+    )
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="accept unknown properties, wrong types and unknown list ids (default: off, strict like Loops)",
+    )
+    parser.add_argument(
+        "--team-file",
+        metavar="PATH",
+        type=Path,
+        help='JSON {"teamName": ..., "properties": [...], "lists": [...]} (default: none, no custom properties)',
+    )
+    parser.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        metavar="KEY:TYPE",
+        help="a custom contact property, TYPE string, number, boolean or date; repeatable (default: none)",
+    )
+    parser.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        metavar="ID:NAME",
+        help="a mailing list; repeatable (default: none)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="log every request on stderr (default: off)")
     return parser
 
 
@@ -231,12 +317,23 @@ def describe(sandbox: Sandbox) -> str:
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (``kill``, ``docker stop``, CI teardown) stops the sandbox as cleanly as Ctrl-C does."""
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, CI teardown) both stop the sandbox cleanly, through one path."""
     raise KeyboardInterrupt
 
 
+def install_stop_handlers() -> None:
+    """Handle SIGINT and SIGTERM ourselves instead of relying on Python's default SIGINT handler.
+
+    A process started with SIGINT ignored (under ``&`` in a non-interactive shell, ``nohup``, some CI runners)
+    inherits SIG_IGN, and Python then leaves it ignored: Ctrl-C, or a test's SIGINT, would never arrive and the
+    sandbox would run on. Installing the handler explicitly makes both signals work however it was started.
+    """
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``target-loops-sandbox`` and ``python -m target_loops.sandbox``; Ctrl-C stops it."""
+    """Entry point of ``target-loops-sandbox`` and ``python -m target_loops.sandbox``; Ctrl-C or SIGTERM stops it."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -245,9 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sandbox.start()
     except (OSError, ValueError, argparse.ArgumentTypeError) as exc:
         parser.exit(2, f"target-loops-sandbox: error: {exc}\n")
-    print(describe(sandbox), flush=True)
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        install_stop_handlers()
+        print(describe(sandbox), flush=True)
         sandbox.wait()
     except KeyboardInterrupt:
         print("Loops sandbox stopped.", file=sys.stderr, flush=True)
