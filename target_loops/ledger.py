@@ -1,11 +1,13 @@
 """The sync ledger: what Loops has accepted, so that unchanged contacts and delivered events are never sent again.
 
-Loops cannot be listed or diffed, and forgets idempotency keys after 24 hours, so target-loops remembers, per Loops
-team: for each contact (per stream), a fingerprint of every property Loops accepted (a short hash per key, so that a
-payload that repeats part of what Loops has is recognised too) and the timestamp of the latest record applied; for
-each event, its idempotency key. Entries are written only after Loops answered 200 (or 409 for an event), one
-transaction per chunk of requests, so a crash can at worst re-send work Loops already has (harmless for contacts,
-a 409 for events within 24 hours), never skip work it lacks.
+Loops cannot be listed or diffed, and forgets idempotency keys after 24 hours
+(https://loops.so/docs/api-reference/send-event), so target-loops remembers, per Loops team: for each contact, a
+short hash per property Loops accepted and the time of the latest record applied; for each event, its idempotency
+key. Entries are written only after Loops answered 200 (or 409 for an event), so a crash can at worst re-send work
+Loops already has (harmless for contacts, a 409 for events within 24 hours), never skip work it lacks.
+
+The ledger holds hashes, not people: identities, emails and idempotency keys are stored as keyed hashes (the team's
+namespace is the key), so a ledger file is not a copy of the customer list.
 
 Storage is any SQLAlchemy URL: SQLite by default, PostgreSQL for runners without a persistent disk.
 """
@@ -16,12 +18,14 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -30,9 +34,20 @@ from target_loops.serialization import canonical_json
 
 logger = logging.getLogger("target_loops.ledger")
 
+#: Stored in ``target_loops_meta``; a ledger written by another version is upgraded (or refused) at open.
+SCHEMA_VERSION = 2
 CHUNK = 500  # keys per lookup: well under SQLite's bound-parameter limit
+#: The write-behind's longest wait: what a kill -9 can lose of what Loops accepted (plus requests in flight).
+WRITE_BEHIND_SECONDS = 0.5
 
 metadata = sa.MetaData()
+
+meta = sa.Table(
+    "target_loops_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)
 
 teams = sa.Table(
     "target_loops_teams",
@@ -40,16 +55,17 @@ teams = sa.Table(
     sa.Column("team", sa.String(64), primary_key=True),
     sa.Column("base_url", sa.String(500), nullable=False),
     sa.Column("team_name", sa.String(500)),
+    sa.Column("key_hashes", sa.Text, nullable=False, default="[]"),  # JSON: hashes of the API keys seen
+    sa.Column("list_hashes", sa.Text, nullable=False, default="[]"),  # JSON: hashes of the team's mailing list ids
     sa.Column("last_seen", sa.Float, nullable=False),
 )
 
 contacts = sa.Table(
-    "target_loops_contacts",
+    "target_loops_contacts_v2",
     metadata,
     sa.Column("team", sa.String(64), primary_key=True),
-    sa.Column("stream", sa.String(255), primary_key=True),
-    sa.Column("identity", sa.String(600), primary_key=True),  # u:<userId> or e:<email, lowercased>
-    sa.Column("email", sa.String(500), index=True),
+    sa.Column("identity", sa.String(32), primary_key=True),  # keyed hash of u:<userId> or e:<email, lowercased>
+    sa.Column("email", sa.String(32), index=True),  # keyed hash of the email, lowercased
     sa.Column("state", sa.Text, nullable=False),  # JSON {property: short hash of its value}
     sa.Column("fingerprint", sa.String(32), nullable=False),  # hash of the last payload accepted, whole
     sa.Column("seen_at", sa.String(40)),  # the latest record timestamp applied (UTC ISO), when records had one
@@ -57,12 +73,23 @@ contacts = sa.Table(
 )
 
 events = sa.Table(
-    "target_loops_events",
+    "target_loops_events_v2",
     metadata,
     sa.Column("team", sa.String(64), primary_key=True),
-    sa.Column("idempotency_key", sa.String(100), primary_key=True),
+    sa.Column("key", sa.String(32), primary_key=True),  # keyed hash of the idempotency key
     sa.Column("delivered_at", sa.Float, nullable=False),
 )
+
+_LEGACY_CONTACTS = "target_loops_contacts"
+_LEGACY_EVENTS = "target_loops_events"
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be opened or used (bad URL, unreadable file, a newer schema); the message says which."""
+
+
+class TeamIdentityError(RuntimeError):
+    """The ledger cannot tell whether this API key belongs to a team it already knows; nothing was sent."""
 
 
 @dataclass
@@ -77,7 +104,18 @@ class ContactState:
     @functools.cached_property
     def hashes(self) -> dict[str, str]:
         """Per property, the hash of the value Loops holds (parsed only when the fingerprint does not settle it)."""
-        return json.loads(self.raw)
+        parsed: dict[str, str] = json.loads(self.raw)
+        return parsed
+
+
+class ContactRow(NamedTuple):
+    """What ``record_contacts`` writes for one contact Loops has just accepted."""
+
+    identity: str
+    email: str | None
+    state: dict[str, str]
+    seen_at: str | None
+    fingerprint: str
 
 
 def fingerprint(body: dict[str, Any]) -> str:
@@ -85,15 +123,8 @@ def fingerprint(body: dict[str, Any]) -> str:
     return hashlib.blake2b(canonical_json(body).encode("utf-8"), digest_size=16).hexdigest()
 
 
-#: A row for ``record_contacts``: identity, email, per-property hashes (or their JSON), seen_at, fingerprint.
-ContactRow = tuple[str, "str | None", "dict[str, str] | str", "str | None", str]
-
-
 def value_hashes(body: dict[str, Any]) -> dict[str, str]:
-    """Per property of a payload, a short stable hash of its value (mailing lists one entry per list).
-
-    Hashes, not values: the ledger must not become a copy of the team's personal data.
-    """
+    """Per property of a payload, a short stable hash of its value (mailing lists one entry per list)."""
     hashes: dict[str, str] = {}
     for key, value in body.items():
         if key == "mailingLists" and isinstance(value, dict):
@@ -108,14 +139,22 @@ def _short_hash(value: Any) -> str:
     return hashlib.blake2b(canonical_json(value).encode("utf-8"), digest_size=8).hexdigest()
 
 
-def team_namespace(base_url: str, team_name: str | None, api_key: str | None) -> str:
-    """The ledger's key for a Loops team: the API root plus the team's name, else a hash of the key.
+def keyed_hash(team: str, text: str) -> str:
+    """A 128-bit hash of ``text`` keyed by the team's namespace: what the ledger stores instead of an identity,
+    an email or an idempotency key. Keyed, so the same email gives unrelated values in two teams' ledgers."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16, key=team.encode("utf-8")[:64]).hexdigest()
 
-    The team name survives a key rotation (a new key must not make every event look new); the key itself is
-    never stored, only folded into a one-way hash when Loops gives no team name.
-    """
-    who = f"team:{team_name}" if team_name else "key:" + hashlib.sha256((api_key or "").encode()).hexdigest()
-    return hashlib.sha256(f"{base_url.rstrip('/')}|{who}".encode()).hexdigest()[:32]
+
+def key_fingerprint(api_key: str) -> str:
+    """What the ledger keeps of an API key: a one-way hash that recognises the key again, never the key."""
+    return hashlib.sha256(f"target-loops api key|{api_key}".encode()).hexdigest()[:32]
+
+
+def list_fingerprints(list_ids: Iterable[str]) -> set[str]:
+    """Hashes of a team's mailing list ids. Loops list ids are database ids (``cm06f5v0e45nf0ml5754o9cix``), unique
+    across all teams (https://loops.so/docs/api-reference/list-mailing-lists), so two teams never share one: a
+    shared list id proves that two API keys belong to the same team."""
+    return {hashlib.sha256(f"target-loops list|{i}".encode()).hexdigest()[:32] for i in list_ids}
 
 
 def normalize_url(url: str) -> str:
@@ -124,6 +163,14 @@ def normalize_url(url: str) -> str:
         if url.startswith(scheme):
             return "postgresql+psycopg://" + url[len(scheme) :]
     return url
+
+
+def describe_url(url: str) -> str:
+    """The ledger URL as it may be shown: any password replaced by ``***``."""
+    try:
+        return make_url(normalize_url(url)).render_as_string(hide_password=True)
+    except Exception:  # an unparseable URL: show its scheme only
+        return url.split(":", 1)[0] + ":…"
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -135,102 +182,234 @@ class Ledger:
     """Thread-safe access to the ledger tables; every method is one short transaction."""
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
-        url = normalize_url(url)
+        self.url = normalize_url(url)
         self.read_only = read_only
-        parsed = make_url(url)
+        try:
+            parsed = make_url(self.url)
+        except Exception as exc:
+            raise LedgerError(
+                f"ledger_url {describe_url(url)!r} is not a database URL ({type(exc).__name__}); use "
+                "sqlite:////absolute/path/ledger.sqlite or postgresql://user:pass@host/db"
+            ) from None
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.available = True
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             path = Path(parsed.database)
+            if path.is_dir():
+                raise LedgerError(f"ledger_url points at {path}, which is a folder; name a file in it")
             if read_only and not path.exists():
                 self.available = False  # a dry run must not create a ledger; nothing is known yet
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise LedgerError(f"cannot create the ledger's folder {path.parent}: {exc.strerror}") from None
         self._lock = threading.Lock()
-        self.engine = sa.create_engine(url, **({"connect_args": {"timeout": 30}} if self.is_sqlite else {}))
+        try:
+            self.engine = sa.create_engine(self.url, **({"connect_args": {"timeout": 30}} if self.is_sqlite else {}))
+        except Exception as exc:  # a missing driver, an unknown dialect
+            raise LedgerError(f"cannot use ledger_url {describe_url(url)!r}: {_first_line(exc)}") from None
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        if self.available and not read_only:
-            self._upgrade()
-            metadata.create_all(self.engine)
-        elif self.available:
-            self.available = sa.inspect(self.engine).has_table(contacts.name)
+        try:
+            if self.available and not read_only:
+                self._prepare()
+            elif self.available:
+                self.available = sa.inspect(self.engine).has_table(contacts.name)
+        except LedgerError:
+            raise
+        except sa.exc.SQLAlchemyError as exc:
+            raise LedgerError(
+                f"cannot open the ledger at {describe_url(url)}: {_first_line(getattr(exc, 'orig', None) or exc)}. "
+                "If it is a corrupt "
+                "SQLite file, move it away (the next run re-sends contacts once; events older than 24 h could be "
+                "sent again)"
+            ) from None
 
-    def _upgrade(self) -> None:
-        """A contacts table from before per-property state is dropped: contacts are re-sent once, events stay."""
+    # --- schema
+
+    def _prepare(self) -> None:
+        """Create the tables, or upgrade a ledger of schema 1 (clear identities per stream) to hashes per contact."""
         inspector = sa.inspect(self.engine)
-        if inspector.has_table(contacts.name):
-            columns = {c["name"] for c in inspector.get_columns(contacts.name)}
-            if not {"state", "fingerprint"} <= columns:
-                logger.warning(
-                    "The ledger's contact table is from an older target-loops; it is rebuilt (each contact is sent "
-                    "once more, delivered events are still never re-sent)"
-                )
-                with self.engine.begin() as conn:
-                    conn.execute(sa.text(f"DROP TABLE {contacts.name}"))
+        version = 0
+        if inspector.has_table(meta.name):
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).first()
+            version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"the ledger at {describe_url(self.url)} was written by a newer target-loops (schema {version}, this "
+                f"one reads {SCHEMA_VERSION}); upgrade target-loops"
+            )
+        legacy_teams = inspector.has_table(teams.name) and "key_hashes" not in {
+            c["name"] for c in inspector.get_columns(teams.name)
+        }
+        if legacy_teams:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {teams.name} ADD COLUMN key_hashes TEXT NOT NULL DEFAULT '[]'"))
+                conn.execute(sa.text(f"ALTER TABLE {teams.name} ADD COLUMN list_hashes TEXT NOT NULL DEFAULT '[]'"))
+        metadata.create_all(self.engine)
+        if version < SCHEMA_VERSION:
+            self._upgrade_from_v1(inspector)
+            with self.engine.begin() as conn:
+                self._upsert(conn, meta, [{"key": "schema_version", "value": str(SCHEMA_VERSION)}], ["key"], ["value"])
+
+    def _upgrade_from_v1(self, inspector: Any) -> None:
+        """Schema 1 kept clear identities per stream and clear idempotency keys: hash the event keys (so no event
+        is ever re-sent) and drop the contact rows (each contact is sent once more; harmless)."""
+        if inspector.has_table(_LEGACY_EVENTS):
+            with self.engine.begin() as conn:
+                rows = conn.execute(sa.text(f"SELECT team, idempotency_key, delivered_at FROM {_LEGACY_EVENTS}")).all()
+                migrated = [{"team": t, "key": keyed_hash(t, k), "delivered_at": d} for t, k, d in rows]
+                for chunk in _chunks(migrated):
+                    self._upsert(conn, events, list(chunk), ["team", "key"], ["delivered_at"])
+                conn.execute(sa.text(f"DROP TABLE {_LEGACY_EVENTS}"))
+            logger.warning("Ledger upgraded: %d delivered event keys are now stored as hashes", len(rows))
+        if inspector.has_table(_LEGACY_CONTACTS):
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(f"DROP TABLE {_LEGACY_CONTACTS}"))
+            logger.warning(
+                "Ledger upgraded: contacts are now kept per contact as hashes; each contact is sent once more"
+            )
 
     # --- teams
 
-    def remember_team(self, team: str, base_url: str, team_name: str | None) -> None:
-        """Note the team (so a dry run without a key can find its namespace)."""
-        if self.read_only:
-            return
-        with self._lock, self.engine.begin() as conn:
-            self._upsert(
-                conn,
-                teams,
-                [{"team": team, "base_url": base_url, "team_name": team_name, "last_seen": time.time()}],
-                ["team"],
-                ["base_url", "team_name", "last_seen"],
-            )
+    def resolve_team(
+        self,
+        *,
+        base_url: str,
+        team_name: str | None,
+        api_key: str,
+        list_ids: Iterable[str],
+        explicit: str | None = None,
+    ) -> str:
+        """The ledger namespace of the team behind ``api_key``; two teams never share one.
 
-    def known_team(self, base_url: str) -> str | None:
-        """The one team seen at ``base_url``, or None when there are none or several."""
+        ``explicit`` (the ``ledger_namespace`` setting) wins. Otherwise a key seen before keeps its namespace; a new
+        key joins the namespace of a team with the same name at the same URL only when they share a mailing list id
+        (list ids are unique across Loops): a rotated key keeps its ledger, another team with the same name does
+        not inherit it. When neither can be told, ``TeamIdentityError`` stops the run before anything is sent.
+        """
+        base_url = base_url.rstrip("/")
+        key_hash = key_fingerprint(api_key)
+        lists = list_fingerprints(list_ids)
+        rows = self._team_rows(base_url)
+        if explicit:
+            chosen = explicit
+        else:
+            chosen = next((r["team"] for r in rows if key_hash in r["key_hashes"]), "")
+            if not chosen:
+                same_name = [r for r in rows if r["team_name"] == team_name]
+                verified = [r for r in same_name if lists & set(r["list_hashes"])]
+                # Both sides have lists and share none: certainly another team (list ids are unique).
+                unknown = [r for r in same_name if not (lists and r["list_hashes"]) and r not in verified]
+                legacy = [r for r in same_name if not r["key_hashes"]]
+                if len(verified) == 1:
+                    chosen = verified[0]["team"]
+                    logger.info("A new API key of team %r: same team (a shared mailing list); ledger kept", team_name)
+                elif len(legacy) == 1 and len(same_name) == 1:
+                    chosen = legacy[0]["team"]  # a ledger from before team identity: adopted once, then verified
+                elif unknown or len(verified) > 1:
+                    raise TeamIdentityError(
+                        f"this API key is new to the ledger, and the ledger already knows a Loops team named "
+                        f"{team_name!r} at {base_url} under another key; target-loops cannot tell whether this is "
+                        "the same team (a mailing list id shared by both would prove it). If it is a rotated key of "
+                        f"that team, set ledger_namespace to {same_name[0]['team']!r} to keep its ledger; if it is "
+                        'another team with the same name, set ledger_namespace to a new name (e.g. "production"). '
+                        "Nothing was sent."
+                    )
+                else:
+                    chosen = "auto-" + hashlib.sha256(f"{base_url}|{key_hash}".encode()).hexdigest()[:24]
+        if not self.read_only:
+            existing = next((r for r in rows if r["team"] == chosen), None) or self._team_row(chosen)
+            keys = sorted(set(existing["key_hashes"] if existing else []) | {key_hash})
+            known_lists = sorted(set(existing["list_hashes"] if existing else []) | lists)
+            with self._lock, self.engine.begin() as conn:
+                row = {
+                    "team": chosen,
+                    "base_url": base_url,
+                    "team_name": team_name,
+                    "key_hashes": json.dumps(keys),
+                    "list_hashes": json.dumps(known_lists),
+                    "last_seen": time.time(),
+                }
+                update = ["base_url", "team_name", "key_hashes", "list_hashes", "last_seen"]
+                self._upsert(conn, teams, [row], ["team"], update)
+        return chosen
+
+    def known_team(self, base_url: str, api_key: str | None = None) -> str | None:
+        """For a dry run: the team this key was seen with, else the one team seen at ``base_url``, else None."""
         if not self.available:
             return None
+        rows = self._team_rows(base_url.rstrip("/"))
+        if api_key:
+            match = [r for r in rows if key_fingerprint(api_key) in r["key_hashes"]]
+            if match:
+                return str(match[0]["team"])
+        return str(rows[0]["team"]) if len(rows) == 1 else None
+
+    def _team_rows(self, base_url: str) -> list[dict[str, Any]]:
+        if not self.available:
+            return []
         with self._lock, self.engine.connect() as conn:
-            rows = conn.execute(sa.select(teams.c.team).where(teams.c.base_url == base_url.rstrip("/"))).all()
-        return rows[0][0] if len(rows) == 1 else None
+            rows = conn.execute(sa.select(teams).where(teams.c.base_url == base_url)).mappings().all()
+        return [_team_dict(r) for r in rows]
+
+    def _team_row(self, team: str) -> dict[str, Any] | None:
+        with self._lock, self.engine.connect() as conn:
+            row = conn.execute(sa.select(teams).where(teams.c.team == team)).mappings().first()
+        return _team_dict(row) if row else None
 
     # --- contacts
 
-    def contact_states(self, team: str, stream: str, identities: Sequence[str]) -> dict[str, ContactState]:
-        """What Loops was last told, per identity among ``identities`` that the ledger knows."""
+    def contact_states(self, team: str, identities: Sequence[str]) -> dict[str, ContactState]:
+        """What Loops was last told, per identity hash among ``identities`` that the ledger knows."""
         if not self.available or not identities:
             return {}
         found: dict[str, ContactState] = {}
+        columns = (contacts.c.identity, contacts.c.state, contacts.c.seen_at, contacts.c.fingerprint)
         with self._lock, self.engine.connect() as conn:
             for chunk in _chunks(list(set(identities))):
-                columns = (contacts.c.identity, contacts.c.state, contacts.c.seen_at, contacts.c.fingerprint)
-                query = sa.select(*columns).where(
-                    contacts.c.team == team, contacts.c.stream == stream, contacts.c.identity.in_(chunk)
-                )
+                query = sa.select(*columns).where(contacts.c.team == team, contacts.c.identity.in_(chunk))
                 for identity, state, seen_at, print_ in conn.execute(query):
                     found[identity] = ContactState(state, seen_at, print_)
         return found
 
-    def record_contacts(self, team: str, stream: str, items: Iterable[ContactRow]) -> None:
-        """Remember contacts Loops has just accepted (rows: identity, email, hashes or their JSON, seen_at, print)."""
+    def identities_by_email(self, team: str, emails: Sequence[str]) -> dict[str, set[str]]:
+        """Per email hash, the identity hashes of the contacts Loops accepted with that email."""
+        if not self.available or not emails:
+            return {}
+        found: dict[str, set[str]] = {}
+        with self._lock, self.engine.connect() as conn:
+            for chunk in _chunks(list(set(emails))):
+                query = sa.select(contacts.c.email, contacts.c.identity).where(
+                    contacts.c.team == team, contacts.c.email.in_(chunk)
+                )
+                for email, identity in conn.execute(query):
+                    found.setdefault(email, set()).add(identity)
+        return found
+
+    def record_contacts(self, team: str, items: Iterable[ContactRow]) -> None:
+        """Remember contacts Loops has just accepted."""
         now = time.time()
         rows = [
             {
                 "team": team,
-                "stream": stream,
-                "identity": identity,
-                "email": email,
-                "state": state if isinstance(state, str) else json.dumps(state, separators=(",", ":"), sort_keys=True),
-                "seen_at": seen_at,
-                "fingerprint": print_,
+                "identity": row.identity,
+                "email": row.email,
+                "state": json.dumps(row.state, separators=(",", ":"), sort_keys=True),
+                "seen_at": row.seen_at,
+                "fingerprint": row.fingerprint,
                 "delivered_at": now,
             }
-            for identity, email, state, seen_at, print_ in items
+            for row in items
         ]
         if self.read_only or not rows:
             return
         with self._lock, self.engine.begin() as conn:
             for chunk in _chunks(rows):
                 update = ["email", "state", "seen_at", "fingerprint", "delivered_at"]
-                self._upsert(conn, contacts, list(chunk), ["team", "stream", "identity"], update)
+                self._upsert(conn, contacts, list(chunk), ["team", "identity"], update)
 
     def forget_contacts(self, team: str, identities: Sequence[str], emails: Sequence[str]) -> None:
         """A deleted contact is unknown again: its next upsert must be sent."""
@@ -239,35 +418,49 @@ class Ledger:
         with self._lock, self.engine.begin() as conn:
             for chunk in _chunks(list(identities)):
                 conn.execute(contacts.delete().where(contacts.c.team == team, contacts.c.identity.in_(chunk)))
-            for chunk in _chunks([e.lower() for e in emails]):
-                conn.execute(
-                    contacts.delete().where(contacts.c.team == team, sa.func.lower(contacts.c.email).in_(chunk))
-                )
+            for chunk in _chunks(list(emails)):
+                conn.execute(contacts.delete().where(contacts.c.team == team, contacts.c.email.in_(chunk)))
 
     # --- events
 
     def delivered_events(self, team: str, keys: Sequence[str]) -> set[str]:
-        """The idempotency keys among ``keys`` that Loops has already accepted (ever, not just for 24 hours)."""
+        """The event key hashes among ``keys`` that Loops has already accepted (ever, not just for 24 hours)."""
         if not self.available or not keys:
             return set()
         found: set[str] = set()
         with self._lock, self.engine.connect() as conn:
             for chunk in _chunks(list(set(keys))):
-                query = sa.select(events.c.idempotency_key).where(
-                    events.c.team == team, events.c.idempotency_key.in_(chunk)
-                )
+                query = sa.select(events.c.key).where(events.c.team == team, events.c.key.in_(chunk))
                 found.update(row[0] for row in conn.execute(query))
         return found
 
     def record_events(self, team: str, keys: Iterable[str]) -> None:
-        """Remember events Loops has accepted (200) or had already accepted (409)."""
+        """Remember events Loops has accepted (200) or had already accepted (409), by key hash."""
         now = time.time()
-        rows = [{"team": team, "idempotency_key": key, "delivered_at": now} for key in set(keys)]
+        rows = [{"team": team, "key": key, "delivered_at": now} for key in set(keys)]
         if self.read_only or not rows:
             return
         with self._lock, self.engine.begin() as conn:
             for chunk in _chunks(rows):
-                self._upsert(conn, events, list(chunk), ["team", "idempotency_key"], ["delivered_at"])
+                self._upsert(conn, events, list(chunk), ["team", "key"], ["delivered_at"])
+
+    # --- figures
+
+    def size(self) -> dict[str, Any]:
+        """Rows per table and, for a SQLite file, its size on disk and the bytes per contact (for the benches)."""
+        with self._lock, self.engine.connect() as conn:
+            counts = {
+                t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() for t in (contacts, events)
+            }
+        figures: dict[str, Any] = {"contacts": counts[contacts.name], "events": counts[events.name]}
+        database = make_url(self.url).database
+        if self.is_sqlite and database and database != ":memory:":
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("PRAGMA wal_checkpoint(TRUNCATE)"))
+            figures["bytes"] = os.path.getsize(database)
+            if figures["contacts"]:
+                figures["bytes_per_contact"] = round(figures["bytes"] / figures["contacts"], 1)
+        return figures
 
     def close(self) -> None:
         self.engine.dispose()
@@ -278,15 +471,131 @@ class Ledger:
         self, conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str], update: list[str]
     ) -> None:
         """INSERT … ON CONFLICT DO UPDATE, in the dialect at hand (SQLite or PostgreSQL)."""
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        statement = insert(table).values(rows)
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect: Any = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(table).values(rows)
         statement = statement.on_conflict_do_update(
             index_elements=keys, set_={name: statement.excluded[name] for name in update}
         )
         conn.execute(statement)
+
+
+class LedgerWriter:
+    """Write-behind for what Loops accepts: writes land within ``WRITE_BEHIND_SECONDS``, in few transactions.
+
+    The sending threads only enqueue; one thread writes. So a kill -9 loses at most the last half second of
+    accepted work (the next run re-sends it: a 409 for events inside Loops' 24 hours, a repeat for contacts).
+    """
+
+    def __init__(self, ledger: Ledger, team: str, interval: float = WRITE_BEHIND_SECONDS) -> None:
+        self.ledger, self.team, self.interval = ledger, team, interval
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    def contacts(self, rows: Sequence[ContactRow]) -> None:
+        self._put("contacts", list(rows))
+
+    def events(self, keys: Sequence[str]) -> None:
+        self._put("events", list(keys))
+
+    def forget(self, identities: Sequence[str], emails: Sequence[str]) -> None:
+        self._put("forget", (list(identities), list(emails)))
+
+    def sync(self) -> None:
+        """Block until everything enqueued so far is written; raise the writer's error if it failed."""
+        with self._idle:
+            while self._pending and self._error is None:
+                self._idle.wait(0.1)
+        if self._error is not None:
+            raise LedgerError(f"the ledger could not be written: {_first_line(self._error)}")
+
+    def close(self) -> None:
+        self.sync()
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _put(self, kind: str, payload: Any) -> None:
+        if not payload or (kind == "forget" and not any(payload)):
+            return
+        with self._idle:
+            self._pending += 1
+        self._queue.put((kind, payload))
+
+    def _run(self) -> None:
+        writers: dict[str, Callable[[Any], None]] = {
+            "contacts": lambda rows: self.ledger.record_contacts(self.team, rows),
+            "events": lambda keys: self.ledger.record_events(self.team, keys),
+            "forget": lambda pair: self.ledger.forget_contacts(self.team, *pair),
+        }
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            deadline = time.monotonic() + self.interval
+            while True:  # gather what arrives within the interval into one write per kind
+                try:
+                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            try:
+                self._write(batch, writers)
+            except BaseException as exc:  # surfaced by sync(): the run must not checkpoint over a lost write
+                self._error = exc
+            with self._idle:
+                self._pending -= len(batch)
+                self._idle.notify_all()
+
+    @staticmethod
+    def _write(batch: list[tuple[str, Any]], writers: dict[str, Callable[[Any], None]]) -> None:
+        # Order matters between kinds (a delete after an upsert of the same contact): consecutive writes of one
+        # kind are merged into one transaction, never reordered.
+        run_kind: str | None = None
+        run_items: list[Any] = []
+        for kind, payload in batch:
+            if kind != run_kind and run_items and run_kind is not None:
+                _flush(writers[run_kind], run_kind, run_items)
+                run_items = []
+            run_kind = kind
+            if kind == "forget":
+                writers["forget"](payload)
+            else:
+                run_items.extend(payload)
+        if run_items and run_kind is not None:
+            _flush(writers[run_kind], run_kind, run_items)
+
+
+def _flush(writer: Callable[[Any], None], kind: str, items: list[Any]) -> None:
+    if kind == "contacts":
+        latest: dict[str, ContactRow] = {}
+        for row in items:  # the last write of a contact wins within one transaction
+            latest[row.identity] = row
+        writer(list(latest.values()))
+    else:
+        writer(items)
+
+
+def _team_dict(row: Any) -> dict[str, Any]:
+    return {
+        "team": row["team"],
+        "base_url": row["base_url"],
+        "team_name": row["team_name"],
+        "key_hashes": json.loads(row["key_hashes"] or "[]"),
+        "list_hashes": json.loads(row["list_hashes"] or "[]"),
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -18,8 +18,9 @@ from target_loops.serialization import dumps
 class RejectsWriter:
     """Thread-safe JSONL writer, opened on the first reject so that a clean run leaves no empty file."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, run_id: str = "") -> None:
         self.path = Path(path)
+        self.run_id = run_id
         self.count = 0
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
@@ -33,26 +34,34 @@ class RejectsWriter:
         message: str | None,
         request: LoopsRequest | None = None,
         status: int | None = None,
+        partial: bool = False,
     ) -> None:
-        """Append one line: where the record came from, what was tried, and why it was refused."""
-        line = dumps(
-            {
-                "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "stream": stream,
-                "reason": reason,
-                "message": message,
-                "status": status,
-                "request": request.as_dict() if request is not None else None,
-                "record": record,
-            }
-        )
+        """Append one line: which run, where the record came from, what was tried, and why it was refused.
+
+        A ``partial`` line is a record that was sent without one bad entry (a mailing list flag): the line says
+        what was dropped; the record itself is not counted as rejected.
+        """
+        entry: dict[str, Any] = {
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "run_id": self.run_id,
+            "stream": stream,
+            "reason": reason,
+            "message": message,
+            "status": status,
+            "request": request.as_dict() if request is not None else None,
+            "record": record,
+        }
+        if partial:
+            entry["partial"] = True
+        line = dumps(entry)
         with self._lock:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("a", encoding="utf-8")
             self._file.write(line + "\n")
             self._file.flush()
-            self.count += 1
+            if not partial:
+                self.count += 1
 
     def close(self) -> None:
         """Close the file if a reject was written."""

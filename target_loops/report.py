@@ -24,6 +24,7 @@ class StreamStats:
     delivered: int = 0  # requests Loops accepted (200)
     duplicates: int = 0  # events Loops (409) or this batch had already seen
     coalesced: int = 0  # records merged into another record's request
+    folded: int = 0  # contact updates that rode on an event request instead of a request of their own
     rejected: int = 0  # records refused, locally or by Loops
     retried: int = 0
     rate_limited: int = 0  # 429 answers
@@ -52,6 +53,7 @@ class StreamStats:
         line = (
             f"stream {self.stream} ({self.action or 'unmapped'}): read {self.read}, requests {self.requests}, "
             f"delivered {self.delivered}, unchanged {self.unchanged}, coalesced {self.coalesced}, "
+            f"folded {self.folded}, "
             f"duplicates {self.duplicates}, resubscribe_blocked {self.resubscribe_blocked}, "
             f"rejected {self.rejected}, retried {self.retried}, 429s {self.rate_limited}, "
             f"elapsed {self.elapsed:.1f}s, {rate:.1f} requests/s"
@@ -103,10 +105,9 @@ class Progress:
             self.batch_planned += planned
             self.total_planned += planned
 
-    def end_batch(self, planned: int, done: int) -> None:
+    def end_batch(self, planned: int) -> None:
         with self._lock:
-            self.batch_planned -= planned
-            self.batch_done -= done
+            self.batch_planned = self.batch_done = 0
 
     def note(self, outcome: Outcome) -> None:
         """One request finished: count it, and print the line if the interval has passed."""
@@ -162,6 +163,7 @@ def stream_report(stats: StreamStats) -> dict[str, Any]:
         "planned": stats.planned,
         "unchanged": stats.unchanged,
         "coalesced": stats.coalesced,
+        "folded": stats.folded,
         "duplicate_events": stats.duplicates,
         "rejected": stats.rejected,
         "reject_reasons": dict(sorted(stats.reasons.items())),

@@ -12,7 +12,8 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,14 +32,15 @@ from target_loops.client import (
     LoopsUnavailableError,
     check_base_url,
 )
-from target_loops.ledger import Ledger, team_namespace
-from target_loops.operations import Action, LoopsRequest, Outcome, OutcomeKind
+from target_loops.ledger import Ledger, LedgerError, TeamIdentityError, describe_url
+from target_loops.operations import LoopsRequest, Outcome, OutcomeKind
+from target_loops.outbox import Outbox, OutboxSettings, UndeliveredError
 from target_loops.preflight import Preflight, PreflightError
 from target_loops.rejects import RejectsWriter
 from target_loops.report import Progress, RunStats, StreamStats, human_duration, stream_report
 from target_loops.rules import Rule, RuleError, match_rule, parse_rules, suggest_rule
 from target_loops.serialization import dumps
-from target_loops.sinks import LoopsSink
+from target_loops.sinks import LoopsSink, SinkServices
 
 DEFAULT_BASE_URL = "https://app.loops.so/api"
 DEFAULT_LEDGER_URL = "sqlite:///.target-loops/ledger.sqlite"
@@ -61,6 +63,9 @@ USER_ERRORS = (
     BaseUrlError,
     PreflightError,
     MaxRejectsExceeded,
+    UndeliveredError,
+    TeamIdentityError,
+    LedgerError,
 )
 
 SETTINGS = th.PropertiesList(
@@ -87,8 +92,9 @@ SETTINGS = th.PropertiesList(
     th.Property(
         "max_concurrency",
         th.IntegerType,
-        default=4,
-        description="Requests in flight at once; needed to reach the ceiling when each call takes 100-300 ms.",
+        default=32,
+        description="The most requests in flight at once. The level in use follows Loops' answer time (requests/s "
+        "times answer time, plus headroom), so the rate limit stays full at any latency; this is its ceiling.",
     ),
     th.Property("timeout_seconds", th.IntegerType, default=30, description="Timeout of each request, in seconds."),
     th.Property(
@@ -139,6 +145,21 @@ SETTINGS = th.PropertiesList(
         default=DEFAULT_LEDGER_URL,
         description="SQLAlchemy URL of the sync ledger (what Loops has accepted): SQLite by default, a PostgreSQL URL "
         "(postgresql+psycopg://…, extra 'postgres') for runners without a persistent disk.",
+    ),
+    th.Property(
+        "ledger_namespace",
+        th.StringType,
+        description="The ledger's name for the Loops team of api_key. Leave it out: target-loops tells teams apart by "
+        "key and, for a new key, by the team's mailing list ids (unique across Loops). Set it when the run asks "
+        "(a new key of a team it cannot verify), or to keep two ledgers apart on purpose.",
+    ),
+    th.Property(
+        "fold_updates",
+        th.BooleanType,
+        default=True,
+        description="Send a contact's pending update inside its next event's request (Loops' events/send takes "
+        "contact properties): one request instead of two. Never folds subscribed; falls back to a separate update "
+        "when the event is refused or was already delivered.",
     ),
     th.Property(
         "skip_unchanged",
@@ -225,35 +246,39 @@ class TargetLoops(Target):
     #: msgspec parses Singer lines several times faster than the default reader, with the same types
     #: (numbers with a fraction as Decimal).
     message_reader_class = MsgSpecReader
+    #: Take the lean record path where it is equivalent to the SDK's (a test runs both and compares requests).
+    fast_record_path = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rules: list[Rule] = self._parse_rules()
         self._check_settings()
+        self.run_id = uuid.uuid4().hex[:12]
         self.stats = RunStats()
-        self.rejects = RejectsWriter(self.config.get("rejects_path") or "loops_rejects.jsonl")
+        self.rejects = RejectsWriter(self.config.get("rejects_path") or "loops_rejects.jsonl", run_id=self.run_id)
         self.client: LoopsClient | None = None
         self.preflight = Preflight(None)
         self.progress = Progress(self.logger, interval=float(self.config.get("progress_seconds", 10)))
         self._started_at = dt.datetime.now(dt.timezone.utc)
         self.ledger: Ledger | None = None
         self.team: str | None = None  # the ledger's namespace for this Loops team
-        self.skip_unchanged = bool(self.config.get("skip_unchanged", True)) and not self.config.get("full_resync")
-        # Requests sent between two ledger writes: ~30 s of sending. Each chunk ends with a short lull while its
-        # last requests finish, so chunks are kept long; the ledger write is what a crash could lose.
-        self.chunk_size = max(50, int(float(self.config.get("requests_per_second", 10)) * 30))
+        self.outbox: Outbox | None = None
+        #: What every sink shares: the sinks' one collaborator.
+        self.services = SinkServices(
+            rule_for_stream=self.rule_for_stream,
+            preflight=self.preflight,
+            rejects=self.rejects,
+            stats=self.stats,
+            event_cutoff=self.event_cutoff,
+        )
         # The SDK drains everything (and writes STATE) when a record arrives after this age; make it our cadence.
         self._MAX_RECORD_AGE_IN_MINUTES = float(self.config.get("checkpoint_seconds", 60)) / 60
         self._plan_file: IO[str] | None = None
         self._plan_lock = threading.Lock()
-        self._drain_lock = threading.RLock()
         self._started = False
         self._finished = False
         self._last_state_written: dict | None = None
         self._with_metadata = bool(self.config.get("add_record_metadata"))
-        #: True while everything must be sent now (a checkpoint, the end, events waiting for their contacts).
-        self.flushing = False
-        self.coalesce_rows = int(self.config.get("coalesce_rows", 20_000))
 
     # --- settings
 
@@ -317,13 +342,15 @@ class TargetLoops(Target):
     # --- start, send, finish
 
     def _start(self) -> None:
-        """Once, before the first record: connect and check the key (a bad key stops here), open the ledger."""
+        """Once, before the first record: check the key (a bad key stops here), the team's schema, the ledger."""
         if self._started:
             return
         self._started = True
         config = self.config
         base_url = check_base_url(config.get("base_url") or DEFAULT_BASE_URL)
-        self.ledger = Ledger(config.get("ledger_url") or DEFAULT_LEDGER_URL, read_only=self.dry_run)
+        ledger_url = config.get("ledger_url") or DEFAULT_LEDGER_URL
+        self.ledger = Ledger(ledger_url, read_only=self.dry_run)
+        self.logger.info("Ledger: %s", describe_url(ledger_url))
         team_name = None
         if config.get("api_key"):
             self.client = LoopsClient(
@@ -332,7 +359,7 @@ class TargetLoops(Target):
                     api_key=config["api_key"],
                     # The SDK parses config numbers as Decimal; the client does float arithmetic.
                     requests_per_second=float(config.get("requests_per_second", 10)),
-                    max_concurrency=int(config.get("max_concurrency", 4)),
+                    max_concurrency=int(config.get("max_concurrency", 32)),
                     timeout_seconds=float(config.get("timeout_seconds", 30)),
                     max_retries=int(config.get("max_retries", 8)),
                     backoff_seconds=float(config.get("retry_backoff_seconds", 1.0)),
@@ -340,23 +367,57 @@ class TargetLoops(Target):
             )
             self.client.listener = self.progress.note
             team_name = self.client.check_api_key()
-            self.team = team_namespace(base_url, team_name, config["api_key"])
             self.logger.info("Connected to Loops team %r at %s", team_name, base_url)
         self.preflight = Preflight(self.client, mode=config.get("unknown_properties") or "create", dry_run=self.dry_run)
+        self.services.preflight = self.preflight
         self.preflight.load()
-        if not self.dry_run:
-            self.ledger.remember_team(self.team, base_url, team_name)  # type: ignore[arg-type]
-            return
-        path = config.get("dry_run_path")
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._plan_file = Path(path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in _finish
-        self.team = self.team or self.ledger.known_team(base_url)
-        self.logger.info(
-            "Dry run: nothing will be sent to Loops; the ledger is read only%s%s",
-            "" if self.team else " (no team known yet: every row counts as new)",
-            "" if self.client else "; no api_key, so the team's properties are not checked",
+        if self.client is not None:
+            resolve = self.ledger.resolve_team if not self.dry_run else self._known_or_resolved
+            self.team = resolve(
+                base_url=base_url,
+                team_name=team_name,
+                api_key=config["api_key"],
+                list_ids=list(self.preflight.lists),
+                explicit=config.get("ledger_namespace"),
+            )
+        elif self.dry_run:
+            self.team = config.get("ledger_namespace") or self.ledger.known_team(base_url)
+        if self.dry_run:
+            path = config.get("dry_run_path")
+            if path:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self._plan_file = Path(path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in _finish
+            self.logger.info(
+                "Dry run: nothing will be sent to Loops and no STATE is emitted; the ledger is read only%s%s",
+                "" if self.team else " (no team known yet: every row counts as new)",
+                "" if self.client else "; no api_key, so the team's properties are not checked",
+            )
+        self.outbox = Outbox(
+            settings=OutboxSettings(
+                hold_rows=int(config.get("coalesce_rows", 20_000)),
+                skip_unchanged=bool(config.get("skip_unchanged", True)) and not config.get("full_resync"),
+                fold_updates=bool(config.get("fold_updates", True)),
+                workers=int(config.get("max_concurrency", 32)) if not self.dry_run else 1,
+            ),
+            sender=self._plan_request if self.dry_run else self._send_request,
+            counters=lambda stream: self.stats.for_stream(stream, None),
+            rejects=self.rejects,
+            ledger=self.ledger,
+            team=self.team,
+            check=getattr(self.client, "raise_if_fatal", None),
+            progress=self.progress if not self.dry_run else None,
         )
+        self.services.outbox = self.outbox
+
+    def _known_or_resolved(self, **kwargs: Any) -> str | None:
+        """A dry run with a key: the team's namespace if the ledger knows it (read only: never a new one)."""
+        assert self.ledger is not None
+        if kwargs.get("explicit"):
+            return str(kwargs["explicit"])
+        try:
+            return self.ledger.resolve_team(**kwargs)
+        except TeamIdentityError:
+            return None
 
     def event_cutoff(self) -> dt.datetime | None:
         """Events that happened before this instant are stale (``max_event_age_hours``), or None."""
@@ -365,16 +426,16 @@ class TargetLoops(Target):
             return None
         return dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=float(hours))
 
-    def send(self, batch: Sequence[LoopsRequest]) -> list[Outcome]:
-        """Send through the shared client, or, in a dry run, write the plan and send nothing."""
-        if self.dry_run:
-            if self._plan_file is not None:
-                with self._plan_lock:
-                    for request in batch:
-                        self._plan_file.write(dumps(request.as_dict()) + "\n")
-            return [Outcome(OutcomeKind.PLANNED) for _ in batch]
+    def _send_request(self, request: LoopsRequest) -> Outcome:
         assert self.client is not None, "the client is created before the first record"
-        return self.client.send_many(batch)
+        return self.client.send(request)
+
+    def _plan_request(self, request: LoopsRequest) -> Outcome:
+        """A dry run's "send": one line of the plan file, nothing on the wire."""
+        if self._plan_file is not None:
+            with self._plan_lock:
+                self._plan_file.write(dumps(request.as_dict()) + "\n")
+        return Outcome(OutcomeKind.PLANNED)
 
     def _process_record_message(self, message_dict: dict) -> None:
         """The SDK's record path, minus the steps an identity stream map makes no-ops.
@@ -390,6 +451,7 @@ class TargetLoops(Target):
         maps = self.mapper.stream_maps.get(stream) if sink is not None else None  # type: ignore[arg-type]
         if (
             sink is None
+            or not self.fast_record_path
             or self._with_metadata
             or not isinstance(record, dict)
             or not maps
@@ -476,6 +538,8 @@ class TargetLoops(Target):
             path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if self._plan_file is not None:
             self._plan_file.close()
+        if self.outbox is not None:
+            self.outbox.close()
         if self.client is not None:
             self.client.close()
         if self.ledger is not None:
@@ -523,58 +587,34 @@ class TargetLoops(Target):
         }
 
     def _write_state_message(self, state: dict) -> None:
-        """Emit a STATE only when it differs from the last one emitted (frequent checkpoints repeat it)."""
-        if state == self._last_state_written:
+        """Emit a STATE only when it is true and new: never in a dry run (nothing was sent, so a STATE would move
+        the tap's bookmark past rows Loops never got), never twice the same (frequent checkpoints repeat it)."""
+        if self.dry_run or state == self._last_state_written:
             return
         super()._write_state_message(state)
         self._last_state_written = state
 
-    # --- drain order: contacts before the events that may need them
-
     def _drain_all(self, sink_list: Iterable[Sink], parallelism: int) -> None:
-        """Drain upserts first, then events, then deletes (held records included); each phase in parallel.
+        """Drain the sinks (they hand their operations to the outbox), then send everything the outbox holds.
 
-        Every record before the STATE that ``drain_all`` writes next is then sent, held ones too.
+        ``drain_all`` writes STATE right after this returns, so every record before that STATE is then settled.
+        An undelivered request raises here, and no STATE is written.
         """
-        sinks = list(sink_list)
-        self.flushing = True
-        try:
-            for phase in (Action.UPSERT_CONTACT, Action.SEND_EVENT, Action.DELETE_CONTACT, None):
-                group = [s for s in sinks if getattr(s, "action", None) is phase]
-                if group:
-                    super()._drain_all(group, parallelism)
-                for sink in self._loops_sinks(phase):
-                    sink.flush()
-        finally:
-            self.flushing = False
-
-    def drain_contact_sinks(self) -> None:
-        """Send every stream's buffered and held upserts now (called before a batch of events is sent)."""
-        with self._drain_lock:
-            flushing, self.flushing = self.flushing, True
-            try:
-                for sink in self._loops_sinks(Action.UPSERT_CONTACT):
-                    if sink.current_size:
-                        self.drain_one(sink)
-                    sink.flush()
-            finally:
-                self.flushing = flushing
-
-    def _loops_sinks(self, action: Action | None) -> list[LoopsSink]:
-        sinks = [*self._sinks_to_clear, *self._sinks_active.values()]
-        return [s for s in sinks if isinstance(s, LoopsSink) and s.action is action]
+        super()._drain_all(sink_list, parallelism)
+        if self.outbox is not None:
+            self.outbox.flush()
 
     # --- signals
 
     def _handle_termination(self, signum: int, frame: Any) -> None:
         """SIGTERM/SIGINT: checkpoint only what is true.
 
-        Between batches, the SDK's handler drains every sink and writes STATE (all of it delivered). During a
-        batch, re-entering the drain (the SDK's behaviour) could write a STATE that covers requests still in
+        Between flushes, the SDK's handler drains every sink and writes STATE (all of it delivered). During a
+        flush, re-entering the drain (the SDK's behaviour) could write a STATE that covers requests still in
         flight; instead the run stops here: in-flight requests finish, nothing new starts, no STATE is written,
         and the next run replays from the last STATE it did emit.
         """
-        if any(getattr(sink, "in_batch", False) for sink in self._sinks_active.values()):
+        if self.outbox is not None and self.outbox.sending:
             self.logger.warning(
                 "Received signal %d while sending: stopping without a new STATE; "
                 "the next run replays from the last STATE emitted",
@@ -592,7 +632,7 @@ class TargetLoops(Target):
     # --- CLI
 
     @classmethod
-    def invoke(cls, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def invoke(cls, *args: Any, **kwargs: Any) -> None:
         """Run the target; a user error ends the run with one clear line and exit status 1."""
         # Held records (coalesce_rows) are many long-lived containers; CPython's default thresholds would walk
         # them over and over (measured: a third of a dry run's time). Collect young objects far less often,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from runner import SANDBOX_KEY, parse_states, record, run_target, schema, singer, start_target, state
 
-from target_loops.ledger import Ledger, fingerprint, team_namespace, value_hashes
+from target_loops.ledger import ContactRow, Ledger, TeamIdentityError, fingerprint, keyed_hash, value_hashes
 from target_loops.sandbox import Sandbox
 
 PLAN = [{"key": "plan", "type": "string"}]
@@ -190,7 +191,12 @@ def test_delete_contact_prefers_user_id_counts_404_as_done_and_forgets(loops: Sa
     run = run_target(config_for(loops, tmp_path, mappings=rules), deletes, tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr
     sent = [r for r in loops.store.requests() if r["path"] == "/api/v1/contacts/delete"]
-    assert [(r["body"], r["status"]) for r in sent] == [({"userId": "u1"}, 200), ({"userId": "ghost"}, 404)]
+    # A userId Loops does not know is tried by email before the delete counts as done.
+    assert sorted((json.dumps(r["body"]), r["status"]) for r in sent) == [
+        ('{"email": "ghost@example.com"}', 404),
+        ('{"userId": "ghost"}', 404),
+        ('{"userId": "u1"}', 200),
+    ]
     assert run.rejects == []
     assert loops.store.find(user_id="u1") is None
     # The ledger forgot u1: the same identify is sent again, the others stay unchanged.
@@ -241,37 +247,80 @@ def test_kill_minus_9_then_resume_loses_nothing_and_sends_no_event_twice(
 
 def test_ledger_unit(tmp_path: Path) -> None:
     ledger = Ledger(f"sqlite:///{tmp_path / 'sub' / 'l.sqlite'}")
-    team = team_namespace("https://app.loops.so/api", None, "sk_secret_key")
-    assert "sk_secret_key" not in team and len(team) == 32
-    assert team_namespace("https://app.loops.so/api/", "Acme", "k1") == team_namespace(
-        "https://app.loops.so/api", "Acme", "k2"
-    )
+    team = ledger.resolve_team(base_url="https://app.loops.so/api", team_name="Acme", api_key="sk_1", list_ids=["L1"])
+    assert "sk_1" not in team
     hashes = value_hashes({"b": 1, "a": "x", "mailingLists": {"L1": True}})
     assert set(hashes) == {"a", "b", "mailingLists.L1"}
     assert hashes["b"] == value_hashes({"b": 1})["b"] != value_hashes({"b": 2})["b"]
     assert "x" not in json.dumps(hashes)  # hashes, never the values themselves
     body = {"b": 1, "a": "x"}
     assert fingerprint(body) == fingerprint({"a": "x", "b": 1}) != fingerprint({"a": "x", "b": 2})
-    ledger.record_contacts(
-        team, "s", [("u:1", "a@example.com", hashes, "2026-01-01T00:00:00+00:00", fingerprint(body))]
-    )
-    (identity, state), *rest = ledger.contact_states(team, "s", ["u:1", "u:9"]).items()
-    assert (identity, rest) == ("u:1", [])
+    who, mail = keyed_hash(team, "u:1"), keyed_hash(team, "a@example.com")
+    assert who != keyed_hash("other-team", "u:1")  # keyed: the same person hashes differently per team
+    ledger.record_contacts(team, [ContactRow(who, mail, hashes, "2026-01-01T00:00:00+00:00", fingerprint(body))])
+    (identity, state), *rest = ledger.contact_states(team, [who, keyed_hash(team, "u:9")]).items()
+    assert (identity, rest) == (who, [])
     assert (state.hashes, state.seen_at, state.fingerprint) == (hashes, "2026-01-01T00:00:00+00:00", fingerprint(body))
-    assert ledger.contact_states(team, "other-stream", ["u:1"]) == {}
-    assert ledger.contact_states("other-team", "s", ["u:1"]) == {}
+    assert ledger.contact_states("other-team", [who]) == {}
+    assert ledger.identities_by_email(team, [mail]) == {mail: {who}}
     ledger.record_events(team, ["k1", "k2", "k1"])
     assert ledger.delivered_events(team, ["k1", "k3"]) == {"k1"}
-    ledger.forget_contacts(team, [], ["A@Example.com"])
-    assert ledger.contact_states(team, "s", ["u:1"]) == {}
-    many = [(f"u:{i}", None, {"p": "h"}, None, "f") for i in range(1200)]
-    ledger.record_contacts(team, "s", many)
-    assert len(ledger.contact_states(team, "s", [i for i, *_ in many])) == 1200
+    ledger.forget_contacts(team, [], [mail])
+    assert ledger.contact_states(team, [who]) == {}
+    many = [ContactRow(f"{i:032x}", None, {"p": "h"}, None, "f") for i in range(1200)]
+    ledger.record_contacts(team, many)
+    assert len(ledger.contact_states(team, [row.identity for row in many])) == 1200
+    assert ledger.size()["contacts"] == 1200
     ledger.close()
     missing = tmp_path / "none.sqlite"
     read_only = Ledger(f"sqlite:///{missing}", read_only=True)
     assert not read_only.available and not missing.exists()
-    assert read_only.contact_states(team, "s", ["u:1"]) == {}
+    assert read_only.contact_states(team, [who]) == {}
+
+
+def test_team_identity_keys_lists_and_rotation(tmp_path: Path) -> None:
+    """Two teams never share a namespace; a rotated key of the same team keeps it; an unverifiable key stops."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    url = "https://app.loops.so/api"
+    staging = ledger.resolve_team(base_url=url, team_name="Acme", api_key="k-staging", list_ids=["cmStaging1"])
+    production = ledger.resolve_team(base_url=url, team_name="Acme", api_key="k-prod", list_ids=["cmProd1"])
+    assert staging != production
+    rotated = ledger.resolve_team(base_url=url, team_name="Acme", api_key="k-prod-2", list_ids=["cmProd1", "cmNew"])
+    assert rotated == production
+    assert ledger.resolve_team(base_url=url, team_name="Acme", api_key="k-staging", list_ids=[]) == staging
+    with pytest.raises(TeamIdentityError, match="ledger_namespace"):
+        ledger.resolve_team(base_url=url, team_name="Acme", api_key="k-unknown", list_ids=[])
+    explicit = ledger.resolve_team(base_url=url, team_name="Acme", api_key="k-unknown", list_ids=[], explicit="prod")
+    assert explicit == "prod"
+    assert ledger.resolve_team(base_url=url, team_name="Acme", api_key="k-unknown", list_ids=[]) == "prod"
+    dump = json.dumps([dict(r) for r in ledger._team_rows(url)])
+    assert "k-prod" not in dump and "cmProd1" not in dump
+
+
+def test_a_ledger_of_schema_1_is_upgraded_without_resending_events(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE target_loops_teams (team VARCHAR(64) PRIMARY KEY, base_url VARCHAR(500) NOT NULL,
+                team_name VARCHAR(500), last_seen FLOAT NOT NULL);
+            CREATE TABLE target_loops_contacts (team VARCHAR(64), stream VARCHAR(255), identity VARCHAR(600),
+                email VARCHAR(500), state TEXT, fingerprint VARCHAR(32), seen_at VARCHAR(40), delivered_at FLOAT,
+                PRIMARY KEY (team, stream, identity));
+            CREATE TABLE target_loops_events (team VARCHAR(64), idempotency_key VARCHAR(100), delivered_at FLOAT,
+                PRIMARY KEY (team, idempotency_key));
+            INSERT INTO target_loops_teams VALUES ('oldteam', 'https://app.loops.so/api', 'Acme', 0);
+            INSERT INTO target_loops_contacts VALUES ('oldteam', 's', 'u:1', 'a@example.com', '{}', 'f', NULL, 0);
+            INSERT INTO target_loops_events VALUES ('oldteam', 'ajs-1', 0);
+            """
+        )
+    ledger = Ledger(f"sqlite:///{path}")
+    team = ledger.resolve_team(base_url="https://app.loops.so/api", team_name="Acme", api_key="k", list_ids=[])
+    assert team == "oldteam"  # the one team of the old ledger is adopted once
+    assert ledger.delivered_events(team, [keyed_hash(team, "ajs-1")]) == {keyed_hash(team, "ajs-1")}
+    ledger.close()
+    dump = "\n".join(sqlite3.connect(path).iterdump())
+    assert "a@example.com" not in dump and "ajs-1" not in dump and "schema_version" in dump
 
 
 def test_a_row_repeating_part_of_a_delivered_merge_is_not_resent(loops: Sandbox, tmp_path: Path) -> None:
