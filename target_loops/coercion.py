@@ -1,7 +1,9 @@
 """Coercion of property values to the Loops type of their property (string, number, boolean, date).
 
-Loops does unknown things with a value of the wrong type, so every value is made to fit its property before it is
-sent, or the record is rejected with the property, the value and the type named. Pure functions, no I/O.
+Loops' properties have one of four types (https://loops.so/docs/contacts/properties) and what Loops does with a value
+of the wrong type is not documented, so every value is made to fit its property before it is sent, or the record is
+rejected with the property, the value and the type named. Pure functions, no I/O; a value that cannot be read (a date
+past year 9999, a number too large for a date) is a ``CoercionError`` like any other, never another exception.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ LOOPS_TYPES = ("string", "number", "boolean", "date")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
-#: Epoch milliseconds below this are before 1973-03-03: far more likely epoch *seconds*, which Loops misreads.
+#: Epoch milliseconds below this are before 1973-03-03: far more likely epoch *seconds*, which Loops misreads
+#: (Loops reads a number as milliseconds: https://loops.so/docs/contacts/properties#dates).
 _MIN_EPOCH_MS = 100_000_000_000
+#: The instants this module can write as ISO-8601 text: the years 1 to 9999 in UTC.
+_MAX_EPOCH_MS = 253_402_300_799_999
+_MIN_EPOCH_MS_NEGATIVE = -62_135_596_800_000
 
 
 class CoercionError(ValueError):
@@ -48,7 +54,10 @@ def coerce(name: str, value: Any, loops_type: str) -> Any:
         if loops_type == "date":
             return _to_date(value)
     except CoercionError as exc:
-        raise CoercionError(f"property {name!r}: {value!r} is not a {loops_type} ({exc})") from None
+        raise CoercionError(f"property {name!r}: {value!r:.200} is not a {loops_type} ({exc})") from None
+    except (ValueError, TypeError, ArithmeticError, OSError) as exc:
+        # Whatever the parsers raise for a value nobody foresaw: this record is rejected, the run goes on.
+        raise CoercionError(f"property {name!r}: {value!r:.200} is not a {loops_type} ({exc})") from None
     return value  # a type Loops added after this code: send as is
 
 
@@ -93,11 +102,15 @@ def _to_date(value: Any) -> str:
     if isinstance(value, bool):
         raise CoercionError("a boolean is not a date")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or abs(value) < _MIN_EPOCH_MS:
+        if not math.isfinite(value):
+            raise CoercionError("not a finite number")
+        if abs(value) < _MIN_EPOCH_MS:
             raise CoercionError(
                 "numbers are read as epoch milliseconds and this one is too small: if it is epoch seconds, "
                 "multiply by 1000 or send an ISO-8601 date"
             )
+        if not _MIN_EPOCH_MS_NEGATIVE <= value <= _MAX_EPOCH_MS:
+            raise CoercionError("as epoch milliseconds this is outside the years 1-9999")
         moment = dt.datetime.fromtimestamp(value / 1000, tz=dt.timezone.utc)
     elif isinstance(value, dt.datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
@@ -111,13 +124,16 @@ def _to_date(value: Any) -> str:
             parsed = pendulum.parse(text, strict=False, tz="UTC")
         except (ValueError, TypeError, pendulum.parsing.exceptions.ParserError) as exc:
             raise CoercionError("not an ISO-8601 date or date-time") from exc
-        if not isinstance(parsed, dt.datetime):
-            if isinstance(parsed, dt.date):
-                parsed = dt.datetime(parsed.year, parsed.month, parsed.day, tzinfo=dt.timezone.utc)
-            else:
-                raise CoercionError("not an ISO-8601 date or date-time")
-        moment = parsed
+        if isinstance(parsed, dt.datetime):
+            moment = parsed
+        elif isinstance(parsed, dt.date):
+            moment = dt.datetime(parsed.year, parsed.month, parsed.day, tzinfo=dt.timezone.utc)
+        else:
+            raise CoercionError("not an ISO-8601 date or date-time")
     else:
         raise CoercionError("expected an ISO-8601 date or epoch milliseconds")
-    utc = moment.astimezone(dt.timezone.utc)
+    try:
+        utc = moment.astimezone(dt.timezone.utc)
+    except (OverflowError, ValueError):
+        raise CoercionError("outside the years 1-9999 once in UTC") from None
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"

@@ -1,7 +1,8 @@
 """The built-in knowledge of Segment's shapes, as data.
 
 Each Loops field is declared once with its default source for Segment's nested JSON and for Segment's warehouse
-rows (see ``segment-shapes.md``). A rule names only what differs from these defaults, so
+rows (Segment's spec: https://segment.com/docs/connections/spec/, and its warehouse schema:
+https://segment.com/docs/connections/storage/warehouses/schema/). A rule names only what differs from these defaults, so
 ``{"stream": "order_completed", "action": "send_event"}`` is a complete rule for a per-event warehouse table.
 """
 
@@ -52,14 +53,25 @@ NESTED_SYSTEM_KEYS = frozenset(
     }
 )
 
-#: Body keys that Loops reads as fields of the contact itself: only their own field spec may set them.
+#: Body keys that Loops reads as fields of the contact itself: in an upsert only their own field spec may set them
+#: (https://loops.so/docs/api-reference/update-contact lists them as the body's named fields).
 CONTACT_BODY_KEYS = frozenset(
     {"email", "userId", "firstName", "lastName", "source", "subscribed", "userGroup", "mailingLists", "optInStatus"}
 )
 
-#: Names Loops reserves or computes: never sent as custom contact properties.
+#: Default contact properties an event may carry beside ``eventName``: Loops' events/send accepts contact properties,
+#: default and custom, at the top level of its body (https://loops.so/docs/api-reference/send-event). The other
+#: contact body keys keep their own handling there: the identity, ``mailingLists`` (a field spec) and ``subscribed``
+#: (never spread: it re-subscribes people who opted out).
+EVENT_CONTACT_FIELDS = frozenset({"firstName", "lastName", "userGroup", "source"})
+
+#: Names that are never sent as contact properties: the names Loops reserves
+#: (https://loops.so/docs/contacts/properties#reserved-names), ``notes`` (a default property that the API does not
+#: list as writable: https://loops.so/docs/api-reference/update-contact) and the keys of an event body
+#: (https://loops.so/docs/api-reference/send-event). ``createdAt`` is not among them: it is a default date property
+#: Loops' API accepts, so a backfill can carry the real sign-up date.
 RESERVED_NAMES = frozenset(
-    {"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "createdAt", "eventName", "eventProperties"}
+    {"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "eventName", "eventProperties"}
 )
 
 #: Field spec → (Loops body key, nested default, flat default). ``None``: no default, mapped only by a rule.

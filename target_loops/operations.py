@@ -73,6 +73,9 @@ class Operation:
     resubscribe_blocked: bool = False  # the record said subscribed: true and the rule does not allow it
     email: str | None = None
     user_id: str | None = None
+    #: Parts of the record left out while the rest is sent, as (reason, message) pairs: e.g. one mailing list flag
+    #: that is not a boolean (reason ``invalid_mailing_list``). Each is a partial rejection of this record.
+    partial: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,12 @@
 At start the team's properties and lists are read once. For each stream, the contact properties its rule can produce
 (from the rule and the stream's SCHEMA) are checked when the stream's SCHEMA arrives, before any of its records is
 sent: unknown properties are created, dropped or refused (``unknown_properties``). Keys only the data reveals
-(an undeclared ``traits`` object) are checked the same way when their batch is sent. Every value is then coerced to
-its property's type.
+(an undeclared ``traits`` object) are handled per record when their batch is sent: created (under their camelCase
+name when they are not camelCase), dropped, or the record is rejected; never an error that stops the run, which
+would stop every rerun at the same record. Every value is then coerced to its property's type.
+
+Loops' contact properties: https://loops.so/docs/contacts/properties; creating one:
+https://loops.so/docs/api-reference/create-contact-property.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from target_loops.coercion import coerce
-from target_loops.operations import LoopsRequest
+from target_loops.coercion import CoercionError, coerce
+from target_loops.operations import LoopsRequest, OutcomeKind
 from target_loops.rules import camel_case
 
 logger = logging.getLogger("target_loops.preflight")
 
+#: Property names are camelCase ("This should be in camelCase, like planName":
+#: https://loops.so/docs/api-reference/create-contact-property).
 CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 #: Body keys that are not contact properties (checked elsewhere, or not at all).
@@ -30,6 +36,13 @@ NOT_PROPERTIES = frozenset({"mailingLists", "eventName", "eventProperties", "ema
 
 class PreflightError(RuntimeError):
     """The rules and the team's schema disagree in a way the settings say must stop the run."""
+
+
+class UnknownPropertyError(CoercionError):
+    """A record carries a property the team lacks and that cannot (or, per ``unknown_properties``, must not) be
+    created: that record is rejected (``reason``), the run goes on."""
+
+    reason = "unknown_property"
 
 
 def loops_type(schema: Mapping[str, Any] | None) -> str | None:
@@ -74,6 +87,10 @@ class Preflight:
         self.drop: set[str] = set()
         self.dropped: collections.Counter[str] = collections.Counter()
         self.unknown_lists: collections.Counter[str] = collections.Counter()
+        #: Keys only the data revealed, sent under their camelCase name (``company_name`` → ``companyName``).
+        self.renamed: dict[str, str] = {}
+        #: Keys only the data revealed that cannot be created (name → why): records carrying them are rejected.
+        self.refused: dict[str, str] = {}
         self._lock = threading.RLock()
 
     def load(self) -> None:
@@ -142,14 +159,86 @@ class Preflight:
             # Another run may have created it meanwhile: re-read before giving up.
             properties = self.client.get_json("/v1/contacts/properties?list=all")
             if not any(isinstance(p, dict) and p.get("key") == name for p in properties or []):
-                raise PreflightError(f"could not create contact property {name} ({kind}): {outcome.message}")
+                error = PreflightError(f"could not create contact property {name} ({kind}): {outcome.message}")
+                error.refused = outcome.kind is OutcomeKind.REJECTED  # type: ignore[attr-defined]
+                raise error
+
+    # --- keys only the data reveals: per record
+
+    def _resolve_revealed(self, body: dict[str, Any], unknown: Mapping[str, str], where: str) -> None:
+        """Handle the keys of one body the team lacks, as ``unknown_properties`` says, for this record only.
+
+        ``create``: a camelCase key is created; another (``company_name``) is created and sent under its camelCase
+        name (``companyName``), or the record is rejected when it has none or Loops refuses it. ``drop``: left out of
+        this and every later request. ``error``: this record is rejected, naming the keys.
+        """
+        with self._lock:
+            unknown = {n: t for n, t in unknown.items() if n not in self.properties and n in body}
+            if not unknown:
+                return
+            listing = ", ".join(f"{n} ({t}{_hint(n)})" for n, t in sorted(unknown.items()))
+            if self.mode == "error":
+                raise UnknownPropertyError(
+                    f"{where}: contact properties unknown to this Loops team: {listing}; the record is rejected "
+                    "(unknown_properties: error). Create them in Loops, or set unknown_properties: create or drop."
+                )
+            if self.mode == "drop":
+                self.resolve(unknown, where)
+                for key in [k for k in body if k in self.drop]:
+                    del body[key]
+                    self.dropped[key] += 1
+                return
+            refused = sorted(n for n in unknown if n in self.refused)
+            if refused:
+                raise UnknownPropertyError("; ".join(f"{where}: {self.refused[n]}" for n in refused))
+            for name, kind in sorted(unknown.items()):
+                target = name if CAMEL.match(name) else camel_case(name)
+                if not CAMEL.match(target):
+                    self.refused[name] = (
+                        f"contact property {name!r} has no camelCase form Loops accepts (it needs a lowercase letter "
+                        "first, then letters and digits); rename it with the rule's rename, or exclude it"
+                    )
+                    raise UnknownPropertyError(f"{where}: {self.refused[name]}")
+                if target not in self.properties:
+                    try:
+                        self.resolve({target: kind}, where)
+                    except PreflightError as exc:
+                        if not getattr(exc, "refused", False):
+                            raise  # Loops unreachable past every retry: the run stops, as for any request
+                        self.refused[name] = f"Loops refused to create contact property {target!r}: {exc}"
+                        raise UnknownPropertyError(f"{where}: {self.refused[name]}") from None
+                if target != name:
+                    self.renamed[name] = target
+                    logger.warning(
+                        "%s: %r (revealed by the data, not camelCase) is sent as contact property %r",
+                        where,
+                        name,
+                        target,
+                    )
+            self._rename(body)
+
+    def _rename(self, body: dict[str, Any]) -> None:
+        """Send keys the data revealed under their camelCase name; a key that already has that name wins."""
+        renamed: dict[str, Any] = {}
+        for key, value in body.items():
+            target = self.renamed.get(key)
+            if target is None:
+                renamed[key] = value
+            elif target in body:
+                self.dropped[key] += 1  # the record also carries the camelCase name itself: that value wins
+            else:
+                renamed[target] = value
+        body.clear()
+        body.update(renamed)
 
     # --- at send time: each request body
 
     def enforce(self, body: dict[str, Any], stream: str) -> None:
-        """Make ``body`` fit the team: unknown keys created or dropped, values coerced, unknown lists left out.
+        """Make ``body`` fit the team: unknown keys created, renamed or dropped, values coerced, unknown lists left out.
 
-        Raises ``CoercionError`` (the record is rejected) for a value that cannot fit its property's type.
+        Raises ``CoercionError`` (the record is rejected) for a value that cannot fit its property's type, and its
+        subclass ``UnknownPropertyError`` for a key the data revealed that ``unknown_properties`` refuses (``error``)
+        or that cannot be created. Nothing else: one record never stops the run.
         """
         if not self.loaded:
             return
@@ -157,12 +246,11 @@ class Preflight:
             for key in [k for k in body if k in self.drop]:
                 del body[key]
                 self.dropped[key] += 1
+        if self.renamed and any(k in self.renamed for k in body):
+            self._rename(body)
         unknown = {k: guess_type(v) for k, v in body.items() if k not in self.properties and k not in NOT_PROPERTIES}
         if unknown:
-            self.resolve(unknown, f"stream {stream}")
-            for key in [k for k in body if k in self.drop]:
-                del body[key]
-                self.dropped[key] += 1
+            self._resolve_revealed(body, unknown, f"stream {stream}")
         for key, value in body.items():
             kind = self.properties.get(key)
             if kind is not None and key not in NOT_PROPERTIES and key != "subscribed":

@@ -11,9 +11,10 @@ import datetime as dt
 import decimal
 import fnmatch
 import functools
+import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +23,21 @@ from target_loops.defaults import FLAT, NESTED
 from target_loops.operations import Action, LoopsRequest, Operation, OutcomeKind, Rejection
 from target_loops.serialization import canonical_json, iso_datetime, json_number, stable_hash
 
-MAX_STRING = 500
+#: Loops refuses a string value longer than 500 characters *including its opening and closing quotes*, so at most
+#: 498 characters of text; the value is measured JSON-encoded, so escapes count too
+#: (https://loops.so/docs/api-reference/intro, "Debugging").
+MAX_ENCODED_STRING = 500
+#: An ``Idempotency-Key`` has at most 100 characters (https://loops.so/docs/api-reference/send-event).
 MAX_IDEMPOTENCY_KEY = 100
+#: A header value must be visible ASCII to reach Loops as written: requests refuses a newline (header injection) and
+#: encodes non-ASCII text as Latin-1 or not at all (https://www.rfc-editor.org/rfc/rfc9110#section-5.5).
+_SAFE_KEY = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$")
+#: The email field is "the contact's email address" (https://loops.so/docs/api-reference/update-contact): a value
+#: that is not shaped like one is refused here rather than creating a contact nobody can be emailed at.
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: The reason of a ``partial`` entry: one mailing list flag that is not a boolean was left out, the rest was sent.
+PARTIAL_MAILING_LIST = "invalid_mailing_list"
+_PARTIAL_LIST_PREFIX = "mailing list "
 
 UPSERT_PATH = "/v1/contacts/update"
 EVENT_PATH = "/v1/events/send"
@@ -281,9 +294,15 @@ def parse_rule(raw: Any, index: int, *, builtin: bool = False) -> Rule:
         rename = raw["rename"]
         if not isinstance(rename, dict) or not all(isinstance(v, str) and v for v in rename.values()):
             raise RuleError(f'{where}: "rename" must map source names to Loops names, e.g. {{"plan_name": "plan"}}')
+        # In an upsert, a rename onto a contact field (set by its own field spec: first_name, subscribed, ...) or a
+        # reserved name would be left out of every request; say so now. An event rule's rename also serves its
+        # event properties, where those names are plain names, so it is not checked here.
         bad = sorted(v for v in rename.values() if v in defaults.RESERVED_NAMES or v in defaults.CONTACT_BODY_KEYS)
         if bad and action is Action.UPSERT_CONTACT:
-            raise RuleError(f'{where}: "rename" targets {bad} are reserved by Loops; choose other property names')
+            raise RuleError(
+                f'{where}: "rename" targets {bad} are contact fields with their own field spec or names Loops '
+                "reserves; map the field spec (first_name, user_group, ...) or choose other property names"
+            )
         options["rename"] = dict(rename)
     for key in ("camel_case", "send_nulls", "allow_resubscribe"):
         if key in raw:
@@ -351,7 +370,11 @@ class StreamMapper:
     _plans: dict[str, _Plan] = field(default_factory=dict)
 
     def map(self, record: dict[str, Any]) -> Operation | Rejection:
-        """Apply the rule to one record. Never raises for bad data: a bad record is a ``Rejection``."""
+        """Apply the rule to one record. Never raises for bad data: a bad record is a ``Rejection``.
+
+        A value no check foresaw (a date past year 9999, a decimal that cannot be compared) also becomes a rejection
+        (``invalid_value``): raising would stop the run at this record, and every rerun at the same record.
+        """
         shape = self.rule.shape or (NESTED if defaults.looks_nested(record) else FLAT)
         plan = self._plans.get(shape) or self._compile(shape)
         try:
@@ -362,6 +385,8 @@ class StreamMapper:
             return self._delete(plan, record)
         except _Reject as exc:
             return Rejection(reason=exc.reason, message=exc.message, record=record)
+        except (ValueError, ArithmeticError) as exc:
+            return Rejection(reason="invalid_value", message=f"a value cannot be read: {exc}", record=record)
 
     # ----- compilation
 
@@ -436,12 +461,10 @@ class StreamMapper:
         if email is not None:
             if not EMAIL_RE.match(email):
                 raise _Reject("invalid_email", f"{email!r} is not an email address")
-            if len(email) > MAX_STRING:
-                raise _Reject("string_too_long", f"email is longer than {MAX_STRING} characters")
+            _check_length("email", email)
             body["email"] = email
         if user_id is not None:
-            if len(user_id) > MAX_STRING:
-                raise _Reject("string_too_long", f"userId is longer than {MAX_STRING} characters")
+            _check_length("userId", user_id)
             body["userId"] = user_id
         return f"u:{user_id}" if user_id is not None else f"e:{email.lower()}"  # type: ignore[union-attr]
 
@@ -450,13 +473,14 @@ class StreamMapper:
         resubscribe_blocked = False
         body: dict[str, Any] = {}
         skipped: list[str] = []
+        partial: list[tuple[str, str]] = []
         if plan.properties is not None:
-            self._spread(plan, plan.properties, record, body, skipped, send_nulls=send_nulls, contact=True)
+            self._spread(plan, plan.properties, record, body, skipped, send_nulls=send_nulls, skip=_UPSERT_SKIP)
         contact_key = self._identity(plan, record, body)
         for name, loops_key, spec in plan.contact_fields:
             value = spec.get(record)
             if name == "mailing_lists":
-                lists = _mailing_lists(value)
+                lists = _mailing_lists(value, partial)
                 if lists:
                     body["mailingLists"] = lists
             elif name == "subscribed":
@@ -482,33 +506,40 @@ class StreamMapper:
             resubscribe_blocked,
             body.get("email"),
             body.get("userId"),
+            partial=tuple(partial),
         )
 
     def _event(self, plan: _Plan, record: dict[str, Any]) -> Operation:
         body: dict[str, Any] = {}
         skipped: list[str] = []
-        name = _identifier(plan.fields["event_name"][1].get(record), "event name")
+        partial: list[tuple[str, str]] = []
+        # eventName is required (https://loops.so/docs/api-reference/send-event).
+        name = _identifier(plan.fields["event_name"][1].get(record), "event name", "invalid_event_name")
         if name is None:
             raise _Reject("no_event_name", f"no event name in {plan.fields['event_name'][1].describe()}")
         if ":" in name:
-            raise _Reject("event_name_colon", f"event name {name!r} contains ':', which Loops does not allow")
-        if len(name) > MAX_STRING:
-            raise _Reject("string_too_long", f"event name is longer than {MAX_STRING} characters")
+            # "Custom event names can not contain colon characters (:)": https://loops.so/docs/events
+            raise _Reject(
+                "event_name_colon",
+                f"event name {name!r} contains ':', which Loops does not allow in custom event names "
+                "(https://loops.so/docs/events)",
+            )
+        _check_length("eventName", name)
         if plan.properties is not None:
             send_nulls = self.rule.options.get("send_nulls", False)
-            self._spread(plan, plan.properties, record, body, skipped, send_nulls=send_nulls, contact=True)
+            self._spread(plan, plan.properties, record, body, skipped, send_nulls=send_nulls, skip=_EVENT_SKIP)
         contact_key = self._identity(plan, record, body)
         body["eventName"] = name
         if plan.event_properties is not None:
             event_props: dict[str, Any] = {}
-            self._spread(plan, plan.event_properties, record, event_props, skipped, send_nulls=False, contact=False)
+            self._spread(plan, plan.event_properties, record, event_props, skipped, send_nulls=False, skip=None)
             if event_props:
                 body["eventProperties"] = event_props
         if "mailing_lists" in plan.fields:
-            lists = _mailing_lists(plan.fields["mailing_lists"][1].get(record))
+            lists = _mailing_lists(plan.fields["mailing_lists"][1].get(record), partial)
             if lists:
                 body["mailingLists"] = lists
-        key = self._idempotency_key(plan, record)
+        key = self._idempotency_key(plan, record, name)
         request = LoopsRequest("POST", EVENT_PATH, body, key, EVENT_ALSO_DONE)
         return Operation(
             Action.SEND_EVENT,
@@ -519,6 +550,7 @@ class StreamMapper:
             tuple(skipped),
             email=body.get("email"),
             user_id=body.get("userId"),
+            partial=tuple(partial),
         )
 
     def _delete(self, plan: _Plan, record: dict[str, Any]) -> Operation:
@@ -547,9 +579,14 @@ class StreamMapper:
         skipped: list[str],
         *,
         send_nulls: bool,
-        contact: bool,
+        skip: frozenset[str] | None,
     ) -> None:
-        """Copy a property set into ``out`` under Loops names, refusing nested values and long strings."""
+        """Copy a property set into ``out`` under Loops names, refusing nested values and long strings.
+
+        ``skip``: Loops names left out (and listed in ``skipped``) because the request sets them another way or
+        Loops reserves them; None for event properties, where any name is the event's own.
+        """
+        items: Iterable[tuple[str, Any]]
         if source.path == "*":
             items = record.items()
             top = True
@@ -574,7 +611,7 @@ class StreamMapper:
                     names[key] = name
             if name is None:
                 continue
-            if contact and (name in defaults.CONTACT_BODY_KEYS or name in defaults.RESERVED_NAMES):
+            if skip is not None and name in skip:
                 skipped.append(key)
                 continue
             if value is None:
@@ -595,29 +632,66 @@ class StreamMapper:
         plan = self._plans.get(shape) or self._compile(shape)
         found: dict[str, Mapping[str, Any]] = {}
         lists: set[str] = set()
+        skip = _EVENT_SKIP if self.rule.action is Action.SEND_EVENT else _UPSERT_SKIP
         if plan.properties is not None:
             source = plan.properties
             items = props if source.path == "*" else _schema_at(props, source.path)
             prefix = "" if source.path == "*" else f"{source.path}."
             for key, sub in items.items():
                 name = _property_name(plan, source, key, prefix)
-                if name is not None and name not in defaults.CONTACT_BODY_KEYS and name not in defaults.RESERVED_NAMES:
+                if name is not None and name not in skip:
                     found[name] = sub if isinstance(sub, Mapping) else {}
         for prefix_ in plan.skip_prefixes:
             if "mailing_lists" in plan.fields and plan.fields["mailing_lists"][1].prefix == prefix_:
                 lists.update(k[len(prefix_) :] for k in props if k.startswith(prefix_))
         return found, lists
 
-    def _idempotency_key(self, plan: _Plan, record: dict[str, Any]) -> str:
-        """The mapped key (hashed when over 100 characters), else a hash of the stream and key properties or record."""
+    def _idempotency_key(self, plan: _Plan, record: dict[str, Any], event_name: str) -> str:
+        """The event's Idempotency-Key: at most 100 visible ASCII characters, the same for every copy of one event.
+
+        - A key the rule maps (``idempotency_key``) is sent as given when it is a safe header value of at most 100
+          characters, else as a hash of it.
+        - By default (Segment's ``messageId``, a warehouse row's ``id``) the key is a hash of the event name and that
+          id: an id is unique per table, not per team, so ``orders`` 1 and ``refunds`` 1 must not share a key, while
+          Segment's ``tracks`` row and the per-event table row of one event (same name, same id) still do.
+        - Without an id: a hash of the stream and its key properties, else of the whole record.
+        """
         value = plan.idempotency_key.get(record) if plan.idempotency_key is not None else None
-        if value is not None and str(value).strip():
-            key = str(value).strip()
-            return key if len(key) <= MAX_IDEMPOTENCY_KEY else "tl-" + stable_hash(key)[:64]
+        text = _key_text(value)
+        if text is not None:
+            if "idempotency_key" in self.rule.fields:
+                if len(text) <= MAX_IDEMPOTENCY_KEY and _SAFE_KEY.match(text):
+                    return text
+                return "tl-" + stable_hash(text)[:64]
+            return "tl-" + stable_hash("event", event_name, text)[:64]
         if self.key_properties and all(record.get(k) is not None for k in self.key_properties):
             return "tl-" + stable_hash(self.stream_name, [record[k] for k in self.key_properties])[:64]
         payload = {k: v for k, v in record.items() if not k.startswith("_sdc_")}
         return "tl-" + stable_hash(self.stream_name, payload)[:64]
+
+
+#: Loops names an upsert's property spread leaves out: the contact fields (their own field specs set them) and the
+#: reserved names.
+_UPSERT_SKIP = defaults.CONTACT_BODY_KEYS | defaults.RESERVED_NAMES
+#: The same for an event's contact properties, which may carry the default contact properties
+#: (https://loops.so/docs/api-reference/send-event).
+_EVENT_SKIP = (defaults.CONTACT_BODY_KEYS - defaults.EVENT_CONTACT_FIELDS) | defaults.RESERVED_NAMES
+
+
+def _key_text(value: Any) -> str | None:
+    """An idempotency id as text (``42`` and ``"42"`` alike), or None when it is absent or blank."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, Mapping | list | tuple):
+        return canonical_json(value)
+    if isinstance(value, float | decimal.Decimal) and _finite(value) and value == int(value):
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _finite(value: float | decimal.Decimal) -> bool:
+    return value.is_finite() if isinstance(value, decimal.Decimal) else math.isfinite(value)
 
 
 def _property_name(plan: _Plan, source: PropertySource, key: str, prefix: str) -> str | None:
@@ -662,15 +736,18 @@ def _schema_at(props: Mapping[str, Any], path: str) -> Mapping[str, Any]:
 # --- values
 
 
-def _identifier(value: Any, what: str) -> str | None:
-    """A scalar identifier as text; an object or list is refused rather than sent as its Python repr."""
-    if value is None or isinstance(value, bool):
+def _identifier(value: Any, what: str, reason: str) -> str | None:
+    """A scalar identifier as text; an object, a list or a boolean is refused rather than sent as its Python repr
+    or silently ignored (a boolean in an id column is a broken row, and it is counted as one)."""
+    if value is None:
         return None
+    if isinstance(value, bool):
+        raise _Reject(reason, f"the {what} is the boolean {json.dumps(value)}; it must be a string or a number")
     if isinstance(value, Mapping | list | tuple):
         kind = "an object" if isinstance(value, Mapping) else "a list"
         raise _Reject("nested_value", f"the {what} is {kind} ({value!r:.80}); it must be a single value")
     if isinstance(value, float | decimal.Decimal):
-        if not (value.is_finite() if isinstance(value, decimal.Decimal) else math.isfinite(value)):
+        if not _finite(value):
             raise _Reject("invalid_number", f"the {what} is {value}, which is not an id")
         if value == int(value):
             value = int(value)  # warehouse ids are often numbers: 42, never "42.0"
@@ -679,22 +756,38 @@ def _identifier(value: Any, what: str) -> str | None:
 
 
 def _clean_email(value: Any) -> str | None:
-    return _identifier(value, "email")
+    return _identifier(value, "email", "invalid_email")
 
 
 def _clean_user_id(value: Any) -> str | None:
     """Loops user ids are strings; warehouse ids are often integers."""
-    return _identifier(value, "user id")
+    return _identifier(value, "user id", "invalid_user_id")
+
+
+def encoded_length(text: str) -> int:
+    """The length Loops measures for a string value: JSON-encoded, quotes and escapes included, counted as
+    JavaScript counts (UTF-16 code units: a character outside the Basic Multilingual Plane counts twice)."""
+    encoded = json.dumps(text, ensure_ascii=False)
+    return len(encoded) + sum(1 for ch in encoded if ord(ch) > 0xFFFF)
+
+
+def _check_length(where: str, text: str) -> None:
+    """Refuse a string Loops would refuse for its length (see ``MAX_ENCODED_STRING``), naming it and its length."""
+    if len(text) > 82:  # 82 characters stay within the limit even if each needed a 6-character escape
+        length = encoded_length(text)
+        if length > MAX_ENCODED_STRING:
+            raise _Reject(
+                "string_too_long",
+                f"{where!r} is {len(text)} characters long, {length} as JSON with its quotes and escapes; Loops allows "
+                f"{MAX_ENCODED_STRING} including the quotes, i.e. {MAX_ENCODED_STRING - 2} characters of plain text",
+            )
 
 
 def _scalar(name: str, value: Any, where: str | None = None) -> Any:
     """A JSON scalar Loops accepts, or a rejection that names the property."""
     where = where or name
     if isinstance(value, str):
-        if len(value) > MAX_STRING:
-            raise _Reject(
-                "string_too_long", f"property {where!r} is {len(value)} characters long; Loops allows {MAX_STRING}"
-            )
+        _check_length(where, value)
         return value
     if isinstance(value, bool | int):
         return value
@@ -735,23 +828,65 @@ def _boolean(value: Any, where: str) -> bool:
     raise _Reject("invalid_boolean", f"{where} is {value!r}, not a boolean")
 
 
-def _mailing_lists(value: Any) -> dict[str, bool]:
-    """``{listId: bool}`` with nulls left out (a NULL warehouse column says nothing about the list)."""
+def _mailing_lists(value: Any, partial: list[tuple[str, str]]) -> dict[str, bool]:
+    """``{listId: bool}`` with nulls left out (a NULL warehouse column says nothing about the list).
+
+    A flag that is not a boolean drops that list only (appended to ``partial``), as Loops' own Segment destination
+    drops just the bad entry: the contact and its other lists are still sent. Values must be booleans
+    (https://loops.so/docs/api-reference/update-contact, ``mailingLists``).
+    """
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise _Reject("invalid_mailing_lists", f"mailing lists must be an object {{listId: true|false}}, got {value!r}")
-    return {str(k): _boolean(v, f"mailing list {k!r}") for k, v in value.items() if v is not None}
+    lists: dict[str, bool] = {}
+    for key, flag in value.items():
+        if flag is None:
+            continue
+        list_id = str(key)
+        try:
+            lists[list_id] = _boolean(flag, "flag")
+        except _Reject:
+            partial.append((PARTIAL_MAILING_LIST, partial_list_message(list_id, flag)))
+    return lists
+
+
+def partial_list_message(list_id: str, flag: Any) -> str:
+    """The message of a dropped mailing list flag; ``partial_list_id`` reads the list id back from it."""
+    shown = repr(flag) if not isinstance(flag, str) else json.dumps(flag, ensure_ascii=False)
+    return (
+        f"{_PARTIAL_LIST_PREFIX}{json.dumps(list_id, ensure_ascii=False)}: {shown:.80} is not true or false; "
+        "this list was left out, the rest of the record was sent"
+    )
+
+
+def partial_list_id(message: str) -> str | None:
+    """The list id of a ``partial`` entry's message (so the report can count dropped flags per list), or None."""
+    if not message.startswith(_PARTIAL_LIST_PREFIX):
+        return None
+    try:
+        list_id, _ = json.JSONDecoder().raw_decode(message, len(_PARTIAL_LIST_PREFIX))
+    except ValueError:
+        return None
+    return list_id if isinstance(list_id, str) else None
 
 
 def _sort_key(value: Any) -> str | None:
-    """A comparable form of the record's timestamp (UTC ISO text), or None when it has none."""
+    """A comparable form of the record's timestamp (UTC ISO text), or None when it has none.
+
+    A timestamp that has no UTC form (``0001-01-01T00:00:00+05:00`` is before year 1 in UTC) rejects the record.
+    """
     if value is None:
         return None
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.timezone.utc)
-        return value.astimezone(dt.timezone.utc).isoformat()
+        try:
+            return value.astimezone(dt.timezone.utc).isoformat()
+        except (OverflowError, ValueError):
+            raise _Reject(
+                "invalid_value", f"the timestamp {value.isoformat()} is outside the years 1-9999 once in UTC"
+            ) from None
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -12,7 +12,8 @@ import pytest
 from runner import SAMPLES, SANDBOX_KEY, record, run_target, schema, singer, state
 
 from target_loops.coercion import CoercionError, coerce
-from target_loops.preflight import guess_type, loops_type
+from target_loops.operations import Outcome, OutcomeKind
+from target_loops.preflight import Preflight, UnknownPropertyError, guess_type, loops_type
 from target_loops.sandbox import Sandbox
 
 LIST = {"id": "cm06f5v0e45nf0ml5754o9cix", "name": "Newsletter", "description": "", "isPublic": True}
@@ -105,7 +106,8 @@ def test_non_camel_case_names_are_reported_with_the_name_they_need(team: Sandbox
     assert [r for r in team.store.requests() if r["method"] != "GET"] == []
 
 
-def test_reserved_names_are_never_sent(team: Sandbox, tmp_path: Path) -> None:
+def test_reserved_names_are_never_sent_and_created_at_is(team: Sandbox, tmp_path: Path) -> None:
+    """``notes`` stays out; ``createdAt`` is a default date property the API writes (a backfill's sign-up date)."""
     text = singer(
         schema("identifies", {"id": "string", "email": "string", "created_at": "string", "notes": "string"}, ["id"]),
         record("identifies", {"id": "1", "email": "a@example.com", "created_at": "2020-01-01", "notes": "vip"}),
@@ -113,11 +115,12 @@ def test_reserved_names_are_never_sent(team: Sandbox, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     run = run_target(config_for(team, tmp_path, report_path=str(report)), text, tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert "reserved Loops names" in run.stderr and "'created_at'" in run.stderr
+    assert "reserved Loops names" in run.stderr and "'notes'" in run.stderr
     (stream,) = json.loads(report.read_text())["streams"]
-    assert stream["reserved_not_sent"] == {"created_at": 1, "notes": 1}
+    assert stream["reserved_not_sent"] == {"notes": 1}
     body = next(r["body"] for r in team.store.requests() if r["method"] == "PUT")
-    assert body == {"email": "a@example.com"}
+    assert body == {"email": "a@example.com", "createdAt": "2020-01-01T00:00:00.000Z"}
+    assert team.store.find(email="a@example.com")["createdAt"] == "2020-01-01T00:00:00.000Z"
     assert custom_properties(team) == {}
 
 
@@ -307,3 +310,139 @@ def test_progress_lines_while_sending(make_sandbox: Any, tmp_path: Path) -> None
     lines = [line for line in run.stderr.splitlines() if "Progress: batch" in line]
     assert lines, run.stderr
     assert "/40 requests, run " in lines[0] and "requests/s, 429s 0, retries 0, rejects 0, batch ETA" in lines[0]
+
+
+# ----- bad values reject the record, never the run (in process: the preflight against a team held in memory)
+
+
+class TeamInMemory:
+    """The two reads and the property create the preflight makes, answered from memory (no HTTP, no mock of one)."""
+
+    def __init__(self, properties: dict[str, str], refuse: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.properties = dict(properties)
+        self.refuse = refuse
+        self.created: list[tuple[str, str]] = []
+
+    def get_json(self, path: str) -> Any:
+        if path.startswith("/v1/contacts/properties"):
+            return [{"key": k, "label": k, "type": t} for k, t in self.properties.items()]
+        return [LIST]
+
+    def send_many(self, requests: list[Any]) -> list[Outcome]:
+        outcomes = []
+        for request in requests:
+            name, kind = request.body["name"], request.body["type"]
+            if name in self.refuse:
+                outcomes.append(Outcome(OutcomeKind.REJECTED, 400, f"Invalid property name {name!r}"))
+                continue
+            self.properties[name] = kind
+            self.created.append((name, kind))
+            outcomes.append(Outcome(OutcomeKind.DELIVERED, 200))
+        return outcomes
+
+
+DEFAULTS = {"email": "string", "firstName": "string", "userId": "string", "createdAt": "date", "subscribed": "boolean"}
+
+
+def loaded(mode: str, team: TeamInMemory | None = None) -> tuple[Preflight, TeamInMemory]:
+    team = team or TeamInMemory(DEFAULTS)
+    preflight = Preflight(team, mode=mode)
+    preflight.load()
+    return preflight, team
+
+
+def test_a_non_camel_case_trait_only_the_data_reveals_is_created_under_its_camel_case_name() -> None:
+    preflight, team = loaded("create")
+    body = {"userId": "u1", "company_name": "US Navy", "plan": "pro"}
+    preflight.enforce(body, "identify")
+    assert body == {"userId": "u1", "companyName": "US Navy", "plan": "pro"}
+    assert sorted(team.created) == [("companyName", "string"), ("plan", "string")]
+    again = {"userId": "u2", "company_name": "ACM"}
+    preflight.enforce(again, "identify")
+    assert again == {"userId": "u2", "companyName": "ACM"}
+    assert len(team.created) == 2  # created once
+
+
+def test_the_camel_case_name_in_the_same_record_wins() -> None:
+    preflight, _ = loaded("create")
+    body = {"userId": "u1", "company_name": "old", "companyName": "new"}
+    preflight.enforce(body, "identify")
+    assert body == {"userId": "u1", "companyName": "new"}
+
+
+def test_drop_mode_drops_a_non_camel_case_trait_only_the_data_reveals() -> None:
+    preflight, team = loaded("drop")
+    body = {"userId": "u1", "company_name": "US Navy", "firstName": "Grace"}
+    preflight.enforce(body, "identify")
+    assert body == {"userId": "u1", "firstName": "Grace"}
+    assert preflight.dropped == {"company_name": 1} and team.created == []
+
+
+def test_error_mode_rejects_the_record_that_reveals_an_unknown_trait() -> None:
+    preflight, team = loaded("error")
+    with pytest.raises(UnknownPropertyError, match="company_name") as caught:
+        preflight.enforce({"userId": "u1", "company_name": "US Navy"}, "identify")
+    assert isinstance(caught.value, CoercionError) and caught.value.reason == "unknown_property"
+    body = {"userId": "u2", "firstName": "Ada"}
+    preflight.enforce(body, "identify")  # the next record is fine
+    assert body == {"userId": "u2", "firstName": "Ada"} and team.created == []
+
+
+@pytest.mark.parametrize("key", ["2fa_enabled", "$ref", "ключ"])
+def test_a_trait_with_no_camel_case_form_rejects_its_record_only(key: str) -> None:
+    preflight, team = loaded("create")
+    for _ in range(2):
+        with pytest.raises(UnknownPropertyError, match="camelCase"):
+            preflight.enforce({"userId": "u1", key: "x"}, "identify")
+    assert team.created == []
+
+
+def test_a_property_loops_refuses_to_create_rejects_its_record_only() -> None:
+    preflight, team = loaded("create", TeamInMemory(DEFAULTS, refuse={"badName"}))
+    with pytest.raises(UnknownPropertyError, match="badName"):
+        preflight.enforce({"userId": "u1", "badName": "x"}, "identify")
+    body = {"userId": "u1", "plan": "pro"}
+    preflight.enforce(body, "identify")
+    assert body == {"userId": "u1", "plan": "pro"} and team.created == [("plan", "string")]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", 99999999999999999, "99999999999999999", -(10**17),
+     float("inf"), "1e400", dt.datetime.max.replace(tzinfo=dt.timezone(dt.timedelta(hours=-5)))],
+    ids=repr,
+)  # fmt: skip
+def test_dates_out_of_range_are_a_coercion_error(value: Any) -> None:
+    with pytest.raises(CoercionError, match="property 'p'"):
+        coerce("p", value, "date")
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+05:00", 99999999999999999, "garbage"])
+def test_enforce_raises_only_coercion_errors(value: Any) -> None:
+    preflight, _ = loaded("create")
+    with pytest.raises(CoercionError, match="createdAt"):
+        preflight.enforce({"userId": "u1", "createdAt": value}, "identify")
+
+
+def test_created_at_is_coerced_as_the_default_date_property() -> None:
+    preflight, team = loaded("create")
+    body = {"userId": "u1", "createdAt": "2020-01-01"}
+    preflight.enforce(body, "users")
+    assert body == {"userId": "u1", "createdAt": "2020-01-01T00:00:00.000Z"} and team.created == []
+
+
+def test_data_revealed_non_camel_case_trait_end_to_end(team: Sandbox, tmp_path: Path) -> None:
+    """A Segment export's bare ``traits`` object carries ``company_name``: the run goes on (issue: it stopped)."""
+    text = singer(
+        schema("identify", {"messageId": "string", "userId": "string", "traits": {"type": ["object", "null"]}},
+               ["messageId"]),
+        record("identify", {"messageId": "m1", "userId": "u1",
+                            "traits": {"email": "a@example.com", "company_name": "US Navy"}}),
+        record("identify", {"messageId": "m2", "userId": "u2", "traits": {"email": "b@example.com", "plan": "pro"}}),
+    )  # fmt: skip
+    run = run_target(config_for(team, tmp_path), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "PreflightError" not in run.stderr and "Traceback" not in run.stderr
+    assert custom_properties(team) == {"companyName": "string", "plan": "string"}
+    assert team.store.find(user_id="u1")["companyName"] == "US Navy"
+    assert team.store.find(user_id="u2")["plan"] == "pro"

@@ -1,4 +1,5 @@
-"""The sandbox against loops-api.md, over real HTTP: each Loops rule the target relies on, and its faults.
+"""The sandbox against Loops' API reference (https://loops.so/docs/api-reference), over real HTTP: each Loops rule
+the target relies on, and its faults.
 
 Most tests share two module-scoped sandboxes (strict and lenient, reset before each test) because starting one
 per parametrized case would dominate the runtime; tests that change config or count requests make their own.
@@ -36,7 +37,7 @@ TEAM: dict[str, Any] = {
         {"key": "trial", "type": "boolean"},
         {"key": "renewsAt", "type": "date", "label": "Renews"},
     ],
-    "lists": [{"id": LIST_ID, "name": "Newsletter", "description": "", "isPublic": True}],
+    "lists": [{"id": LIST_ID, "name": "Newsletter", "description": None, "isPublic": True}],
 }
 _ABSENT = object()
 
@@ -269,7 +270,8 @@ def test_mailing_lists_true_joins_and_false_leaves(team: Sandbox) -> None:
 
 VALIDATION = [
     # (case, extra body keys, fragment of the message, accepted in lenient mode)
-    ("string over 500", {"firstName": "x" * 501}, "firstName", False),
+    ("string over 500 with its quotes", {"firstName": "x" * 499}, "firstName", False),
+    ("escapes count", {"firstName": '"' * 250}, "firstName", False),
     ("bad email", {"email": "not-an-email"}, "not-an-email", False),
     ("list value not boolean", {"mailingLists": {LIST_ID: "yes"}}, LIST_ID, False),
     ("mailingLists not an object", {"mailingLists": [LIST_ID]}, "mailingLists", False),
@@ -286,7 +288,7 @@ VALIDATION = [
     ("userId not a string", {"userId": 42}, "userId", True),
 ] + [
     (f"reserved {name}", {name: "x"}, name, False)
-    for name in sorted({"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "createdAt"})
+    for name in sorted({"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes"})
 ]
 
 ENDPOINTS = {
@@ -327,7 +329,9 @@ def test_validation_strict_and_lenient(
         {"seats": 3.5},
         {"trial": False},
         {"plan": None, "seats": None},
-        {"source": "x" * 500},
+        {"source": "x" * 498},
+        {"source": '"' * 249},
+        {"createdAt": "2020-01-01"},
     ],
     ids=repr,
 )
@@ -495,7 +499,8 @@ def test_event_by_user_id_needs_an_existing_contact(team: Sandbox) -> None:
         ({"eventName": "signup", "email": "a@x.io", "eventProperties": ["x"]}, "eventProperties"),
         ({"eventName": "signup", "email": "a@x.io", "eventProperties": {"plan": None}}, "plan"),
         ({"eventName": "signup", "email": "a@x.io", "eventProperties": {"plan": {"a": 1}}}, "plan"),
-        ({"eventName": "signup", "email": "a@x.io", "eventProperties": {"note": "x" * 501}}, "note"),
+        ({"eventName": "signup", "email": "a@x.io", "eventProperties": {"note": "x" * 499}}, "note"),
+        ({"eventName": "x" * 499, "email": "a@x.io"}, "eventName"),
     ],
 )
 def test_event_refusals(team: Sandbox, body: dict[str, Any], fragment: str) -> None:
@@ -552,6 +557,112 @@ def test_idempotency_key_expires_after_24_hours(team: Sandbox) -> None:
     team.store.advance_clock(10)
     assert send_event(team, body, key="msg-1").status_code == 200
     assert len(team.store.events()) == 2
+
+
+# ----- Loops as documented (https://loops.so/docs/api-reference) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("x" * 498, True), ("x" * 499, False), ('"' * 249, True), ('"' * 250, False), ("\n" * 249, True),
+     ("é" * 498, True), ("😀" * 249, True), ("😀" * 250, False)],
+    ids=["498", "499", "249-quotes", "250-quotes", "249-newlines", "accents", "emoji-500", "emoji-502"],
+)  # fmt: skip
+@pytest.mark.parametrize("where", ["contact", "event-property", "event-contact"])
+def test_string_limit_is_500_with_the_json_quotes(team: Sandbox, where: str, text: str, ok: bool) -> None:
+    """At most 500 characters *including the opening and closing quotes*, measured JSON-encoded (intro, Debugging)."""
+    if where == "contact":
+        response = upsert(team, email="a@x.io", plan=text)
+    elif where == "event-property":
+        response = send_event(team, {"eventName": "signup", "email": "a@x.io", "eventProperties": {"note": text}})
+    else:
+        response = send_event(team, {"eventName": "signup", "email": "a@x.io", "plan": text})
+    if ok:
+        assert response.status_code == 200, response.text
+    else:
+        assert_error(response, 400, "500")
+
+
+def test_created_at_is_a_writable_default_date(team: Sandbox) -> None:
+    assert upsert(team, email="a@x.io", createdAt="2020-01-01T00:00:00.000Z").status_code == 200
+    assert team.store.find(email="a@x.io")["createdAt"] == "2020-01-01T00:00:00.000Z"  # type: ignore[index]
+    event = {"eventName": "signup", "email": "b@x.io", "createdAt": 1577836800000}
+    assert send_event(team, event).status_code == 200
+    assert team.store.find(email="b@x.io")["createdAt"] == 1577836800000  # type: ignore[index]
+    assert_error(upsert(team, email="a@x.io", createdAt="last year"), 400, "createdAt")
+    types = {p["key"]: p["type"] for p in call(team, "GET", "/v1/contacts/properties").json()}
+    assert types["createdAt"] == "date"
+
+
+def test_event_carries_default_and_custom_contact_properties(team: Sandbox) -> None:
+    body = {"eventName": "upgraded", "email": "a@x.io", "firstName": "Bob", "lastName": "B", "userGroup": "ops",
+            "source": "billing", "plan": "pro", "eventProperties": {"from": "basic"}}  # fmt: skip
+    assert send_event(team, body, key="k1").status_code == 200
+    contact = team.store.find(email="a@x.io")
+    assert contact is not None
+    expected = {"firstName": "Bob", "lastName": "B", "userGroup": "ops", "source": "billing", "plan": "pro"}
+    assert {k: contact[k] for k in expected} == expected
+    (event,) = team.store.events()
+    assert event["contactProperties"] == expected and event["eventProperties"] == {"from": "basic"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1704067200000, 1704067200000.5, "1704067200000", "-1000", "2024", "2024-01", "2024-01-02", "2024-01-02 10:30",
+     "2024-01-02T10:30", "2024-01-02T10:30:00", "2024-01-02T10:30:00.123", "2024-01-02T10:30:00Z",
+     "2024-01-02T10:30:00.123+05:30", "+002024-01-02T00:00:00Z", "2024-02-29", "2024-01-02T24:00",
+     8_640_000_000_000_000],
+    ids=repr,
+)  # fmt: skip
+def test_dates_as_documented_are_accepted(team: Sandbox, value: Any) -> None:
+    """Epoch milliseconds as a number or a string, ECMA-262 date time strings and "YYYY-MM-DD HH:MM"."""
+    assert upsert(team, email="a@x.io", renewsAt=value).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["next week", "2024-02-30", "2023-02-29", "2024-13-01", "2024-01-02T25:00", "2024-01-02T10:60", "2024-1-2",
+     "2024-01-02T10:30:00.1234", "2024-01-02T10", "2024-01-02T10:30+0530", "2024 10:30", "-000000-01-01",
+     "2024-01-02T24:00:01", 8_640_000_000_000_001, "8640000000000001", float("nan"), True, ""],
+    ids=repr,
+)  # fmt: skip
+def test_dates_outside_the_documents_are_refused_when_strict(team: Sandbox, value: Any) -> None:
+    if isinstance(value, float):
+        response = call(team, "PUT", "/v1/contacts/update", data=b'{"email": "a@x.io", "renewsAt": NaN}')
+        assert_error(response, 400)
+        return
+    assert_error(upsert(team, email="a@x.io", renewsAt=value), 400, "renewsAt")
+
+
+def test_a_mailing_list_without_description_has_null(make_sandbox: Any) -> None:
+    lists = [{"id": "l1", "name": "A"}, {"id": "l2", "name": "B", "description": ""}, {"id": "l3", "description": "W"}]
+    sb = make_sandbox(lists=lists)
+    assert [x["description"] for x in call(sb, "GET", "/v1/lists").json()] == [None, None, "W"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected_keys"),
+    [
+        ("GET", "/v1/api-key", _ABSENT, {"success", "teamName"}),
+        ("PUT", "/v1/contacts/update", {"email": "a@x.io"}, {"success", "id"}),
+        ("POST", "/v1/contacts/create", {"email": "b@x.io"}, {"success", "id"}),
+        ("POST", "/v1/events/send", {"eventName": "signup", "email": "a@x.io"}, {"success"}),
+        ("POST", "/v1/contacts/properties", {"name": "planName", "type": "string"}, {"success"}),
+        ("POST", "/v1/contacts/delete", {"email": "a@x.io"}, {"success", "message"}),
+    ],
+)
+def test_every_success_carries_loops_json_body(
+    team: Sandbox, method: str, path: str, body: Any, expected_keys: set[str]
+) -> None:
+    """A 200 is always Loops' JSON: ``{"success": true, ...}`` (the client treats anything else as not Loops)."""
+    upsert(team, email="a@x.io")
+    response = call(team, method, path, body)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    payload = response.json()
+    assert payload["success"] is True and set(payload) == expected_keys
+    if path.endswith("/delete"):
+        assert payload["message"] == "Contact deleted."
 
 
 # ----- HTTP protocol -------------------------------------------------------------------------------------

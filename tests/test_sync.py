@@ -10,6 +10,13 @@ import pytest
 from runner import SAMPLES, SANDBOX_KEY, record, run_target, schema, singer, state
 
 from target_loops.sandbox import CONTACT_OWN_KEYS, Sandbox
+from target_loops.serialization import stable_hash
+
+
+def key(event_name: str, event_id: str) -> str:
+    """An event's default Idempotency-Key: a hash of its name and its id (messageId, or a warehouse row's id)."""
+    return "tl-" + stable_hash("event", event_name, event_id)[:64]
+
 
 L1, L2 = "cm06f5v0e45nf0ml5754o9cix", "cm06f5v0e45nf0ml5754o9ciy"
 TEAM = json.loads((SAMPLES / "sandbox_team.json").read_text())
@@ -69,19 +76,20 @@ def test_segment_export_end_to_end(team_sandbox: Sandbox, tmp_path: Path) -> Non
     assert contacts["new.visitor@example.com"]["userId"] is None
 
     events = {(e["eventName"], e["idempotencyKey"]): e for e in team_sandbox.store.events()}
-    assert set(events) == {
-        ("Signed Up", "ajs-trk-001"),
-        ("Order Completed", "ajs-trk-002"),
-        ("Viewed Pricing", "ajs-trk-003"),
-    }
+    signed_up, order, pricing = (
+        key("Signed Up", "ajs-trk-001"),
+        key("Order Completed", "ajs-trk-002"),
+        key("Viewed Pricing", "ajs-trk-003"),
+    )
+    assert set(events) == {("Signed Up", signed_up), ("Order Completed", order), ("Viewed Pricing", pricing)}
     assert len(team_sandbox.store.events()) == 3  # the replayed ajs-trk-001 reached Loops once
-    assert events["Signed Up", "ajs-trk-001"]["eventProperties"] == {"plan": "starter", "referrer": "newsletter"}
-    assert events["Order Completed", "ajs-trk-002"]["eventProperties"] == {
+    assert events["Signed Up", signed_up]["eventProperties"] == {"plan": "starter", "referrer": "newsletter"}
+    assert events["Order Completed", order]["eventProperties"] == {
         "orderId": "o-9001",
         "revenue": 49.99,
         "currency": "USD",
     }
-    assert events["Viewed Pricing", "ajs-trk-003"]["email"] == "new.visitor@example.com"
+    assert events["Viewed Pricing", pricing]["email"] == "new.visitor@example.com"
 
     # Four identifies of three users with an identity became three upserts (coalesced within the batch).
     upserts = [r for r in writes(team_sandbox) if r["path"] == "/api/v1/contacts/update"]
@@ -110,7 +118,7 @@ def test_rejects_file_lines_say_what_and_why(team_sandbox: Sandbox, tmp_path: Pa
         "method": "POST",
         "path": "/v1/events/send",
         "body": {"userId": "u_9999", "eventName": "Logged In"},
-        "idempotency_key": "ajs-trk-006",
+        "idempotency_key": key("Logged In", "ajs-trk-006"),
     }
     assert refused["record"]["messageId"] == "ajs-trk-006"
     local = by_reason["event_name_colon"]
@@ -136,15 +144,17 @@ def test_warehouse_rows_end_to_end(team_sandbox: Sandbox, tmp_path: Path) -> Non
 
     events = sorted((e["eventName"], e["userId"], e["idempotencyKey"]) for e in team_sandbox.store.events())
     assert events == [
-        ("Logged In", "w_2001", "wh-trk-001"),
-        ("Order Completed", "w_2001", "wh-ord-001"),
-        ("Order Completed", "w_2002", "wh-ord-002"),
-        ("Signed Up", "w_2002", "wh-trk-002"),
+        ("Logged In", "w_2001", key("Logged In", "wh-trk-001")),
+        ("Order Completed", "w_2001", key("Order Completed", "wh-ord-001")),
+        ("Order Completed", "w_2002", key("Order Completed", "wh-ord-002")),
+        ("Signed Up", "w_2002", key("Signed Up", "wh-trk-002")),
     ]
     orders = {e["idempotencyKey"]: e["eventProperties"] for e in team_sandbox.store.events()}
-    assert orders["wh-ord-001"] == {"orderId": "o-1", "revenue": 120.5, "currency": "EUR"}  # NULL coupon left out
-    assert orders["wh-ord-002"] == {"orderId": "o-2", "revenue": 18, "currency": "USD", "coupon": "WELCOME10"}
-    assert orders["wh-trk-001"] == {} or orders["wh-trk-001"] is None
+    order_1, order_2 = key("Order Completed", "wh-ord-001"), key("Order Completed", "wh-ord-002")
+    assert orders[order_1] == {"orderId": "o-1", "revenue": 120.5, "currency": "EUR"}  # NULL coupon left out
+    assert orders[order_2] == {"orderId": "o-2", "revenue": 18, "currency": "USD", "coupon": "WELCOME10"}
+    logged_in = orders[key("Logged In", "wh-trk-001")]
+    assert logged_in == {} or logged_in is None
     assert sorted(r["reason"] for r in run.rejects) == ["http_400", "no_identifier"]
     assert run.final_state == last_state_in(SAMPLES / "warehouse_rows.singer")
 
@@ -266,10 +276,10 @@ def test_dry_run_plans_without_a_key_and_sends_nothing(sandbox: Sandbox, tmp_pat
         ("POST", "/v1/events/send")
     ] * 4
     assert {x["idempotency_key"] for x in lines if x["idempotency_key"]} == {
-        "ajs-trk-001",
-        "ajs-trk-002",
-        "ajs-trk-003",
-        "ajs-trk-006",
+        key("Signed Up", "ajs-trk-001"),
+        key("Order Completed", "ajs-trk-002"),
+        key("Viewed Pricing", "ajs-trk-003"),
+        key("Logged In", "ajs-trk-006"),
     }
     assert run.final_state is not None
 

@@ -1,6 +1,8 @@
 """The sandbox's state and Loops' rules: contacts, events, properties, lists, idempotency keys.
 
-Pure Python with no HTTP, so the rules of ``loops-api.md`` can be read (and tested) in one place. Every
+Pure Python with no HTTP, so the rules of Loops' API reference (https://loops.so/docs/api-reference) can be read
+(and tested) in one place. Where Loops' documents say nothing, the sandbox picks the stricter behaviour and says so
+(``strict``; the README's sandbox section lists each such choice and ``--lenient`` turns most of them off). Every
 public method takes the store's single lock: the threaded server calls in from many threads at once, and one
 lock makes each request's validate-then-mutate step atomic (e.g. an Idempotency-Key check and the event it
 guards).
@@ -12,6 +14,7 @@ app turns it into ``{"success": false, "message": ...}``.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 import threading
@@ -43,13 +46,16 @@ CONTACT_OWN_KEYS: frozenset[str] = frozenset(
 )
 """Keys every contact has as Loops' own fields; anything else on a contact is a custom property."""
 
-RESERVED_BODY_KEYS: frozenset[str] = frozenset(
-    {"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "createdAt"}
-)
-"""Never valid as body keys: Loops owns them (``notes`` and ``createdAt`` are not writable by API)."""
+RESERVED_BODY_KEYS: frozenset[str] = frozenset({"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes"})
+"""Never valid as body keys: the names Loops reserves (https://loops.so/docs/contacts/properties#reserved-names) and
+``notes``, which the API reference does not list as writable (a sandbox choice: Loops' answer is undocumented).
+``createdAt`` is not among them: it is a default date property the API writes."""
 
 DEFAULT_STRING_FIELDS: tuple[str, ...] = ("firstName", "lastName", "source", "userGroup")
 """Built-in string fields settable through the API (besides the identifiers)."""
+
+DEFAULT_DATE_FIELDS: tuple[str, ...] = ("createdAt",)
+"""Built-in date fields settable through the API."""
 
 EVENT_BODY_KEYS: frozenset[str] = frozenset({"eventName", "eventProperties"})
 """Keys of an events/send body that are about the event, not the contact."""
@@ -57,13 +63,27 @@ EVENT_BODY_KEYS: frozenset[str] = frozenset({"eventName", "eventProperties"})
 BODY_ONLY_KEYS: frozenset[str] = frozenset({"mailingLists", "optInStatus", "eventName", "eventProperties"})
 """Body keys with a meaning of their own: never valid names for a new custom property."""
 
-MAX_STRING = 500
+MAX_ENCODED_STRING = 500
+"""Longest string value, measured JSON-encoded *with* its quotes (so 498 characters of plain text; escapes count):
+https://loops.so/docs/api-reference/intro ("Debugging")."""
 MAX_IDEMPOTENCY_KEY = 100
+"""https://loops.so/docs/api-reference/send-event: an Idempotency-Key has at most 100 characters."""
 IDEMPOTENCY_WINDOW_S = 24 * 3600
+MAX_TIME_VALUE_MS = 8_640_000_000_000_000
+"""The largest epoch-millisecond value a date can hold (ECMA-262's time range:
+https://tc39.es/ecma262/#sec-time-values-and-time-range)."""
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PROPERTY_NAME_RE = re.compile(r"^[a-z][a-zA-Z0-9]*$")
-_ISO_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+_EPOCH_MS_RE = re.compile(r"^-?\d{1,16}$")
+#: ECMA-262's date time string format (https://tc39.es/ecma262/#sec-date-time-string-format): YYYY, YYYY-MM or
+#: YYYY-MM-DD (years may be expanded to ±YYYYYY), optionally followed by THH:mm, THH:mm:ss or THH:mm:ss.sss and an
+#: offset (Z or ±HH:mm); plus the "YYYY-MM-DD HH:MM" form Loops lists (https://loops.so/docs/contacts/properties#dates).
+_ECMA_DATE_RE = re.compile(
+    r"^(?P<year>\d{4}|[+-]\d{6})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2}))?)?"
+    r"(?:(?P<sep>[T ])(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<ms>\d{3}))?)?"
+    r"(?P<offset>Z|[+-]\d{2}:\d{2})?)?$"
+)
 
 
 class LoopsError(Exception):
@@ -97,17 +117,67 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def encoded_length(text: str) -> int:
+    """A string's length as Loops measures it: JSON-encoded, quotes and escapes included, in UTF-16 code units
+    (JavaScript's ``JSON.stringify(text).length``)."""
+    encoded = json.dumps(text, ensure_ascii=False)
+    return len(encoded) + sum(1 for ch in encoded if ord(ch) > 0xFFFF)
+
+
+def check_length(where: str, value: Any) -> None:
+    """Refuse a string longer than Loops allows, naming it and its length."""
+    if isinstance(value, str) and len(value) > 82:  # 82 characters fit even if each took a 6-character escape
+        length = encoded_length(value)
+        if length > MAX_ENCODED_STRING:
+            raise bad_request(
+                f"{where} is longer than {MAX_ENCODED_STRING} characters ({length} as JSON, quotes included)."
+            )
+
+
 def is_date(value: Any) -> bool:
-    """A Loops date: an ISO-8601 string (date or date-time) or a number of epoch *milliseconds*."""
+    """A Loops date (https://loops.so/docs/contacts/properties#dates): epoch *milliseconds* as a number or as a
+    string of digits, or an ECMA-262 date time string (or "YYYY-MM-DD HH:MM"); no offset means UTC."""
     if is_number(value):
-        return math.isfinite(value)
-    if not isinstance(value, str) or not _ISO_DATE_RE.match(value):
+        return math.isfinite(value) and abs(value) <= MAX_TIME_VALUE_MS
+    if not isinstance(value, str):
         return False
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+    if _EPOCH_MS_RE.match(value):
+        return abs(int(value)) <= MAX_TIME_VALUE_MS
+    match = _ECMA_DATE_RE.match(value)
+    if match is None or match["year"] == "-000000":
         return False
-    return True
+    if match["sep"] == " " and match["day"] is None:
+        return False  # Loops' space form is "YYYY-MM-DD HH:MM"
+    year, month, day = int(match["year"]), int(match["month"] or 1), int(match["day"] or 1)
+    hour, minute, second = int(match["hour"] or 0), int(match["minute"] or 0), int(match["second"] or 0)
+    if not (1 <= month <= 12 and 1 <= day <= _days_in_month(year, month)):
+        return False
+    if hour > 24 or minute > 59 or second > 59 or (hour == 24 and (minute or second or int(match["ms"] or 0))):
+        return False
+    offset_minutes = 0
+    if match["offset"] not in (None, "Z"):
+        off_hours, off_minutes = int(match["offset"][1:3]), int(match["offset"][4:6])
+        if off_hours > 23 or off_minutes > 59:
+            return False
+        offset_minutes = (off_hours * 60 + off_minutes) * (1 if match["offset"][0] == "+" else -1)
+    minutes = (_days_from_civil(year, month, day) * 24 + hour) * 60 + minute - offset_minutes
+    return abs((minutes * 60 + second) * 1000) <= MAX_TIME_VALUE_MS
+
+
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date, any year (H. Hinnant's ``days_from_civil``)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
 
 
 _TYPE_CHECKS = {
@@ -164,7 +234,8 @@ def normalize_list(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": list_id,
         "name": str(spec.get("name") or list_id),
-        "description": str(spec.get("description") or ""),
+        # Loops answers null for a list without a description (https://loops.so/docs/api-reference/list-mailing-lists)
+        "description": str(spec["description"]) if spec.get("description") else None,
         "isPublic": bool(spec.get("isPublic", True)),
     }
 
@@ -393,9 +464,9 @@ class Store:
     def _contact_change(self, body: Any, *, strict: bool) -> ContactChange:
         """Validate a contact body (update, create, or the contact part of an event) into a ContactChange.
 
-        Always refused: a non-object body, reserved keys, strings over 500 characters, a bad email,
+        Always refused: a non-object body, reserved keys, strings over 500 characters as JSON, a bad email,
         a non-boolean ``subscribed`` or ``mailingLists`` value. Refused only when ``strict``: unknown
-        property keys, values of the wrong type, unknown list ids (Loops' behaviour there is unconfirmed).
+        property keys, values of the wrong type, unknown list ids (Loops' behaviour there is not documented).
         """
         if not isinstance(body, dict):
             raise bad_request("The request body must be a JSON object.")
@@ -403,8 +474,7 @@ class Store:
             if key in RESERVED_BODY_KEYS:
                 raise bad_request(f"'{key}' is a reserved name and cannot be set through the API.")
         for key, value in body.items():
-            if isinstance(value, str) and len(value) > MAX_STRING:
-                raise bad_request(f"'{key}' is longer than {MAX_STRING} characters.")
+            check_length(f"'{key}'", value)
         change = ContactChange(
             email=self._email(body.get("email")),
             user_id=self._user_id(body.get("userId"), strict=strict),
@@ -470,6 +540,8 @@ class Store:
         """The type of a settable default or custom property; ``None`` for an unknown key."""
         if key in DEFAULT_STRING_FIELDS or key in ("email", "userId"):
             return "string"
+        if key in DEFAULT_DATE_FIELDS:
+            return "date"
         if key == "subscribed":
             return "boolean"
         for spec in self._properties:
@@ -479,25 +551,25 @@ class Store:
 
     @staticmethod
     def _event_name(value: Any) -> str:
-        """``eventName`` is required, a non-empty string, and has no ``:`` in it."""
+        """``eventName`` is required (https://loops.so/docs/api-reference/send-event), a non-empty string, and has
+        no ``:`` in it ("Custom event names can not contain colon characters": https://loops.so/docs/events)."""
         if not isinstance(value, str) or not value.strip():
             raise bad_request("'eventName' is required.")
         if ":" in value:
             raise bad_request(f"Invalid eventName '{value}': it cannot contain ':'.")
-        if len(value) > MAX_STRING:
-            raise bad_request(f"'eventName' is longer than {MAX_STRING} characters.")
+        check_length("'eventName'", value)
         return value
 
     @staticmethod
     def _event_properties(value: Any, *, strict: bool) -> dict[str, Any]:
-        """Scalar values only and no nulls (strict); strings over 500 characters are always refused."""
+        """Scalar values only (string, number, boolean or date: https://loops.so/docs/api-reference/send-event) and
+        no nulls (strict: Loops does not document a null there); long strings are always refused."""
         if value is None:
             return {}
         if not isinstance(value, dict):
             raise bad_request("'eventProperties' must be an object.")
         for key, item in value.items():
-            if isinstance(item, str) and len(item) > MAX_STRING:
-                raise bad_request(f"eventProperties['{key}'] is longer than {MAX_STRING} characters.")
+            check_length(f"eventProperties['{key}']", item)
             if not strict:
                 continue
             if item is None:
@@ -515,9 +587,10 @@ class Store:
             ids.add(self._by_email.get(email.lower()))
         if user_id is not None:
             ids.add(self._by_user_id.get(user_id))
-        if len(ids) != 1 or None in ids:
+        if len(ids) != 1:
             return None
-        return self._contacts[ids.pop()]
+        contact_id = ids.pop()
+        return self._contacts[contact_id] if contact_id is not None else None
 
     def _resolve(self, change: ContactChange) -> dict[str, Any] | None:
         """Loops' matching rules: the contact to update, or ``None`` to create one (caller holds the lock).
@@ -574,7 +647,7 @@ class Store:
         if change.user_id is not None:
             contact["userId"] = change.user_id
         for key, value in change.values.items():
-            if value is None and key not in DEFAULT_STRING_FIELDS:
+            if value is None and key not in DEFAULT_STRING_FIELDS and key not in DEFAULT_DATE_FIELDS:
                 contact.pop(key, None)
             else:
                 contact[key] = copy.deepcopy(value)
