@@ -1,0 +1,198 @@
+"""Finding and reading the files of a Segment archive, on the local disk or in cloud storage (fsspec).
+
+Segment's S3 / GCS destinations write ``segment-logs/<source-id>/<received-day as epoch ms>/<unix-ts>.<hash>.gz``:
+gzipped JSON lines, every call type mixed, never rewritten. The tap reads them in a stable order, received-day first
+and file name second, so that a run (and a resumed run) always meets the files in the same sequence; the name starts
+with the copy's unix time, so within a day this is also the order Segment wrote them in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gzip
+import logging
+import posixpath
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Any, cast
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+#: What a folder contributes: Segment's ``.gz`` files and plain JSON lines (``.json.gz`` etc. end with ``.gz``).
+EXTENSIONS = (".gz", ".json", ".jsonl")
+DAY_MS = 86_400_000
+#: Read size: big enough that splitting lines, not I/O calls, dominates; small enough to stay cheap in memory.
+CHUNK = 1 << 20
+_GLOB_CHARS = frozenset("*?[")
+
+logger = logging.getLogger("tap-segment-archive")
+
+
+class ArchiveError(Exception):
+    """A configured path that cannot be read (a typo is better reported than silently read as empty)."""
+
+
+@dataclass(frozen=True, order=True)
+class ArchiveFile:
+    """One file of the archive, with what orders it and what identifies it in the state.
+
+    ``day_ms`` is the received-day of Segment's layout (the parent folder, epoch milliseconds), or None for a
+    file outside that layout; ``folder`` is the URL of its parent folder (the state's key for the day) and ``name``
+    its base name (the state's entry for the file).
+    """
+
+    day_ms: int
+    name: str
+    url: str
+    folder: str
+    dated: bool
+
+    @property
+    def gzipped(self) -> bool:
+        return self.name.endswith(".gz")
+
+    @property
+    def day(self) -> str:
+        """The received-day as a date, for logs (``-`` outside Segment's layout)."""
+        if not self.dated:
+            return "-"
+        return dt.datetime.fromtimestamp(self.day_ms / 1000, tz=dt.timezone.utc).date().isoformat()
+
+
+def received_day(folder_name: str) -> int | None:
+    """Segment's day folder (epoch ms, 13 digits; 10 digits taken as seconds) → epoch ms, else None."""
+    if not folder_name.isdigit():
+        return None
+    value = int(folder_name)
+    if len(folder_name) <= 10:
+        value *= 1000
+    return value
+
+
+def start_day_ms(start_date: str | None) -> int | None:
+    """``start_date`` → the epoch ms of its UTC day: received-days before that day are skipped.
+
+    The whole day of ``start_date`` is kept, because a day folder holds the calls of every hour of that day.
+    """
+    if not start_date:
+        return None
+    text = start_date.strip()
+    moment = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    day = moment.astimezone(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return int(day.timestamp() * 1000)
+
+
+def storage_options_for(protocol: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """fsspec options of one protocol: ``storage_options[<protocol>]`` plus the ``s3_endpoint_url`` shortcut.
+
+    Credentials are not settings: s3fs and gcsfs find them the usual way (AWS_* / GOOGLE_APPLICATION_CREDENTIALS
+    environment, ~/.aws profiles with AWS_PROFILE, instance roles, gcloud's application default credentials).
+    """
+    every = config.get("storage_options") or {}
+    options: dict[str, Any] = dict(every.get(protocol) or {})
+    if protocol in ("s3", "s3a") and config.get("s3_endpoint_url"):
+        options.setdefault("endpoint_url", config["s3_endpoint_url"])
+    return options
+
+
+class Archive:
+    """The files under the configured ``paths``, listed and opened through fsspec."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+
+    def _filesystem(self, path: str) -> tuple[Any, str]:
+        """fsspec's filesystem for ``path`` (instances are cached by fsspec) and the path inside it."""
+        return fsspec.core.url_to_fs(path, **storage_options_for(_protocol(path), self.config))
+
+    def list_files(self, paths: Iterable[str]) -> list[ArchiveFile]:
+        """Every file under ``paths`` (folders recursively, globs expanded), deduplicated, in reading order."""
+        found: dict[str, ArchiveFile] = {}
+        for path in paths:
+            fs, stripped = self._filesystem(path)
+            for member in self._expand(fs, path, stripped):
+                file = self._describe(fs, member)
+                found.setdefault(file.url, file)
+        return sorted(found.values())
+
+    def _expand(self, fs: Any, path: str, stripped: str) -> list[str]:
+        local = isinstance(fs, LocalFileSystem)
+        if any(ch in _GLOB_CHARS for ch in stripped):
+            matches = fs.glob(stripped)
+            files: list[str] = []
+            for match in matches:
+                if fs.isdir(match):
+                    files.extend(self._find(fs, match))
+                else:
+                    files.append(match)
+            if not files:
+                logger.warning("paths: %s matches no file", path)
+            return files
+        if fs.isdir(stripped):
+            files = self._find(fs, stripped)
+            if not files:
+                logger.warning("paths: no *.gz, *.json or *.jsonl file under %s", path)
+            return files
+        if fs.isfile(stripped):
+            return [stripped]
+        if local:
+            raise ArchiveError(f"paths: {path} does not exist")
+        # An empty bucket prefix is normal before Segment's first copy: read nothing, say so.
+        logger.warning("paths: nothing under %s (yet)", path)
+        return []
+
+    @staticmethod
+    def _find(fs: Any, folder: str) -> list[str]:
+        return [p for p in fs.find(folder) if p.endswith(EXTENSIONS)]
+
+    @staticmethod
+    def _describe(fs: Any, member: str) -> ArchiveFile:
+        local = isinstance(fs, LocalFileSystem)
+        url = member if local else fs.unstrip_protocol(member)
+        folder, name = posixpath.split(url)
+        day = received_day(posixpath.basename(folder))
+        dated = day is not None
+        return ArchiveFile(day_ms=day if day is not None else -1, name=name, url=url, folder=folder, dated=dated)
+
+    @contextlib.contextmanager
+    def open(self, file: ArchiveFile) -> Iterator[IO[bytes]]:
+        """The file's bytes, decompressed when its name ends with ``.gz``."""
+        fs, stripped = self._filesystem(file.url)
+        with contextlib.ExitStack() as stack:
+            if isinstance(fs, LocalFileSystem):
+                raw: IO[bytes] = stack.enter_context(open(stripped, "rb"))  # the builtin: no fsspec layer per read
+            else:
+                raw = stack.enter_context(fs.open(stripped, "rb", block_size=8 * CHUNK))
+            if file.gzipped:
+                unzipped = gzip.GzipFile(fileobj=raw, mode="rb")  # by name, as Segment names them
+                stack.callback(unzipped.close)
+                yield cast(IO[bytes], unzipped)
+            else:
+                yield raw
+
+
+def _protocol(url: str) -> str:
+    return url.partition("://")[0] if "://" in url else "file"
+
+
+def iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """The lines of ``stream`` without their ``\\n``, read in large chunks (much faster than ``readline``).
+
+    A last line without a newline is still a line; a file ending with ``\\n`` has no empty line after it, so line
+    numbers are the same whichever way the file ends.
+    """
+    rest = b""
+    read = stream.read
+    while True:
+        chunk = read(CHUNK)
+        if not chunk:
+            break
+        lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
