@@ -264,6 +264,8 @@ class Ledger:
                 for chunk in _chunks(migrated):
                     self._upsert(conn, events, list(chunk), ["team", "key"], ["delivered_at"])
                 conn.execute(sa.text(f"DROP TABLE {_LEGACY_EVENTS}"))
+                if rows:
+                    self._upsert(conn, meta, [{"key": "legacy_event_keys", "value": "1"}], ["key"], ["value"])
             logger.warning("Ledger upgraded: %d delivered event keys are now stored as hashes", len(rows))
         if inspector.has_table(_LEGACY_CONTACTS):
             with self.engine.begin() as conn:
@@ -271,6 +273,17 @@ class Ledger:
             logger.warning(
                 "Ledger upgraded: contacts are now kept per contact as hashes; each contact is sent once more"
             )
+
+    @functools.cached_property
+    def legacy_event_keys(self) -> bool:
+        """True when this ledger was upgraded from 0.1 with delivered events: they are known by 0.1's keys too."""
+        if not self.available:
+            return False
+        with self._lock, self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(meta.name):
+                return False
+            row = conn.execute(sa.select(meta.c.value).where(meta.c.key == "legacy_event_keys")).first()
+        return bool(row and row[0] == "1")
 
     # --- teams
 

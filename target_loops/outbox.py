@@ -203,7 +203,11 @@ class Outbox:
                 if self.progress is not None:
                     self.progress.begin_batch(total)
                 try:
-                    list(self._pool.map(self._run_chain, chains))
+                    if self.settings.workers == 1:  # a dry run: the "sender" answers at once, threads only cost
+                        for chain in chains:
+                            self._run_chain(chain)
+                    else:
+                        list(self._pool.map(self._run_chain, chains))
                 finally:
                     if self.progress is not None:
                         self.progress.end_batch(total)
@@ -259,8 +263,12 @@ class Outbox:
                     continue
                 key = f"u:{next(iter(users))}"
             people.setdefault(key, Person(key)).members.append(h)
-        for person in people.values():
-            person.identity = keyed_hash(self.team, person.key)
+        if self.ledger is not None:
+            for person in people.values():
+                person.identity = keyed_hash(self.team, person.key)
+        else:
+            for person in people.values():
+                person.identity = person.key  # no ledger: nothing is stored, so no hash is needed
         if email_only:
             linked = self._linked_by_ledger(list(email_only))
             by_identity = {p.identity: p for p in people.values()}
@@ -269,7 +277,9 @@ class Outbox:
                 if identity is not None and identity in by_identity:
                     by_identity[identity].members.extend(members)
                     continue
-                person = Person(f"e:{email}", identity or keyed_hash(self.team, f"e:{email}"), list(members))
+                key = f"e:{email}"
+                default = keyed_hash(self.team, key) if self.ledger is not None else key
+                person = Person(key, identity or default, list(members))
                 people[person.key] = person
                 by_identity[person.identity] = person
         for person in people.values():
@@ -303,14 +313,18 @@ class Outbox:
             person.known = known.get(person.identity)
 
     def _delivered_events(self, held: list[Held]) -> set[str]:
+        """The hashed keys of the held events the ledger knows were delivered (by a 0.1 key too, after an upgrade)."""
         if self.ledger is None:
             return set()
-        keys = [
-            keyed_hash(self.team, h.op.request.idempotency_key)
-            for h in held
-            if h.op.action is Action.SEND_EVENT and h.op.request.idempotency_key
-        ]
-        return self.ledger.delivered_events(self.team, keys)
+        events = [h.op for h in held if h.op.action is Action.SEND_EVENT and h.op.request.idempotency_key]
+        keys = {keyed_hash(self.team, op.request.idempotency_key or ""): op for op in events}
+        legacy: dict[str, str] = {}
+        if self.ledger.legacy_event_keys:
+            for hashed, op in keys.items():
+                if op.legacy_key:
+                    legacy[keyed_hash(self.team, op.legacy_key)] = hashed
+        found = self.ledger.delivered_events(self.team, [*keys, *legacy])
+        return {legacy.get(k, k) for k in found}
 
     def _chain(self, person: Person, delivered: set[str], seen_keys: set[str]) -> list[Step]:
         """A person's requests in order: per part between deletes, the merged update (folded into the first event
@@ -436,10 +450,11 @@ class Outbox:
         props = body.get("eventProperties")
         if not isinstance(props, dict):
             return
-        with self._settle_lock:
-            types = self.event_properties.setdefault(str(body.get("eventName")), {})
-            for key, value in props.items():
-                types.setdefault(key, _json_type(value))
+        types = self.event_properties.get(body["eventName"])
+        if types is None:
+            types = self.event_properties.setdefault(body["eventName"], {})
+        for key in props.keys() - types.keys():  # planning runs on one thread: no lock needed
+            types[key] = _json_type(props[key])
 
     # --- sending and settling
 

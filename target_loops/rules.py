@@ -546,7 +546,18 @@ class StreamMapper:
             email=body.get("email"),
             user_id=body.get("userId"),
             partial=tuple(partial),
+            legacy_key=self._legacy_key(plan, record),
         )
+
+    def _legacy_key(self, plan: _Plan, record: dict[str, Any]) -> str | None:
+        """The key 0.1 derived from a default id (the id itself, hashed when over 100 characters), so that an event
+        a 0.1 ledger recorded is still known after the upgrade; None where the derivation did not change."""
+        if plan.idempotency_key is None or "idempotency_key" in self.rule.fields:
+            return None
+        text = _key_text(plan.idempotency_key.get(record))
+        if text is None:
+            return None
+        return text if len(text) <= MAX_IDEMPOTENCY_KEY else "tl-" + stable_hash(text)[:64]
 
     def _delete(self, plan: _Plan, record: dict[str, Any]) -> Operation:
         found: dict[str, Any] = {}

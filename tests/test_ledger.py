@@ -18,6 +18,7 @@ from runner import SANDBOX_KEY, parse_states, record, run_target, schema, singer
 
 from target_loops.ledger import ContactRow, Ledger, TeamIdentityError, fingerprint, keyed_hash, value_hashes
 from target_loops.sandbox import Sandbox
+from target_loops.serialization import stable_hash
 
 PLAN = [{"key": "plan", "type": "string"}]
 USERS = 12
@@ -68,7 +69,8 @@ def assert_final(sandbox: Sandbox, users: int = USERS, plan_of: dict[int, str] |
         for r in sandbox.store.requests()
         if r["path"] == "/api/v1/events/send" and r["status"] == 200
     ]
-    assert sorted(accepted) == sorted(f"t{i}" for i in range(users)), "every event accepted exactly once"
+    expected = ["tl-" + stable_hash("event", "Logged In", f"t{i}")[:64] for i in range(users)]
+    assert sorted(accepted) == sorted(expected), "every event accepted exactly once"
 
 
 @pytest.fixture
@@ -154,7 +156,8 @@ def test_stale_events_are_rejected_not_sent(loops: Sandbox, tmp_path: Path) -> N
     )
     run = run_target(config_for(loops, tmp_path, max_event_age_hours=24), text, tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert sorted(e["idempotencyKey"] for e in loops.store.events()) == ["new", "undated"]
+    keys = {"tl-" + stable_hash("event", "Trial Ended", i)[:64]: i for i in ("old", "new", "undated")}
+    assert sorted(keys[e["idempotencyKey"]] for e in loops.store.events()) == ["new", "undated"]
     assert [(r["reason"], r["record"]["id"]) for r in run.rejects] == [("stale", "old")]
     assert "max_event_age_hours" in run.rejects[0]["message"]
 
@@ -362,3 +365,27 @@ def test_an_older_replay_adds_what_is_missing_but_never_takes_a_value_back(loops
     assert sent == {"email": "a@example.com", "userId": "u1", "favoriteColor": "green"}
     contact = loops.store.find(user_id="u1")
     assert (contact["plan"], contact["favoriteColor"]) == ("team", "green")
+
+
+def test_an_event_a_0_1_ledger_delivered_is_not_sent_again_after_the_upgrade(loops: Sandbox, tmp_path: Path) -> None:
+    """0.1 keyed events by their bare id; the derivation changed (event name + id). The upgraded ledger still knows
+    them, so a replay after the upgrade sends nothing, inside Loops' 24 hours or past them."""
+    path = tmp_path / "ledger.sqlite"
+    first = run_target(config_for(loops, tmp_path), singer(*messages(2)), tmp_path=tmp_path)
+    assert first.returncode == 0, first.stderr
+    # Rewrite the ledger as 0.1 left it: the teams table, the events by their bare ids.
+    with sqlite3.connect(path) as conn:
+        (team,) = conn.execute("SELECT team FROM target_loops_teams").fetchone()
+        conn.executescript(
+            """
+            DROP TABLE target_loops_meta; DROP TABLE target_loops_events_v2; DROP TABLE target_loops_contacts_v2;
+            CREATE TABLE target_loops_events (team VARCHAR(64), idempotency_key VARCHAR(100), delivered_at FLOAT,
+                PRIMARY KEY (team, idempotency_key));
+            """
+        )
+        conn.executemany("INSERT INTO target_loops_events VALUES (?, ?, 0)", [(team, "t0"), (team, "t1")])
+    loops.store.advance_clock(25 * 3600)  # past Loops' memory of the keys: only the ledger can stop a replay
+    mark = len(loops.store.requests())
+    rerun = run_target(config_for(loops, tmp_path), singer(*messages(2)), tmp_path=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert [r for r in loops.store.requests()[mark:] if r["path"] == "/api/v1/events/send"] == []
