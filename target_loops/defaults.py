@@ -108,6 +108,16 @@ DELETE_FIELDS: dict[str, tuple[str, Any, Any]] = {
 #: The field that orders updates of one contact inside a batch (Segment's ``timestamp``: when it happened).
 ORDER_BY: dict[str, Any] = {NESTED: ["timestamp"], FLAT: ["timestamp"]}
 
+#: Segment call types with no Loops equivalent, and the warehouse table of each.
+SKIPPED_CALLS = ("page", "screen", "group", "alias")
+SKIPPED_TABLES = {"page": "pages", "screen": "screens", "group": "groups", "alias": "aliases"}
+#: The Segment call types an upsert rule and an event rule each refuse: a track or page call merged into a contact
+#: update (or an identify sent as an event) is a mapping mistake; the ``segment`` action routes mixed calls.
+WRONG_CALLS = {
+    "upsert_contact": frozenset({"track", "page", "screen", "alias"}),
+    "send_event": frozenset({"identify", "group", "alias"}),
+}
+
 #: The rules used when ``default_mappings`` is on (after the user's own rules): Segment's standard streams.
 DEFAULT_RULES: list[dict[str, Any]] = [
     {"stream": "identifies", "action": "upsert_contact"},
@@ -120,6 +130,14 @@ DEFAULT_RULES: list[dict[str, Any]] = [
     {"stream": "*-identifies", "action": "upsert_contact"},
     {"stream": "*-users", "action": "upsert_contact", "user_id": ["id", "userId", "user_id"]},
     {"stream": "*-tracks", "action": "send_event"},
+    # Segment calls with no Loops equivalent: read and counted, never an "unmapped stream" error. (The README shows
+    # rules that send page views as events or set userGroup from group calls.) Raw calls (tap-segment-archive's
+    # streams) and Segment's warehouse tables of the same calls.
+    *(
+        {"stream": name, "action": "skip"}
+        for call in SKIPPED_CALLS
+        for name in (call, SKIPPED_TABLES[call], f"*-{SKIPPED_TABLES[call]}")
+    ),
 ]
 
 

@@ -16,6 +16,10 @@ class Action(str, enum.Enum):
     UPSERT_CONTACT = "upsert_contact"
     SEND_EVENT = "send_event"
     DELETE_CONTACT = "delete_contact"
+    #: Raw Segment calls of every type in one stream: each record is routed by its own ``type``.
+    SEGMENT = "segment"
+    #: Read and count, send nothing (Segment calls with no Loops equivalent: page, screen, group, alias).
+    SKIP = "skip"
 
 
 class OutcomeKind(str, enum.Enum):
@@ -81,6 +85,13 @@ class Operation:
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped:
+    """A record deliberately not sent: a Segment call with no Loops equivalent, counted by its ``kind``."""
+
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class Rejection:
     """A record the rule engine refused before anything was sent; ``reason`` is a stable code."""
 
@@ -88,8 +99,6 @@ class Rejection:
     message: str
     record: dict[str, Any] = field(repr=False)
     request: LoopsRequest | None = None
-
-
 
 
 @dataclass(slots=True)

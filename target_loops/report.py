@@ -34,6 +34,7 @@ class StreamStats:
     elapsed: float = 0.0  # seconds spent sending this stream's batches
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     reserved_skipped: collections.Counter[str] = field(default_factory=collections.Counter)  # source key → records
+    skipped_calls: collections.Counter[str] = field(default_factory=collections.Counter)  # Segment call type → records
 
     def add_outcome(self, outcome: Outcome) -> None:
         """Fold one request's outcome into the counters (rejections are counted per record by the sink)."""
@@ -62,6 +63,9 @@ class StreamStats:
             line += f", planned {self.planned} (dry run)"
         if self.skipped:
             line += f", skipped {self.skipped} (unmapped)"
+        if self.skipped_calls:
+            calls = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_calls.items()))
+            line += f", skipped {sum(self.skipped_calls.values())} ({calls}: no Loops equivalent)"
         if self.reasons:
             line += " | rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
         return line
@@ -170,6 +174,7 @@ def stream_report(stats: StreamStats) -> dict[str, Any]:
         "resubscribe_blocked": stats.resubscribe_blocked,
         "stale": stats.reasons.get("stale", 0),
         "skipped_unmapped": stats.skipped,
+        "skipped_calls": dict(sorted(stats.skipped_calls.items())),
         "reserved_not_sent": dict(sorted(stats.reserved_skipped.items())),
         "retries": stats.retried,
         "rate_limited": stats.rate_limited,

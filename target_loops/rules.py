@@ -20,7 +20,7 @@ from typing import Any
 
 from target_loops import defaults
 from target_loops.defaults import FLAT, NESTED
-from target_loops.operations import Action, LoopsRequest, Operation, OutcomeKind, Rejection
+from target_loops.operations import Action, LoopsRequest, Operation, OutcomeKind, Rejection, Skipped
 from target_loops.serialization import canonical_json, iso_datetime, json_number, stable_hash
 
 #: Loops refuses a string value longer than 500 characters *including its opening and closing quotes*, so at most
@@ -62,7 +62,10 @@ ALLOWED_KEYS: dict[Action, frozenset[str]] = {
         | {"event_name", "event_properties", "idempotency_key", "properties", "mailing_lists"}
     ),
     Action.DELETE_CONTACT: frozenset(_COMMON_KEYS),
+    Action.SKIP: frozenset({"stream", "action"}),
 }
+#: A ``segment`` rule takes the keys of both actions it routes to; each applies to the calls it fits.
+ALLOWED_KEYS[Action.SEGMENT] = ALLOWED_KEYS[Action.UPSERT_CONTACT] | ALLOWED_KEYS[Action.SEND_EVENT]
 
 
 class RuleError(ValueError):
@@ -315,6 +318,16 @@ def parse_rule(raw: Any, index: int, *, builtin: bool = False) -> Rule:
     return Rule(index=index, stream=stream, action=action, fields=fields, options=options, shape=shape, builtin=builtin)
 
 
+def _sub_rule(rule: Rule, action: Action) -> Rule:
+    """The part of a ``segment`` rule that applies to one call type: its keys that fit ``action``, nested shape."""
+    allowed = ALLOWED_KEYS[action]
+    options = {k: v for k, v in rule.options.items() if k in allowed}
+    if action is Action.SEND_EVENT:
+        options.pop("properties", None)  # a segment rule's "properties" are the identify's traits
+    fields = {k: v for k, v in rule.fields.items() if k in allowed}
+    return Rule(rule.index, rule.stream, action, fields, options, shape=NESTED, builtin=rule.builtin)
+
+
 def parse_rules(raw_rules: Sequence[Any] | None, *, use_defaults: bool = True) -> list[Rule]:
     """The user's rules first (first match wins), then the built-in Segment rules unless turned off."""
     if raw_rules is not None and not isinstance(raw_rules, list):
@@ -368,15 +381,31 @@ class StreamMapper:
     stream_name: str
     key_properties: tuple[str, ...] = ()
     _plans: dict[str, _Plan] = field(default_factory=dict)
+    _routes: dict[str, StreamMapper] = field(default_factory=dict)
 
-    def map(self, record: dict[str, Any]) -> Operation | Rejection:
+    def map(self, record: dict[str, Any]) -> Operation | Rejection | Skipped:
         """Apply the rule to one record. Never raises for bad data: a bad record is a ``Rejection``.
 
         A value no check foresaw (a date past year 9999, a decimal that cannot be compared) also becomes a rejection
         (``invalid_value``): raising would stop the run at this record, and every rerun at the same record.
         """
+        if self.rule.action is Action.SEGMENT:
+            return self._route(record)
+        if self.rule.action is Action.SKIP:
+            return Skipped(str(record.get("type") or self.stream_name))
         shape = self.rule.shape or (NESTED if defaults.looks_nested(record) else FLAT)
         plan = self._plans.get(shape) or self._compile(shape)
+        call = record.get("type") if shape == NESTED else None
+        if isinstance(call, str) and call in defaults.WRONG_CALLS.get(self.rule.action.value, ()):
+            return Rejection(
+                "wrong_call_type",
+                f"a Segment {call!r} call in a stream whose rule is {self.rule.action.value}: it would be "
+                f"{'merged into a contact update' if self.rule.action is Action.UPSERT_CONTACT else 'sent as an event'}"
+                ". "
+                f'For a stream of mixed Segment calls use {{"stream": "{self.stream_name}", "action": "segment"}}, '
+                "which routes each call by its type",
+                record,
+            )
         try:
             if self.rule.action is Action.UPSERT_CONTACT:
                 return self._upsert(plan, record)
@@ -387,6 +416,29 @@ class StreamMapper:
             return Rejection(reason=exc.reason, message=exc.message, record=record)
         except (ValueError, ArithmeticError) as exc:
             return Rejection(reason="invalid_value", message=f"a value cannot be read: {exc}", record=record)
+
+    # ----- routing raw Segment calls
+
+    def _route(self, record: dict[str, Any]) -> Operation | Rejection | Skipped:
+        """A ``segment`` rule: identify → contact upsert, track → event, each with the built-in Segment defaults and
+        the rule's overrides that fit it; page, screen, group and alias are counted and skipped."""
+        call = record.get("type")
+        if call in defaults.SKIPPED_CALLS:
+            return Skipped(str(call))
+        route = self._routes.get(call) if isinstance(call, str) else None
+        if route is None and call in ("identify", "track"):
+            route = self._routes[call] = StreamMapper(
+                _sub_rule(self.rule, Action.UPSERT_CONTACT if call == "identify" else Action.SEND_EVENT),
+                self.stream_name,
+                self.key_properties,
+            )
+        if route is None:
+            return Rejection(
+                "unknown_call_type",
+                f"type {call!r} is not a Segment call type (identify, track, page, screen, group, alias)",
+                record,
+            )
+        return route.map(record)
 
     # ----- compilation
 
@@ -633,6 +685,11 @@ class StreamMapper:
         Properties under an object the SCHEMA does not describe (a bare ``traits`` object) are only known from
         the data; they are checked when their batch is sent.
         """
+        if self.rule.action is Action.SKIP:
+            return {}, set()
+        if self.rule.action is Action.SEGMENT:
+            identify = StreamMapper(_sub_rule(self.rule, Action.UPSERT_CONTACT), self.stream_name, self.key_properties)
+            return identify.declared_properties(schema)
         props: Mapping[str, Any] = schema.get("properties") or {}
         shape = self.rule.shape or (NESTED if _schema_looks_nested(props) else FLAT)
         plan = self._plans.get(shape) or self._compile(shape)

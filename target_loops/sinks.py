@@ -19,7 +19,7 @@ from singer_sdk.sinks import BatchSink
 from singer_sdk.sinks.core import BaseJSONSchemaValidator
 
 from target_loops.coercion import CoercionError
-from target_loops.operations import Action, LoopsRequest, Operation, Rejection
+from target_loops.operations import Action, LoopsRequest, Operation, Rejection, Skipped
 from target_loops.outbox import Outbox
 from target_loops.preflight import Preflight, loops_type
 from target_loops.rejects import RejectsWriter
@@ -59,7 +59,7 @@ class LoopsSink(BatchSink):
     def setup(self) -> None:
         """Check the contact properties and lists the stream's rule can produce against the team, before any of its
         records is sent (create, drop or refuse them, as ``unknown_properties`` says)."""
-        if self.mapper is not None and self.action is not Action.DELETE_CONTACT:
+        if self.mapper is not None and self.action not in (Action.DELETE_CONTACT, Action.SKIP):
             declared, list_ids = self.mapper.declared_properties(self.schema)
             self.services.preflight.check_stream(
                 self.stream_name, {k: loops_type(v) for k, v in declared.items()}, list_ids
@@ -112,6 +112,9 @@ class LoopsSink(BatchSink):
             self._invalid = None
             return
         result = self.mapper.map(record)
+        if isinstance(result, Skipped):
+            self.stats.skipped_calls[result.kind] += 1
+            return
         if isinstance(result, Operation) and result.skipped_keys:
             self._warn_skipped(result.skipped_keys)
         context.setdefault("results", []).append(result)

@@ -270,8 +270,9 @@ def test_run_report_schema(team: Sandbox, tmp_path: Path) -> None:
     assert data["completed"] is True and data["dry_run"] is False
     (stream,) = data["streams"]
     assert set(stream) == {
-        "stream", "action", "read", "requests", "sent", "planned", "unchanged", "coalesced", "folded", "duplicate_events",
-        "rejected", "reject_reasons", "resubscribe_blocked", "stale", "skipped_unmapped", "reserved_not_sent",
+        "stream", "action", "read", "requests", "sent", "planned", "unchanged", "coalesced", "folded",
+        "duplicate_events", "rejected", "reject_reasons", "resubscribe_blocked", "stale", "skipped_unmapped",
+        "skipped_calls", "reserved_not_sent",
         "retries", "rate_limited",
         "elapsed_seconds", "requests_per_second",
     }  # fmt: skip
