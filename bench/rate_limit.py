@@ -15,9 +15,13 @@ Scenarios:
 - C: sandbox 20/s, target 20, four streams (identifies, users, tracks, order_completed) buffered whole and drained
   together at the end of input, so two streams drain at once in each phase (contacts, then events) and share one
   budget;
-- D: sandbox 10/s but target configured at 20/s: the target must adapt to ``x-ratelimit-limit``.
+- D: sandbox 10/s but target configured at 20/s: the target must adapt to ``x-ratelimit-limit``;
+- L (issue 15): answer times of 0.1, 0.5, 1 and 2 s (each +-5% jitter) at the sandbox's 10/s, the client's default
+  settings (``max_concurrency`` 32 is a ceiling: the in-flight level follows rate x answer time). Driven at the
+  client, the way the outbox drives it (``max_concurrency`` threads calling ``LoopsClient.send``), so the figure is
+  the client's own; the baseline, measured in the same run, is the old fixed level of 4 (``max_concurrency: 4``).
 
-    .venv/bin/python bench/rate_limit.py [--quick] [--only A C]
+    .venv/bin/python bench/rate_limit.py [--quick] [--only A C L]
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import itertools
 import json
 import math
 import random
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +55,12 @@ class Scenario:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+#: Issue 15: answer times (seconds) at the sandbox's default 10/s; each with +-5% jitter around it.
+LATENCIES = (0.1, 0.5, 1.0, 2.0)
+JITTER = 0.05  # the sandbox adds uniform(0, JITTER x answer time) to (1 - JITTER / 2) x answer time
+LATENCY_REQUESTS = (300, 60)  # full, --quick
+BASELINE_REQUESTS = (60, 20)  # the fixed level of 4 is slow at 2 s answers: fewer requests, same measure
+
 SCENARIOS = [
     Scenario("A", "events, sandbox 20/s, target 20/s", 20, 20, 2_000, 200, "events"),
     Scenario("B", "events, sandbox default 10/s, target defaults", 10, None, 1_000, 100, "events"),
@@ -59,13 +71,18 @@ SCENARIOS = [
 
 def main() -> None:
     p = c.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--only", nargs="+", choices=[s.key for s in SCENARIOS], help="run only these scenarios")
+    p.add_argument("--only", nargs="+", choices=[s.key for s in SCENARIOS] + ["L"], help="run only these scenarios")
+    p.add_argument("--latencies", nargs="+", type=float, default=list(LATENCIES), help="L: answer times (seconds)")
+    p.add_argument("--jitter", type=float, default=JITTER, help="L: jitter as a fraction of the answer time")
+    p.add_argument("--requests", type=int, help="L: events per case (default 240, --quick 60)")
     args = p.parse_args()
     c.header("rate-limit utilization against the sandbox", args)
     from target_loops.sandbox import Sandbox, SandboxConfig
 
     team = c.sandbox_team()
     rows = []
+    if not args.only or "L" in args.only:
+        latency_cases(args)
     with c.Workdir(args, "rate") as wd:
         for sc in SCENARIOS:
             if args.only and sc.key not in args.only:
@@ -137,6 +154,8 @@ def main() -> None:
                     f"{proc.wall:.1f} / {ideal_s:.0f}",
                 )
             )
+    if not rows:
+        return
     c.say("")
     c.say(
         c.table(
@@ -165,6 +184,124 @@ def main() -> None:
             f"RESULT rate {row[0]}: utilization {row[6]}, 429s {row[8]}; goal >= 95% and <= 1%: "
             f"{'met' if ok else 'NOT met'}"
         )
+
+
+def latency_cases(args: Any) -> None:
+    """Issue 15: the client at its defaults against answer times of 0.1-2 s, and the old fixed level of 4."""
+    n_new = args.requests or LATENCY_REQUESTS[1 if args.quick else 0]
+    n_old = BASELINE_REQUESTS[1 if args.quick else 0]
+    c.say(
+        f"L: answer times {', '.join(f'{x:g} s' for x in args.latencies)} (+-{args.jitter / 2:.0%}), sandbox 10/s, "
+        f"client defaults, {n_new} events each; baseline max_concurrency 4, {n_old} events each"
+    )
+    rows = []
+    verdicts = []
+    for seconds in args.latencies:
+        new = drive_client(seconds, args.jitter, n_new, {})
+        old = drive_client(seconds, args.jitter, n_old, {"max_concurrency": 4})
+        ok = new["util"] >= 0.95 and new["p429"] <= 1
+        verdicts.append(
+            f"RESULT rate L {seconds:g}s: utilization {new['util']:.1%}, 429s {new['r429']} ({new['p429']:.2f}%); "
+            f"goal >= 95% and <= 1%: {'met' if ok else 'NOT met'}; fixed level 4: {old['util']:.1%}"
+        )
+        for label, m in (("defaults (ceiling 32)", new), ("max_concurrency 4 (old)", old)):
+            rows.append(
+                (
+                    f"{seconds:g} s",
+                    label,
+                    m["accepted"],
+                    f"{m['rate']:.2f}",
+                    f"{m['util']:.1%}",
+                    f"{m['r429']} ({m['p429']:.2f}%)",
+                    f"{m['stats']['answer_ms_p50']} / {m['stats']['answer_ms_p95']}",
+                    f"{m['stats']['in_flight_level']} (peak {m['stats']['in_flight_peak']})",
+                    f"{m['stats']['requests_per_second']:g}",
+                    f"{m['wall']:.1f}",
+                )
+            )
+        c.say(f"  {seconds:g} s: {rows[-2][4]} (429s {rows[-2][5]}) vs fixed 4: {rows[-1][4]}")
+    c.say("")
+    c.say(
+        c.table(
+            rows,
+            [
+                "answer time",
+                "client",
+                "writes",
+                "req/s",
+                "util (of 10/s)",
+                "429s",
+                "answer ms p50 / p95",
+                "in-flight level at end",
+                "pace at end",
+                "wall s",
+            ],
+        )
+    )
+    c.say("")
+    for line in verdicts:
+        c.say(line)
+    c.say("")
+
+
+def drive_client(seconds: float, jitter: float, n: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``n`` events through one ``LoopsClient`` from ``max_concurrency`` threads, as the outbox sends."""
+    from target_loops.client import ClientSettings, LoopsClient
+    from target_loops.operations import LoopsRequest, OutcomeKind
+    from target_loops.sandbox import Sandbox, SandboxConfig
+
+    sandbox = Sandbox(
+        SandboxConfig(
+            rate_limit=10, latency_ms=1000 * seconds * (1 - jitter / 2), latency_jitter_ms=1000 * seconds * jitter
+        )
+    ).start()
+    try:
+        client = LoopsClient(ClientSettings(base_url=sandbox.url, api_key=c.SANDBOX_KEY, **overrides))
+        try:
+            started = time.perf_counter()
+            client.check_api_key()  # as the target does: the first answer time is known before the first write
+            also_done = ((409, OutcomeKind.DUPLICATE),)
+            requests = [
+                LoopsRequest(
+                    "POST",
+                    "/v1/events/send",
+                    {"email": f"user{i % 500}@example.com", "eventName": "Logged In"},
+                    f"evt-{i}",
+                    also_done,
+                )
+                for i in range(n)
+            ]
+            pending = iter(requests)
+            lock = threading.Lock()
+            failed: list[str] = []
+
+            def worker() -> None:
+                while True:
+                    with lock:
+                        request = next(pending, None)
+                    if request is None:
+                        return
+                    outcome = client.send(request)
+                    if not outcome.done:
+                        failed.append(f"{outcome.kind.value} {outcome.status} {outcome.message}")
+
+            threads = [threading.Thread(target=worker) for _ in range(client.settings.max_concurrency)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - started
+            stats = client.stats()
+        finally:
+            client.close()
+        log = sandbox.store.requests()
+    finally:
+        sandbox.stop()
+    m = measure(log, wall, 10)
+    if failed:
+        c.say(f"  WARNING: {len(failed)} requests not done, e.g. {failed[0]}")
+    m.update(stats=stats, wall=wall)
+    return m
 
 
 def measure(log: list[dict[str, Any]], wall: float, limit: int) -> dict[str, Any]:
