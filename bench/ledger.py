@@ -15,7 +15,13 @@ the sandbox must receive exactly the changed rows (a watchdog kills the run if i
 
 Each measured run starts from a copy of the warmed ledger (a run records the changed rows it delivers).
 
+The whole measurement runs once per ledger backend: SQLite (the default ledger) and PostgreSQL (a throwaway
+server started with ``tests/warehouse/pg.sh``, when Debian's ``postgresql`` is installed). Reported for each: the
+second run's rows/s beside the no-op target's, and the ledger's size per contact (SQLite: the file; PostgreSQL:
+``pg_total_relation_size`` of the contacts table).
+
     .venv/bin/python bench/ledger.py [--quick] [--rows 1000000] [--runs 2] [--warm stub|http]
+        [--ledger sqlite|postgres|both]
 """
 
 from __future__ import annotations
@@ -40,12 +46,24 @@ def main() -> None:
     p.add_argument("--warm", choices=["stub", "http"], default="stub", help="how to warm the ledger (see above)")
     p.add_argument("--probe-rows", type=int, help="rows of the first-run speed probe (default 5,000; quick 1,000)")
     p.add_argument("--concurrency", type=int, default=8, help="target max_concurrency for the unlimited sandbox")
+    p.add_argument("--ledger", choices=["sqlite", "postgres", "both"], default="both", help="ledger backends")
     args = p.parse_args()
+    backends = ["sqlite", "postgres"] if args.ledger == "both" else [args.ledger]
+    pg = PgServer() if "postgres" in backends else None
+    try:
+        results = [measure(args, backend, pg) for backend in backends]
+    finally:
+        if pg is not None:
+            pg.stop()
+    c.say("")
+    c.say(c.table(results, ["ledger", "target-loops rows/s", "no-op rows/s", "ratio", "bytes per contact"]))
+
+
+def measure(args: Any, backend: str, pg: PgServer | None) -> tuple[str, str, str, str, str]:
     rows = args.rows or (20_000 if args.quick else 1_000_000)
     runs = args.runs or (3 if args.quick else 2)
     probe_rows = min(rows, args.probe_rows or (1_000 if args.quick else 5_000))
-    c.header("ledger: second run of a table with 1% changed rows, ledger warm", args)
-    from target_loops.ledger import contacts as contacts_table
+    c.header(f"ledger ({backend}): second run of a table with 1% changed rows, ledger warm", args)
     from target_loops.sandbox import Sandbox, SandboxConfig
 
     team = c.sandbox_team()
@@ -59,7 +77,7 @@ def main() -> None:
             {
                 "api_key": c.SANDBOX_KEY,
                 "base_url": sb.url,
-                "ledger_url": f"sqlite:///{ledger}",
+                "ledger_url": pg.url if pg is not None and backend == "postgres" else f"sqlite:///{ledger}",
                 "rejects_path": str(path.parent / "rejects.jsonl"),
                 "requests_per_second": 100_000,
                 "max_concurrency": args.concurrency,
@@ -106,17 +124,19 @@ def main() -> None:
                 if args.warm == "http"
                 else [c.PY, str(c.BENCH / "warm_target.py"), "--config", str(cfg), "--input", str(v1)]
             )
+            store = PgStore(pg.url) if pg is not None and backend == "postgres" else SqliteStore(ledger)
+            store.reset()
             warm = c.run(argv, cwd=folder, log_name="warm").check()
-            entries = count_rows(ledger, contacts_table.name)
+            entries, ledger_bytes = store.figures()
+            per_contact = ledger_bytes / max(entries, 1)
             c.say(
                 f"warm ({args.warm}): {warm.wall:.0f}s ({rows / warm.wall:,.0f} rows/s), peak RSS "
-                f"{c.mib(warm.maxrss_kb)}; ledger: {entries:,} contacts, {size(ledger) / 1e6:.0f} MB; "
-                f"the sandbox got {len(c.writes(sb.store.requests())):,} writes"
+                f"{c.mib(warm.maxrss_kb)}; ledger: {entries:,} contacts, {ledger_bytes / 1e6:.0f} MB "
+                f"({per_contact:,.0f} bytes per contact); the sandbox got {len(c.writes(sb.store.requests())):,} writes"
             )
             if entries < rows * 0.99:
                 raise SystemExit(f"the ledger holds {entries:,} contacts after warming, expected {rows:,}")
-            pristine = folder / "ledger-warm.sqlite"
-            copy_sqlite(ledger, pristine)
+            store.save()
 
             # 3. The measured runs: target-loops (ledger restored each time) and the no-op target, alternately.
             noop_cfg = c.write_config(folder / "noop.json", {})
@@ -125,7 +145,7 @@ def main() -> None:
             sent_counts: list[int] = []
             send_spans: list[float] = []
             for run in range(runs):
-                copy_sqlite(pristine, ledger)
+                store.restore()
                 start = len(sb.store.requests())
 
                 def watchdog(_elapsed: float, start: int = start) -> str | None:
@@ -175,11 +195,19 @@ def main() -> None:
         ratio = med["no-op SDK target"] / med["target-loops"]
         c.say("")
         c.say(
-            f"RESULT ledger: second run of {rows:,} rows ({len(changed):,} changed) with the ledger warm: "
+            f"RESULT ledger ({backend}): second run of {rows:,} rows ({len(changed):,} changed) with the ledger warm: "
             f"{rows / med['target-loops']:,.0f} rows/s = {ratio:.2f}x the no-op SDK target's "
             f"{rows / med['no-op SDK target']:,.0f} rows/s; peak RSS {c.mib(max(peaks['target-loops']))} "
             f"(no-op {c.mib(max(peaks['no-op SDK target']))}); requests sent {c.median(sent_counts):,.0f}, "
-            f"expected {len(changed):,} ({'exact' if set(sent_counts) == {len(changed)} else 'DIFFERENT'})"
+            f"expected {len(changed):,} ({'exact' if set(sent_counts) == {len(changed)} else 'DIFFERENT'}); "
+            f"ledger {per_contact:,.0f} bytes per contact"
+        )
+        return (
+            backend,
+            f"{rows / med['target-loops']:,.0f}",
+            f"{rows / med['no-op SDK target']:,.0f}",
+            f"{ratio:.2f}x",
+            f"{per_contact:,.0f}",
         )
 
 
@@ -187,13 +215,82 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def count_rows(path: Path, table: str) -> int:
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+CONTACTS = "target_loops_contacts_v2"
 
 
-def size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+class SqliteStore:
+    """The SQLite ledger file: its figures, a saved copy of the warm state, and restoring it before each run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.saved = path, path.with_name("ledger-warm.sqlite")
+
+    def reset(self) -> None:
+        for stale in self.path.parent.glob(self.path.name + "*"):
+            stale.unlink()
+
+    def figures(self) -> tuple[int, int]:
+        with sqlite3.connect(self.path) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            count = int(conn.execute(f"SELECT count(*) FROM {CONTACTS}").fetchone()[0])
+        return count, sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*"))
+
+    def save(self) -> None:
+        copy_sqlite(self.path, self.saved)
+
+    def restore(self) -> None:
+        copy_sqlite(self.saved, self.path)
+
+
+class PgStore:
+    """The PostgreSQL ledger: the same, with the warm contacts kept in a table of their own."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        from target_loops.ledger import normalize_url
+
+        self.engine = sa.create_engine(normalize_url(url))
+        self.sa = sa
+
+    def _sql(self, *statements: str) -> Any:
+        with self.engine.begin() as conn:
+            result = None
+            for statement in statements:
+                result = conn.execute(self.sa.text(statement))
+            return result
+
+    def reset(self) -> None:
+        self._sql(*(f"DROP TABLE IF EXISTS {t}" for t in (CONTACTS, "target_loops_events_v2", "target_loops_teams",
+                                                         "target_loops_meta", "bench_saved_contacts")))  # fmt: skip
+
+    def figures(self) -> tuple[int, int]:
+        count = int(self._sql(f"SELECT count(*) FROM {CONTACTS}").scalar_one())
+        size = int(self._sql(f"SELECT pg_total_relation_size('{CONTACTS}')").scalar_one())
+        return count, size
+
+    def save(self) -> None:
+        self._sql(f"CREATE TABLE bench_saved_contacts AS SELECT * FROM {CONTACTS}")
+
+    def restore(self) -> None:
+        self._sql(f"TRUNCATE {CONTACTS}", f"INSERT INTO {CONTACTS} SELECT * FROM bench_saved_contacts")
+
+
+class PgServer:
+    """A throwaway PostgreSQL server (tests/warehouse/pg.sh) for the PostgreSQL ledger."""
+
+    def __init__(self) -> None:
+        import os
+        import subprocess
+        import tempfile
+
+        self.env = {**os.environ, "WAREHOUSE_PG_DIR": tempfile.mkdtemp(prefix="bench-ledger-pg.")}
+        script = str(c.REPO / "tests" / "warehouse" / "pg.sh")
+        self.script, self.subprocess = script, subprocess
+        out = subprocess.run([script, "start"], env=self.env, check=True, capture_output=True, text=True).stdout
+        self.url = out.strip().split("=", 1)[1].strip("'\"")
+
+    def stop(self) -> None:
+        self.subprocess.run([self.script, "destroy"], env=self.env, check=False, capture_output=True)
 
 
 def copy_sqlite(source: Path, dest: Path) -> None:

@@ -12,7 +12,8 @@ Two runs of the target-loops CLI against one sandbox (unlimited rate, strict, th
 computed from the generated data alone, independently of target-loops' code.
 
 Two configurations: the target's defaults (``batch_size_rows`` 500), and one batch for the whole input (to show
-what batch boundaries cost when a contact's rows fall into several batches).
+what batch boundaries cost when a contact's rows fall into several batches). Both with ``fold_updates: false``: the
+ideal here counts an update and an event as two requests; ``bench/fold.py`` measures what folding saves on top.
 
     .venv/bin/python bench/min_requests.py [--quick]
 """
@@ -73,6 +74,7 @@ def main() -> None:
                         "ledger_url": f"sqlite:///{folder / 'ledger.sqlite'}",
                         "rejects_path": str(folder / "rejects.jsonl"),
                         "requests_per_second": 1000,
+                        "fold_updates": False,
                         **extra,
                     },
                 )
