@@ -376,8 +376,11 @@ class Outbox:
     def _update_step(self, person: Person, updates: list[Held], known: ContactState | None) -> Step | None:
         """The person's updates of one part merged into one request (later records win, lists merged per list),
         minus what the ledger says Loops holds; None when Loops holds all of it."""
+        if len(updates) == 1:  # the common case: nothing to merge
+            body = updates[0].op.request.body
+            return self._filter_update(person, updates, body, known)
         has_user = any(h.op.user_id is not None for h in updates)
-        body: dict[str, Any] = {}
+        body = {}
         for h in updates:
             for key, value in h.op.request.body.items():
                 if key == "mailingLists":
@@ -386,11 +389,17 @@ class Outbox:
                     continue  # an email-only row addresses the person; it does not move their email
                 else:
                     body[key] = value
+        for h in updates[:-1]:
+            self._count(h.stream, "coalesced")
+        return self._filter_update(person, updates, body, known)
+
+    def _filter_update(
+        self, person: Person, updates: list[Held], body: dict[str, Any], known: ContactState | None
+    ) -> Step | None:
+        """The merged update minus what the ledger says Loops holds; None when Loops holds all of it."""
         latest = _latest(updates)
         first = updates[0].op.request
         step = Step(Action.UPSERT_CONTACT, LoopsRequest(first.method, first.path, body), updates, person, latest=latest)
-        for h in updates[:-1]:
-            self._count(h.stream, "coalesced")
         if known is None or not self.settings.skip_unchanged:
             return step
         if latest is not None and known.seen_at is not None and latest < known.seen_at:
