@@ -1,7 +1,9 @@
 """``target-loops-demo``: the bundled sample streams → the real CLI → the bundled sandbox, with no account.
 
 It starts the sandbox on a free local port (seeded with ``sample_streams/sandbox_team.json``), runs
-``target-loops`` on every sample file, then prints what the sandbox holds: what Loops would hold after the sync.
+``target-loops`` on every sample file, then ``tap-segment-archive | target-loops`` on the sample Segment archive
+(``sample_streams/segment_archive/``, Segment's own S3 layout), then prints what the sandbox holds: what Loops would
+hold after the sync.
 The samples ship inside the package (``target_loops/sample_streams`` in a wheel, copied from the repository's
 ``sample_streams/`` at build time); an editable install reads the repository's folder.
 """
@@ -90,15 +92,41 @@ def main(argv: list[str] | None = None) -> int:
             lines = state_path.read_text().splitlines()
             print(f"exit status {run.returncode}; last STATE: {lines[-1] if lines else '(none)'}")
             status = status or run.returncode
+        status = status or run_archive(args.samples / "segment_archive", config_path, args.out)
         print_sandbox(sandbox, args.out / "loops_rejects.jsonl")
         if args.keep_running:
-            print(f"\nSandbox still running: open {sandbox.url.removesuffix('/api')}/_sandbox/state (Ctrl-C to stop)")
+            page = sandbox.url.removesuffix("/api") + "/"
+            print(f"\nSandbox still running: open {page} in a browser (JSON: {page}_sandbox/state); Ctrl-C to stop")
             try:
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
     return status
+
+
+def run_archive(archive: Path, config_path: Path, out: Path) -> int:
+    """``tap-segment-archive | target-loops`` over the sample archive: the backfill a user runs on their bucket."""
+    tap_config = out / "tap_config.json"
+    tap_config.write_text(json.dumps({"paths": [str(archive.resolve())]}, indent=2))
+    print(f"\n=== tap-segment-archive --config {tap_config} | target-loops --config {config_path}")
+    state_path = out / "segment_archive.state.jsonl"
+    with state_path.open("w") as state_out:
+        tap = subprocess.Popen(
+            [sys.executable, "-m", "tap_segment_archive", "--config", str(tap_config)], stdout=subprocess.PIPE
+        )
+        target = subprocess.run(
+            [sys.executable, "-m", "target_loops.target", "--config", str(config_path)],
+            stdin=tap.stdout,
+            stdout=state_out,
+            check=False,
+        )
+        assert tap.stdout is not None
+        tap.stdout.close()
+        tap_status = tap.wait()
+    lines = state_path.read_text().splitlines()
+    print(f"exit status {tap_status} (tap), {target.returncode} (target); last STATE: {lines[-1] if lines else '-'}")
+    return tap_status or target.returncode
 
 
 def print_sandbox(sandbox: Sandbox, rejects: Path) -> None:
