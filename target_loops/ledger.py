@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import platformdirs
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -171,6 +172,27 @@ def describe_url(url: str) -> str:
         return make_url(normalize_url(url)).render_as_string(hide_password=True)
     except Exception:  # an unparseable URL: show its scheme only
         return url.split(":", 1)[0] + ":…"
+
+
+#: Where target-loops 0.1 kept its default ledger: relative to the working directory (a cron job or another shell
+#: found an empty ledger there and re-sent everything).
+LEGACY_DEFAULT_PATH = Path(".target-loops") / "ledger.sqlite"
+
+
+def default_ledger_path() -> tuple[Path, str]:
+    """The default ledger file and why it is there, independent of the working directory.
+
+    Run by Meltano: the project's ``.meltano/`` folder (``MELTANO_PROJECT_ROOT``), so every job of the project
+    shares it. Otherwise the user's data folder (``platformdirs``: ``~/.local/share/target-loops`` on Linux,
+    honouring ``XDG_DATA_HOME``). A 0.1 ledger in the working directory is still used, with a warning, so an
+    upgrade never starts from an empty ledger.
+    """
+    if LEGACY_DEFAULT_PATH.is_file():
+        return LEGACY_DEFAULT_PATH.resolve(), "found in the working directory, where target-loops 0.1 kept it"
+    project = os.environ.get("MELTANO_PROJECT_ROOT")
+    if project:
+        return Path(project).resolve() / ".meltano" / "target-loops" / "ledger.sqlite", "the Meltano project's"
+    return platformdirs.user_data_path("target-loops") / "ledger.sqlite", "the user's data folder"
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:

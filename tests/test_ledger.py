@@ -389,3 +389,25 @@ def test_an_event_a_0_1_ledger_delivered_is_not_sent_again_after_the_upgrade(loo
     rerun = run_target(config_for(loops, tmp_path), singer(*messages(2)), tmp_path=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert [r for r in loops.store.requests()[mark:] if r["path"] == "/api/v1/events/send"] == []
+
+
+def test_the_default_ledger_does_not_depend_on_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from target_loops.ledger import default_ledger_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MELTANO_PROJECT_ROOT", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    path, why = default_ledger_path()
+    assert path == tmp_path / "data" / "target-loops" / "ledger.sqlite" and "data folder" in why
+    monkeypatch.chdir(tmp_path / "..")
+    assert default_ledger_path()[0] == path  # another shell, another folder: the same ledger
+    monkeypatch.setenv("MELTANO_PROJECT_ROOT", str(tmp_path / "project"))
+    assert default_ledger_path()[0] == tmp_path / "project" / ".meltano" / "target-loops" / "ledger.sqlite"
+    # A 0.1 ledger in the working directory is kept (an upgrade never starts from an empty ledger).
+    legacy = tmp_path / "old" / ".target-loops" / "ledger.sqlite"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "old")
+    assert default_ledger_path()[0] == legacy
