@@ -16,7 +16,7 @@ Scenarios:
   together at the end of input, so two streams drain at once in each phase (contacts, then events) and share one
   budget;
 - D: sandbox 10/s but target configured at 20/s: the target must adapt to ``x-ratelimit-limit``;
-- L (issue 15): answer times of 0.1, 0.5, 1 and 2 s (each +-5% jitter) at the sandbox's 10/s, the client's default
+- L (issue 15): answer times of 0.1, 0.5, 1 and 2 s (each +-2.5% jitter) at the sandbox's 10/s, the client's default
   settings (``max_concurrency`` 32 is a ceiling: the in-flight level follows rate x answer time). Driven at the
   client, the way the outbox drives it (``max_concurrency`` threads calling ``LoopsClient.send``), so the figure is
   the client's own; the baseline, measured in the same run, is the old fixed level of 4 (``max_concurrency: 4``).
@@ -55,7 +55,7 @@ class Scenario:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-#: Issue 15: answer times (seconds) at the sandbox's default 10/s; each with +-5% jitter around it.
+#: Issue 15: answer times (seconds) at the sandbox's default 10/s; each with +-2.5% jitter around it.
 LATENCIES = (0.1, 0.5, 1.0, 2.0)
 JITTER = 0.05  # the sandbox adds uniform(0, JITTER x answer time) to (1 - JITTER / 2) x answer time
 LATENCY_REQUESTS = (300, 60)  # full, --quick
@@ -191,7 +191,7 @@ def latency_cases(args: Any) -> None:
     n_new = args.requests or LATENCY_REQUESTS[1 if args.quick else 0]
     n_old = BASELINE_REQUESTS[1 if args.quick else 0]
     c.say(
-        f"L: answer times {', '.join(f'{x:g} s' for x in args.latencies)} (+-{args.jitter / 2:.0%}), sandbox 10/s, "
+        f"L: answer times {', '.join(f'{x:g} s' for x in args.latencies)} (+-{args.jitter / 2:.1%}), sandbox 10/s, "
         f"client defaults, {n_new} events each; baseline max_concurrency 4, {n_old} events each"
     )
     rows = []

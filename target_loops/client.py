@@ -358,8 +358,8 @@ class RateLimiter:
     """
 
     #: A 429 lowers the pace by this fraction of the limit; ``RECOVER_ANSWERS`` answers without one bring it back.
-    CUT = 0.02
-    RECOVER_ANSWERS = 200
+    CUT = 0.03
+    RECOVER_ANSWERS = 300
     #: The pace never drops below this fraction of the limit on 429s alone (pauses handle the rest).
     FLOOR = 0.5
 
@@ -799,9 +799,13 @@ class LoopsClient:
             logger.info("Loops answered 429: pacing at %.2f requests/s for a while", self.limiter.rate)
 
     def _located(self, error: Exception) -> Exception:
-        """A not-Loops error names base_url (never with user-info: check_base_url refused that)."""
-        if isinstance(error, NotLoopsError) and not str(error).startswith("base_url"):
-            return NotLoopsError(f"base_url {self.base_url} {error}")
+        """A not-Loops error names base_url (never with user-info: check_base_url refused that); no error text
+        keeps the key (a redirect's Location could echo it)."""
+        text = str(error)
+        if isinstance(error, NotLoopsError) and not text.startswith("base_url"):
+            return type(error)(self._scrub(f"base_url {self.base_url} {text}"))
+        if self._key in text:
+            return type(error)(self._scrub(text))
         return error
 
     def _fail_run(self, error: Exception) -> None:

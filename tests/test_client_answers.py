@@ -309,3 +309,15 @@ def test_environment_proxy_is_honoured_for_loops_itself(proxy: _FakeProxy) -> No
     finally:
         client.close()
     assert proxy.lines and proxy.lines[0].startswith("CONNECT app.loops.so:443")
+
+
+def test_a_redirect_that_echoes_the_key_does_not_put_it_in_the_error(serve: Callable[[Handler], Server]) -> None:
+    server = serve(lambda method, path: (302, {"Location": f"https://login.example/?token={KEY}"}, b""))
+    client = client_at(server.url)
+    try:
+        with pytest.raises(LoopsUnavailableError) as info:
+            client.check_api_key()
+    finally:
+        client.close()
+    assert "login.example" in str(info.value)
+    assert KEY not in str(info.value)
