@@ -2,8 +2,10 @@
 
 Loops' properties have one of four types (https://loops.so/docs/contacts/properties) and what Loops does with a value
 of the wrong type is not documented, so every value is made to fit its property before it is sent, or the record is
-rejected with the property, the value and the type named. Pure functions, no I/O; a value that cannot be read (a date
-past year 9999, a number too large for a date) is a ``CoercionError`` like any other, never another exception.
+rejected with the property, the value and the type named. Booleans and dates are read and written by the same
+functions as in the rule engine (``values.read_boolean``, ``values.parse_datetime``, ``values.loops_datetime``).
+Pure functions, no I/O; a value that cannot be read (a date past year 9999, a number too large for a date) is a
+``CoercionError`` like any other, never another exception.
 """
 
 from __future__ import annotations
@@ -14,14 +16,10 @@ import math
 import re
 from typing import Any
 
-import pendulum
-
 from target_loops.serialization import json_number
+from target_loops.values import loops_datetime, parse_datetime, read_boolean
 
-LOOPS_TYPES = ("string", "number", "boolean", "date")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-_TRUE = {"true", "t", "yes", "y", "1"}
-_FALSE = {"false", "f", "no", "n", "0"}
 #: Epoch milliseconds below this are before 1973-03-03: far more likely epoch *seconds*, which Loops misreads
 #: (Loops reads a number as milliseconds: https://loops.so/docs/contacts/properties#dates).
 _MIN_EPOCH_MS = 100_000_000_000
@@ -31,7 +29,10 @@ _MIN_EPOCH_MS_NEGATIVE = -62_135_596_800_000
 
 
 class CoercionError(ValueError):
-    """A value that cannot be made to fit its property's type; the message names both."""
+    """A value that cannot be made to fit its property's type; the message names both. The record is rejected
+    with ``reason`` (subclasses say why more precisely)."""
+
+    reason = "invalid_value"
 
 
 def coerce(name: str, value: Any, loops_type: str) -> Any:
@@ -88,17 +89,14 @@ def _to_number(value: Any) -> int | float:
 
 
 def _to_boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise CoercionError("expected true/false, 1/0 or yes/no")
+    read = read_boolean(value)
+    if read is None:
+        raise CoercionError("expected true/false, 1/0 or yes/no")
+    return read
 
 
 def _to_date(value: Any) -> str:
-    """Any ISO-8601 date or date-time (offset or not: no offset means UTC), or epoch milliseconds → UTC ISO text."""
+    """Any ISO-8601 date or date-time (offset or not: no offset means UTC), or epoch milliseconds → Loops' date text."""
     if isinstance(value, bool):
         raise CoercionError("a boolean is not a date")
     if isinstance(value, int | float):
@@ -111,29 +109,20 @@ def _to_date(value: Any) -> str:
             )
         if not _MIN_EPOCH_MS_NEGATIVE <= value <= _MAX_EPOCH_MS:
             raise CoercionError("as epoch milliseconds this is outside the years 1-9999")
-        moment = dt.datetime.fromtimestamp(value / 1000, tz=dt.timezone.utc)
-    elif isinstance(value, dt.datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        moment: dt.date = dt.datetime.fromtimestamp(value / 1000, tz=dt.timezone.utc)
     elif isinstance(value, dt.date):
-        moment = dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+        moment = value
     elif isinstance(value, str):
         text = value.strip()
         if _NUMBER.match(text):
             return _to_date(float(text))
         try:
-            parsed = pendulum.parse(text, strict=False, tz="UTC")
-        except (ValueError, TypeError, pendulum.parsing.exceptions.ParserError) as exc:
-            raise CoercionError("not an ISO-8601 date or date-time") from exc
-        if isinstance(parsed, dt.datetime):
-            moment = parsed
-        elif isinstance(parsed, dt.date):
-            moment = dt.datetime(parsed.year, parsed.month, parsed.day, tzinfo=dt.timezone.utc)
-        else:
-            raise CoercionError("not an ISO-8601 date or date-time")
+            moment = parse_datetime("date", text)
+        except ValueError:
+            raise CoercionError("not an ISO-8601 date or date-time") from None
     else:
         raise CoercionError("expected an ISO-8601 date or epoch milliseconds")
     try:
-        utc = moment.astimezone(dt.timezone.utc)
-    except (OverflowError, ValueError):
+        return loops_datetime(moment)
+    except ValueError:
         raise CoercionError("outside the years 1-9999 once in UTC") from None
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"

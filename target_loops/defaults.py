@@ -1,9 +1,11 @@
-"""The built-in knowledge of Segment's shapes, as data.
+"""The built-in knowledge of Segment's shapes, as data: which columns and keys are never user data, which names
+Loops reserves, which Segment calls have no Loops equivalent, and the built-in rules.
 
-Each Loops field is declared once with its default source for Segment's nested JSON and for Segment's warehouse
-rows (Segment's spec: https://segment.com/docs/connections/spec/, and its warehouse schema:
-https://segment.com/docs/connections/storage/warehouses/schema/). A rule names only what differs from these defaults, so
-``{"stream": "order_completed", "action": "send_event"}`` is a complete rule for a per-event warehouse table.
+Segment's spec: https://segment.com/docs/connections/spec/; its warehouse schema:
+https://segment.com/docs/connections/storage/warehouses/schema/. The default source of each rule key, for Segment's
+nested JSON and for its warehouse rows, is declared with the key in ``fields.FIELDS``. A rule names only what differs
+from these defaults, so ``{"stream": "order_completed", "action": "send_event"}`` is a complete rule for a per-event
+warehouse table.
 """
 
 from __future__ import annotations
@@ -53,18 +55,6 @@ NESTED_SYSTEM_KEYS = frozenset(
     }
 )
 
-#: Body keys that Loops reads as fields of the contact itself: in an upsert only their own field spec may set them
-#: (https://loops.so/docs/api-reference/update-contact lists them as the body's named fields).
-CONTACT_BODY_KEYS = frozenset(
-    {"email", "userId", "firstName", "lastName", "source", "subscribed", "userGroup", "mailingLists", "optInStatus"}
-)
-
-#: Default contact properties an event may carry beside ``eventName``: Loops' events/send accepts contact properties,
-#: default and custom, at the top level of its body (https://loops.so/docs/api-reference/send-event). The other
-#: contact body keys keep their own handling there: the identity, ``mailingLists`` (a field spec) and ``subscribed``
-#: (never spread: it re-subscribes people who opted out).
-EVENT_CONTACT_FIELDS = frozenset({"firstName", "lastName", "userGroup", "source"})
-
 #: Names that are never sent as contact properties: the names Loops reserves
 #: (https://loops.so/docs/contacts/properties#reserved-names), ``notes`` (a default property that the API does not
 #: list as writable: https://loops.so/docs/api-reference/update-contact) and the keys of an event body
@@ -73,40 +63,6 @@ EVENT_CONTACT_FIELDS = frozenset({"firstName", "lastName", "userGroup", "source"
 RESERVED_NAMES = frozenset(
     {"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "eventName", "eventProperties"}
 )
-
-#: Field spec → (Loops body key, nested default, flat default). ``None``: no default, mapped only by a rule.
-CONTACT_FIELDS: dict[str, tuple[str, Any, Any]] = {
-    "email": ("email", ["traits.email", "email"], ["email"]),
-    "user_id": ("userId", ["userId"], ["user_id"]),
-    "first_name": ("firstName", ["traits.firstName", "traits.first_name"], ["first_name"]),
-    "last_name": ("lastName", ["traits.lastName", "traits.last_name"], ["last_name"]),
-    "user_group": ("userGroup", ["traits.userGroup", "traits.user_group"], ["user_group"]),
-    "source": ("source", ["traits.source"], ["source"]),
-    "subscribed": ("subscribed", None, None),
-    "mailing_lists": ("mailingLists", ["traits.mailingLists"], {"prefix": "mailing_lists_"}),
-}
-
-#: Where a contact upsert's custom properties come from by default.
-CONTACT_PROPERTIES: dict[str, Any] = {NESTED: "traits", FLAT: "*"}
-
-EVENT_FIELDS: dict[str, tuple[str, Any, Any]] = {
-    "email": ("email", ["properties.email", "context.traits.email"], ["email", "context_traits_email"]),
-    "user_id": ("userId", ["userId"], ["user_id"]),
-    "event_name": ("eventName", ["event"], ["event_text", "event"]),
-    "idempotency_key": ("", ["messageId"], ["id"]),
-    "mailing_lists": ("mailingLists", None, None),
-}
-
-#: Where an event's ``eventProperties`` come from by default (a per-event table's own columns, when flat).
-EVENT_PROPERTIES: dict[str, Any] = {NESTED: "properties", FLAT: "*"}
-
-DELETE_FIELDS: dict[str, tuple[str, Any, Any]] = {
-    "email": ("email", ["traits.email", "email"], ["email"]),
-    "user_id": ("userId", ["userId"], ["user_id"]),
-}
-
-#: The field that orders updates of one contact inside a batch (Segment's ``timestamp``: when it happened).
-ORDER_BY: dict[str, Any] = {NESTED: ["timestamp"], FLAT: ["timestamp"]}
 
 #: Segment call types with no Loops equivalent, and the warehouse table of each.
 SKIPPED_CALLS = ("page", "screen", "group", "alias")

@@ -7,6 +7,11 @@ sent: unknown properties are created, dropped or refused (``unknown_properties``
 name when they are not camelCase), dropped, or the record is rejected; never an error that stops the run, which
 would stop every rerun at the same record. Every value is then coerced to its property's type.
 
+Loops has no API to delete a contact property, so a run creates at most ``max_new`` of them (the
+``max_new_properties`` setting). Properties a SCHEMA declares beyond that stop the run before any of that stream's
+records is sent, listing them; properties only one record's data reveals beyond that reject that record
+(``unknown_property``), so that one wide record never stops a run half-way.
+
 Loops' contact properties: https://loops.so/docs/contacts/properties; creating one:
 https://loops.so/docs/api-reference/create-contact-property.
 """
@@ -22,9 +27,13 @@ from typing import Any
 
 from target_loops.coercion import CoercionError, coerce
 from target_loops.operations import LoopsRequest, OutcomeKind
-from target_loops.rules import camel_case
+from target_loops.values import camel_case
 
-logger = logging.getLogger("target_loops.preflight")
+logger = logging.getLogger(__name__)
+#: Team properties one run may create unless the settings say otherwise (``max_new_properties``).
+MAX_NEW_PROPERTIES = 25
+#: How many of the properties past ``max_new`` an error names (one record can hold thousands of keys).
+_LISTED = 50
 
 #: Property names are camelCase ("This should be in camelCase, like planName":
 #: https://loops.so/docs/api-reference/create-contact-property).
@@ -37,12 +46,15 @@ NOT_PROPERTIES = frozenset({"mailingLists", "eventName", "eventProperties", "ema
 class PreflightError(RuntimeError):
     """The rules and the team's schema disagree in a way the settings say must stop the run."""
 
+    #: True when Loops answered that it refuses to create a property (not when it could not be reached).
+    refused: bool = False
+
 
 class UnknownPropertyError(CoercionError):
     """A record carries a property the team lacks and that cannot (or, per ``unknown_properties``, must not) be
     created: that record is rejected (``reason``), the run goes on."""
 
-    reason = "unknown_property"
+    reason = "unknown_property"  # overrides CoercionError's "invalid_value"
 
 
 def loops_type(schema: Mapping[str, Any] | None) -> str | None:
@@ -76,10 +88,14 @@ def guess_type(value: Any) -> str:
 class Preflight:
     """The team's schema and what this run did about it. Thread-safe: sinks of several streams use it at once."""
 
-    def __init__(self, client: Any, *, mode: str = "create", dry_run: bool = False) -> None:
+    def __init__(
+        self, client: Any, *, mode: str = "create", dry_run: bool = False, max_new: int = MAX_NEW_PROPERTIES
+    ) -> None:
         self.client = client
         self.mode = mode
         self.dry_run = dry_run
+        #: At most this many properties are created in one run (a dry run counts those it would create).
+        self.max_new = max_new
         self.properties: dict[str, str] = {}  # key → Loops type, defaults included
         self.lists: dict[str, str] = {}  # id → name
         self.loaded = False
@@ -120,7 +136,11 @@ class Preflight:
         self.resolve({n: t or "string" for n, t in declared.items() if t is not None}, f"stream {stream}")
 
     def resolve(self, wanted: Mapping[str, str], where: str) -> None:
-        """Create, drop or refuse the properties of ``wanted`` that the team does not have."""
+        """Create, drop or refuse the properties of ``wanted`` that the team does not have.
+
+        Raises ``PreflightError`` (the run stops) when they cannot be created: not camelCase, or more than the run
+        may still create (``max_new``); in that case none of them is created.
+        """
         with self._lock:
             unknown = {n: t for n, t in wanted.items() if n not in self.properties and n not in self.drop}
             if not unknown:
@@ -144,6 +164,31 @@ class Preflight:
                     f"{', '.join(f'{n} ({t}{_hint(n)})' for n, t in sorted(bad.items()))}. Use the rule's "
                     "camel_case: true or rename, or unknown_properties: drop."
                 )
+            over = self._over_budget(unknown)
+            if over:
+                raise PreflightError(
+                    f"{where}: {over}. Loops has no API to delete a contact property, so nothing was created and "
+                    "nothing was sent. Raise max_new_properties if these are wanted, exclude them in the rule, or set "
+                    "unknown_properties: drop."
+                )
+            self._create_all(unknown, where)
+
+    def _over_budget(self, unknown: Mapping[str, str]) -> str | None:
+        """Why creating ``unknown`` would pass ``max_new`` (listing them), or None when it fits."""
+        if len(self.created) + len(unknown) <= self.max_new:
+            return None
+        names = sorted(unknown.items())
+        listing = ", ".join(f"{n} ({t})" for n, t in names[:_LISTED])
+        if len(names) > _LISTED:
+            listing += f", and {len(names) - _LISTED} more"
+        return (
+            f"{len(unknown)} new contact propert{'y' if len(unknown) == 1 else 'ies'} ({listing}) would pass "
+            f"max_new_properties ({self.max_new}; {len(self.created)} created in this run so far)"
+        )
+
+    def _create_all(self, unknown: Mapping[str, str], where: str) -> None:
+        """Create each property of ``unknown`` (in a dry run: note it as would-be created)."""
+        with self._lock:
             for name, kind in sorted(unknown.items()):
                 if self.dry_run:
                     logger.info("%s: would create contact property %s (%s)", where, name, kind)
@@ -160,7 +205,7 @@ class Preflight:
             properties = self.client.get_json("/v1/contacts/properties?list=all")
             if not any(isinstance(p, dict) and p.get("key") == name for p in properties or []):
                 error = PreflightError(f"could not create contact property {name} ({kind}): {outcome.message}")
-                error.refused = outcome.kind is OutcomeKind.REJECTED  # type: ignore[attr-defined]
+                error.refused = outcome.kind is OutcomeKind.REJECTED
                 raise error
 
     # --- keys only the data reveals: per record
@@ -191,19 +236,29 @@ class Preflight:
             refused = sorted(n for n in unknown if n in self.refused)
             if refused:
                 raise UnknownPropertyError("; ".join(f"{where}: {self.refused[n]}" for n in refused))
-            for name, kind in sorted(unknown.items()):
-                target = name if CAMEL.match(name) else camel_case(name)
+            targets = {name: name if CAMEL.match(name) else camel_case(name) for name in unknown}
+            for name, target in sorted(targets.items()):
                 if not CAMEL.match(target):
                     self.refused[name] = (
                         f"contact property {name!r} has no camelCase form Loops accepts (it needs a lowercase letter "
                         "first, then letters and digits); rename it with the rule's rename, or exclude it"
                     )
                     raise UnknownPropertyError(f"{where}: {self.refused[name]}")
+            new = {t: unknown[n] for n, t in targets.items() if t not in self.properties}
+            over = self._over_budget(new)
+            if over:
+                # Not kept in ``refused``: a later record that needs fewer new properties may still fit.
+                raise UnknownPropertyError(
+                    f"{where}: {over}; the record is rejected and nothing of it was created (Loops has no API to "
+                    "delete a contact property). Raise max_new_properties, or exclude these keys in the rule."
+                )
+            for name, kind in sorted(unknown.items()):
+                target = targets[name]
                 if target not in self.properties:
                     try:
                         self.resolve({target: kind}, where)
                     except PreflightError as exc:
-                        if not getattr(exc, "refused", False):
+                        if not exc.refused:
                             raise  # Loops unreachable past every retry: the run stops, as for any request
                         self.refused[name] = f"Loops refused to create contact property {target!r}: {exc}"
                         raise UnknownPropertyError(f"{where}: {self.refused[name]}") from None
@@ -234,11 +289,17 @@ class Preflight:
     # --- at send time: each request body
 
     def enforce(self, body: dict[str, Any], stream: str) -> None:
-        """Make ``body`` fit the team: unknown keys created, renamed or dropped, values coerced, unknown lists left out.
+        """Make ``body`` fit the team, editing it in place: unknown keys created, renamed or dropped, values coerced,
+        unknown lists left out.
+
+        ``body`` is the body of one record's request, built by the rule engine for that record alone: a
+        ``LoopsRequest`` is frozen (its fields cannot be re-bound) but its body dict is not, and the sink fits it here
+        before handing the request on, so nothing else holds it yet.
 
         Raises ``CoercionError`` (the record is rejected) for a value that cannot fit its property's type, and its
-        subclass ``UnknownPropertyError`` for a key the data revealed that ``unknown_properties`` refuses (``error``)
-        or that cannot be created. Nothing else: one record never stops the run.
+        subclass ``UnknownPropertyError`` for a key the data revealed that ``unknown_properties`` refuses (``error``),
+        that cannot be created, or that would pass ``max_new``. Nothing else: one record never stops the run (but
+        Loops unreachable while creating a property does, as for any request).
         """
         if not self.loaded:
             return

@@ -1,7 +1,9 @@
 """JSON for the wire, the rejects file and fingerprints.
 
-The SDK hands sinks ``Decimal`` and ``datetime`` values, which ``json`` cannot encode; Loops wants plain numbers
-and ISO-8601 dates with an offset (never epoch seconds), so every value is normalized here, once.
+The SDK hands sinks ``Decimal`` and ``datetime`` values, which ``json`` cannot encode. Values bound for Loops are
+made into JSON scalars before they reach a request body (``values.scalar``: dates in Loops' one date form,
+``values.loops_datetime``); what is encoded here is everything else: records in the rejects file, and the inputs of
+hashes and fingerprints, whose text must not change from one version to the next.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from typing import Any
 
 
 def iso_datetime(value: dt.datetime) -> str:
-    """ISO-8601 with an explicit offset and at most millisecond precision (Loops parses ``.sss``, not ``.ssssss``).
+    """A datetime inside JSON written here: ISO-8601 with its own offset, at most millisecond precision.
 
-    A naive datetime is taken as UTC, the convention of warehouse loaders and of Loops itself.
+    A naive datetime is taken as UTC, the convention of warehouse loaders. This is the text that hashes and
+    fingerprints were computed from (a record without an id gets an idempotency key hashed from its values), so it
+    stays as it is: changing it would change keys that earlier runs recorded. Loops is sent
+    ``values.loops_datetime`` instead.
     """
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)

@@ -14,7 +14,7 @@ import fastjsonschema
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks.core import BaseJSONSchemaValidator, JSONSchemaValidator
 
-logger = logging.getLogger("target_loops.validation")
+logger = logging.getLogger(__name__)
 
 
 def _formats(schema: Any) -> dict[str, Any]:

@@ -13,7 +13,14 @@ from runner import SAMPLES, SANDBOX_KEY, record, run_target, schema, singer, sta
 
 from target_loops.coercion import CoercionError, coerce
 from target_loops.operations import Outcome, OutcomeKind
-from target_loops.preflight import Preflight, UnknownPropertyError, guess_type, loops_type
+from target_loops.preflight import (
+    MAX_NEW_PROPERTIES,
+    Preflight,
+    PreflightError,
+    UnknownPropertyError,
+    guess_type,
+    loops_type,
+)
 from target_loops.sandbox import Sandbox
 
 LIST = {"id": "cm06f5v0e45nf0ml5754o9cix", "name": "Newsletter", "description": "", "isPublic": True}
@@ -433,7 +440,7 @@ def test_created_at_is_coerced_as_the_default_date_property() -> None:
 
 
 def test_data_revealed_non_camel_case_trait_end_to_end(team: Sandbox, tmp_path: Path) -> None:
-    """A Segment export's bare ``traits`` object carries ``company_name``: the run goes on (issue: it stopped)."""
+    """A Segment export's bare ``traits`` object carries ``company_name``: the run goes on (it used to stop)."""
     text = singer(
         schema("identify", {"messageId": "string", "userId": "string", "traits": {"type": ["object", "null"]}},
                ["messageId"]),
@@ -447,3 +454,115 @@ def test_data_revealed_non_camel_case_trait_end_to_end(team: Sandbox, tmp_path: 
     assert custom_properties(team) == {"companyName": "string", "plan": "string"}
     assert team.store.find(user_id="u1")["companyName"] == "US Navy"
     assert team.store.find(user_id="u2")["plan"] == "pro"
+
+
+# ----- at most max_new_properties new team properties per run (Loops has no API to delete one)
+
+
+def wide(count: int, prefix: str = "trait") -> dict[str, str]:
+    return {f"{prefix}{i:04d}": "x" for i in range(count)}
+
+
+def test_the_default_limit_is_25() -> None:
+    assert Preflight(None).max_new == MAX_NEW_PROPERTIES == 25
+
+
+def test_schema_properties_past_the_limit_stop_the_run_and_create_none() -> None:
+    preflight, team = loaded("create")
+    declared: dict[str, str | None] = {name: "string" for name in wide(26)}
+    with pytest.raises(PreflightError, match=r"26 new contact properties .* would pass max_new_properties \(25") as e:
+        preflight.check_stream("identifies", declared, set())
+    assert "trait0000 (string)" in str(e.value) and "trait0025 (string)" in str(e.value)
+    assert "no API to delete" in str(e.value)
+    assert team.created == [] and preflight.created == {}
+
+
+def test_schema_properties_up_to_the_limit_are_created() -> None:
+    preflight, team = loaded("create")
+    preflight.check_stream("identifies", dict.fromkeys(wide(25), "number"), set())
+    assert len(team.created) == 25
+
+
+def test_one_wide_record_is_rejected_and_creates_nothing_the_run_goes_on() -> None:
+    """One record with 5,000 traits used to create 5,000 team properties."""
+    preflight, team = loaded("create")
+    with pytest.raises(UnknownPropertyError, match="5000 new contact properties") as caught:
+        preflight.enforce({"userId": "u1", **wide(5000)}, "identify")
+    assert caught.value.reason == "unknown_property"
+    assert "and 4950 more" in str(caught.value)  # the message names 50, not 5,000
+    assert team.created == []
+    body = {"userId": "u2", "plan": "pro", "company_name": "ACM"}
+    preflight.enforce(body, "identify")  # a later record that fits still creates what it needs
+    assert body == {"userId": "u2", "plan": "pro", "companyName": "ACM"}
+    assert sorted(team.created) == [("companyName", "string"), ("plan", "string")]
+
+
+def test_the_limit_is_per_run_across_schema_and_data() -> None:
+    preflight, team = loaded("create")
+    preflight.check_stream("accounts", dict.fromkeys(wide(20, "col"), "string"), set())
+    with pytest.raises(UnknownPropertyError, match=r"20 created in this run so far"):
+        preflight.enforce({"userId": "u1", **wide(6)}, "identify")
+    preflight.enforce({"userId": "u1", **wide(5)}, "identify")
+    assert len(team.created) == 25
+    with pytest.raises(UnknownPropertyError):
+        preflight.enforce({"userId": "u1", "oneMore": 1}, "identify")
+    known = {"userId": "u1", "trait0001": "y", "col0001": "z"}
+    preflight.enforce(known, "identify")  # properties the run created are known from then on
+    assert known == {"userId": "u1", "trait0001": "y", "col0001": "z"}
+
+
+@pytest.mark.parametrize("max_new", [0, 3])
+def test_the_limit_is_the_constructor_setting(max_new: int) -> None:
+    team = TeamInMemory(DEFAULTS)
+    preflight = Preflight(team, mode="create", max_new=max_new)
+    preflight.load()
+    preflight.enforce({"userId": "u1", **wide(max_new)}, "identify")
+    with pytest.raises(UnknownPropertyError, match=rf"max_new_properties \({max_new};"):
+        preflight.enforce({"userId": "u1", "extra": 1}, "identify")
+    assert len(team.created) == max_new
+
+
+def test_a_dry_run_counts_what_it_would_create() -> None:
+    team = TeamInMemory(DEFAULTS)
+    preflight = Preflight(team, mode="create", dry_run=True, max_new=2)
+    preflight.load()
+    preflight.enforce({"userId": "u1", "a": 1, "b": 2}, "identify")
+    with pytest.raises(UnknownPropertyError):
+        preflight.enforce({"userId": "u1", "c": 3}, "identify")
+    assert preflight.created == {"a": "number", "b": "number"} and team.created == []
+
+
+def test_drop_and_error_modes_create_nothing_whatever_the_limit() -> None:
+    drop = Preflight(TeamInMemory(DEFAULTS), mode="drop", max_new=0)
+    drop.load()
+    body = {"userId": "u1", **wide(30)}
+    drop.enforce(body, "identify")
+    assert body == {"userId": "u1"}
+
+
+def test_a_schema_past_the_limit_stops_the_run_before_any_write(team: Sandbox, tmp_path: Path) -> None:
+    columns = {"id": "string", "email": "string", **dict.fromkeys(wide(26, "col"), "string")}
+    text = singer(schema("accounts", columns, ["id"]), record("accounts", {"id": "1", "email": "a@example.com"}))
+    rules = [{"stream": "accounts", "action": "upsert_contact"}]
+    run = run_target(config_for(team, tmp_path, mappings=rules), text, tmp_path=tmp_path)
+    assert run.returncode != 0
+    assert "would pass max_new_properties (25" in run.stderr and "col0025 (string)" in run.stderr
+    assert [r for r in team.store.requests() if r["method"] != "GET"] == []
+    assert custom_properties(team) == {}
+
+
+def test_a_wide_record_is_rejected_the_others_are_delivered(team: Sandbox, tmp_path: Path) -> None:
+    """A Segment export declares traits as a bare object: only the data reveals its keys."""
+    columns = {"messageId": "string", "userId": "string", "type": "string", "traits": {"type": ["object", "null"]}}
+    rows = [
+        {"messageId": "m1", "type": "identify", "userId": "u1", "traits": {"email": "a@example.com", "plan": "pro"}},
+        {"messageId": "m2", "type": "identify", "userId": "u2", "traits": {"email": "b@example.com", **wide(300)}},
+        {"messageId": "m3", "type": "identify", "userId": "u3", "traits": {"email": "c@example.com", "seats": 3}},
+    ]
+    text = singer(schema("identify", columns), *(record("identify", r) for r in rows), state({"at": 1}))
+    run = run_target(config_for(team, tmp_path), text, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert custom_properties(team) == {"plan": "string", "seats": "number"}
+    (rejected,) = run.rejects
+    assert "max_new_properties" in rejected["message"] and rejected["record"]["messageId"] == "m2"
+    assert team.store.find(user_id="u2") is None and team.store.find(user_id="u3") is not None
