@@ -41,7 +41,6 @@ from target_loops.serialization import dumps
 
 logger = logging.getLogger("target_loops.client")
 
-PERMANENT_NOTE = "Loops refused this record; fix the data or the rule and re-send it."
 #: 429s for one request before it is given up (429 waits do not use ``max_retries``: they are Loops pacing us).
 MAX_RATE_LIMITED_WAITS = 100
 #: Retries of the start-of-run reads (GET /v1/api-key ...): fail within seconds when Loops cannot be reached.
@@ -875,7 +874,6 @@ def _short(exc: BaseException) -> str:
 
 
 __all__ = [
-    "PERMANENT_NOTE",
     "ApiKeyError",
     "BaseUrlError",
     "ClientSettings",

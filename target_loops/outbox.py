@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -146,6 +147,7 @@ class Outbox:
         self.progress = progress
         self.now = now
         self.sending = False
+        self.sending_seconds = 0.0  # time spent in flushes: the run's requests/s is over this
         self.clamped = 0
         #: Per event name, the event properties sent and their JSON types (they must exist in Loops' settings).
         self.event_properties: dict[str, dict[str, str]] = {}
@@ -197,6 +199,7 @@ class Outbox:
             if not held:
                 return
             self.sending = True
+            started = time.monotonic()
             try:
                 chains = self._plan(held)
                 total = sum(len(c) for c in chains)
@@ -223,6 +226,7 @@ class Outbox:
                     )
             finally:
                 self.sending = False
+                self.sending_seconds += time.monotonic() - started
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pendulum
 from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 from singer_sdk.sinks.core import BaseJSONSchemaValidator
@@ -26,6 +25,7 @@ from target_loops.rejects import RejectsWriter
 from target_loops.report import RunStats
 from target_loops.rules import Rule, StreamMapper
 from target_loops.validation import compiled_validator
+from target_loops.values import parse_datetime
 
 
 @dataclass
@@ -151,7 +151,7 @@ class LoopsSink(BatchSink):
             try:
                 preflight.enforce(result.request.body, self.stream_name)
             except CoercionError as exc:
-                self._reject(result.record, "invalid_value", str(exc), result.request)
+                self._reject(result.record, exc.reason, str(exc), result.request)
                 continue
             for reason, message in result.partial:
                 self._reject(result.record, reason, message, result.request, partial=True)
@@ -193,20 +193,6 @@ class LoopsSink(BatchSink):
                 self.stream_name,
                 sorted(new),
             )
-
-
-def parse_datetime(key: str, value: str) -> dt.datetime:
-    """ISO-8601 text → an aware ``datetime`` (no offset means UTC); ``ValueError`` names the field."""
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-    except ValueError:
-        try:
-            parsed = pendulum.parse(value, strict=False)  # type: ignore[assignment]  # checked just below
-        except Exception as exc:  # pendulum raises its own ParserError and others
-            raise ValueError(f"{key}: {value!r} is not an ISO-8601 date-time") from exc
-        if not isinstance(parsed, dt.datetime):
-            raise ValueError(f"{key}: {value!r} is not an ISO-8601 date-time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def _older_than(sort_key: str | None, cutoff: dt.datetime) -> bool:
