@@ -143,10 +143,13 @@ def print_sandbox(sandbox: Sandbox, rejects: Path) -> None:
     for e in events:
         who = e.get("userId") or e.get("email")
         print(f"  {e['eventName']:18} {who:26} key={e.get('idempotencyKey')} {e.get('eventProperties') or {}}")
-    lines = rejects.read_text().splitlines() if rejects.exists() else []
-    print(f"\n--- {len(lines)} rejected records in {rejects}")
-    for line in lines:
-        item = json.loads(line)
+    items = [json.loads(line) for line in rejects.read_text().splitlines()] if rejects.exists() else []
+    partial = sum(1 for item in items if item.get("partial"))
+    print(
+        f"\n--- {len(items)} lines in {rejects}: {len(items) - partial} rejected records, "
+        f"{partial} sent without one value"
+    )
+    for item in items:
         print(f"  [{item['stream']}] {item['reason']}: {item['message']}")
 
 

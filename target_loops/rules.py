@@ -269,7 +269,9 @@ class StreamMapper:
         skipped: list[str] = []
         partial: list[tuple[str, str]] = []
         if plan.properties is not None:
-            self._spread(plan, plan.properties, record, body, skipped, send_nulls=send_nulls, skip=_UPSERT_SKIP)
+            self._spread(
+                plan, plan.properties, record, body, skipped, partial, send_nulls=send_nulls, skip=_UPSERT_SKIP
+            )
         contact_key = self._identity(plan, record, body)
         for kind, loops_key, spec in plan.contact_fields:
             value = spec.get(record)
@@ -309,12 +311,16 @@ class StreamMapper:
         check_length("eventName", name)
         if plan.properties is not None:
             send_nulls = self.rule.options.get("send_nulls", False)
-            self._spread(plan, plan.properties, record, body, skipped, send_nulls=send_nulls, skip=_EVENT_SKIP)
+            self._spread(
+                plan, plan.properties, record, body, skipped, partial, send_nulls=send_nulls, skip=_EVENT_SKIP
+            )
         contact_key = self._identity(plan, record, body)
         body["eventName"] = name
         if plan.event_properties is not None:
             event_props: dict[str, Any] = {}
-            self._spread(plan, plan.event_properties, record, event_props, skipped, send_nulls=False, skip=None)
+            self._spread(
+                plan, plan.event_properties, record, event_props, skipped, partial, send_nulls=False, skip=None
+            )
             if event_props:
                 body["eventProperties"] = event_props
         if "mailing_lists" in plan.fields:
@@ -352,14 +358,20 @@ class StreamMapper:
         record: dict[str, Any],
         out: dict[str, Any],
         skipped: list[str],
+        partial: list[tuple[str, str]],
         *,
         send_nulls: bool,
         skip: frozenset[str] | None,
     ) -> None:
-        """Copy a property set into ``out`` under Loops names, refusing nested values and long strings.
+        """Copy a property set into ``out`` under Loops names, refusing long strings and leaving nested values out.
 
         ``skip``: Loops names left out (and listed in ``skipped``) because the request sets them another way or
         Loops reserves them; None for event properties, where any name is the event's own.
+
+        A property that is an object or a list (Segment's standard ``address`` and ``company`` traits, the
+        ``products`` of "Order Completed") cannot be a Loops property value: it is left out and reported as a
+        partial rejection (``nested_value``, appended to ``partial``) while the rest of the record is sent, so one
+        such property never costs a contact or an event.
         """
         items: Iterable[tuple[str, Any]]
         if source.path == "*":
@@ -392,6 +404,12 @@ class StreamMapper:
             if value is None:
                 if send_nulls:
                     out[name] = None
+                continue
+            if isinstance(value, Mapping | list | tuple):
+                try:
+                    scalar(value, f"{prefix}{key}")
+                except ValueRejected as exc:
+                    partial.append((exc.reason, f"left out, the rest of the record was sent: {exc.message}"))
                 continue
             out[name] = scalar(value, f"{prefix}{key}")
 

@@ -126,9 +126,16 @@ INFO = [
     "Control Characters in string: \u0000 A \u0001",
 ]
 
-#: test name → (custom properties of each contact by email, Counter of (stream, reject reason)).
+def _empty(stream: str, keys: Any) -> dict[str, dict[str, Any]]:
+    """Contacts whose only custom property was an object or a list: created, the property left out."""
+    return {_email(stream, key): {} for key in keys}
+
+
+#: test name → (custom properties of each contact by email, Counter of (stream, reason) of the rejects file's
+#: lines). A property that is an object or a list is left out (a partial line, reason nested_value, one per
+#: property) and the rest of its record is sent.
 EXPECTED: dict[str, tuple[dict[str, dict[str, Any]], Counter[tuple[str, str]]]] = {
-    "array_data": ({}, Counter({("test_array_data", "nested_value"): 4})),
+    "array_data": (_empty("test_array_data", range(1, 5)), Counter({("test_array_data", "nested_value"): 4})),
     "camelcase": (
         {
             # "Id" camelCases to "id", which Loops reserves: it is not sent (the target warns once).
@@ -144,7 +151,11 @@ EXPECTED: dict[str, tuple[dict[str, dict[str, Any]], Counter[tuple[str, str]]]] 
         Counter(),
     ),
     "encoded_string_data": (
-        {_email("test_strings", i): {"info": text} for i, text in enumerate(INFO, start=1)},
+        {
+            **{_email("test_strings", i): {"info": text} for i, text in enumerate(INFO, start=1)},
+            **_empty("test_strings_in_objects", range(1, 12)),
+            **_empty("test_strings_in_arrays", range(1, 7)),
+        },
         Counter({("test_strings_in_objects", "nested_value"): 11, ("test_strings_in_arrays", "nested_value"): 6}),
     ),
     "invalid_schema": ({}, Counter()),
@@ -166,7 +177,10 @@ EXPECTED: dict[str, tuple[dict[str, dict[str, Any]], Counter[tuple[str, str]]]] 
         Counter(),
     ),
     "schema_no_properties": (
-        {},
+        {
+            **_empty("test_object_schema_with_properties", [None]),  # two records without an id: one contact
+            **_empty("test_object_schema_no_properties", [None]),
+        },
         Counter(
             {
                 ("test_object_schema_with_properties", "nested_value"): 2,
@@ -178,10 +192,17 @@ EXPECTED: dict[str, tuple[dict[str, dict[str, Any]], Counter[tuple[str, str]]]] 
         {
             _email("test_schema_updates", 1): {"a1": 101, "a2": "string1"},
             _email("test_schema_updates", 2): {"a1": 102, "a2": "string2", "a3": True},
+            _email("test_schema_updates", 3): {"a1": 103, "a2": "string3", "a3": False},
+            _email("test_schema_updates", 4): {"a1": 104, "a2": "string4", "a3": True},
+            _email("test_schema_updates", 5): {"a1": 105, "a2": "string5", "a3": False, "a6": 985},
+            _email("test_schema_updates", 6): {"a1": 106, "a2": "string6", "a3": True, "a6": 341},
         },
-        Counter({("test_schema_updates", "nested_value"): 4}),  # records 3-6 carry an object (a4) and a list (a5)
+        Counter({("test_schema_updates", "nested_value"): 8}),  # records 3-6 carry an object (a4) and a list (a5)
     ),
-    "special_chars_in_attributes": ({}, Counter({("test:SpecialChars!in?attributes", "nested_value"): 1})),
+    "special_chars_in_attributes": (
+        {"row-a2e98886@test:specialchars!in?attributes.example.com": {}},
+        Counter({("test:SpecialChars!in?attributes", "nested_value"): 1}),
+    ),
 }
 
 
