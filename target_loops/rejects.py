@@ -1,7 +1,12 @@
 """The rejects file: one JSON line per record that was not delivered and never will be without a fix.
 
 Appended to (never truncated) and flushed line by line, so that no run's rejects are lost to the next run or to
-a crash. The API key is never part of a line: requests are written as method, path, body and idempotency key.
+a crash. Every line carries the run's id and the time, so that lines of repeated runs can be told apart. The API key
+is never part of a line: requests are written as method, path, body and idempotency key.
+
+A dry run leaves the rejects file alone: the records it would reject are counted, and written (each line marked
+``"would_reject": true``) to a file named after the plan, ``plan.would_reject.jsonl`` beside ``plan.jsonl``, when
+there is a plan (``dry_run_path``). The plan itself stays one planned request per line.
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ from target_loops.serialization import dumps
 class RejectsWriter:
     """Thread-safe JSONL writer, opened on the first reject so that a clean run leaves no empty file."""
 
-    def __init__(self, path: str | Path, run_id: str = "") -> None:
+    def __init__(self, path: str | Path, run_id: str = "", *, dry_run: bool = False, writes: bool = True) -> None:
+        #: The file the lines go to: the rejects file, or in a dry run the would-reject file beside the plan.
         self.path = Path(path)
         self.run_id = run_id
+        #: True in a dry run: lines are would-be rejects (marked so), and the file is this run's alone (truncated).
+        self.dry_run = dry_run
+        #: False in a dry run without a plan file: would-be rejects are counted, written nowhere.
+        self.writes = writes
         self.count = 0
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
@@ -29,7 +39,7 @@ class RejectsWriter:
         self,
         *,
         stream: str,
-        record: dict[str, Any],
+        record: Any,
         reason: str,
         message: str | None,
         request: LoopsRequest | None = None,
@@ -38,8 +48,9 @@ class RejectsWriter:
     ) -> None:
         """Append one line: which run, where the record came from, what was tried, and why it was refused.
 
-        A ``partial`` line is a record that was sent without one bad entry (a mailing list flag): the line says
-        what was dropped; the record itself is not counted as rejected.
+        ``record`` is the record as read (not always an object: a RECORD whose ``record`` is a list is rejected
+        too). A ``partial`` line is a record that was sent without one bad entry (a mailing list flag): the line
+        says what was dropped; the record itself is not counted as rejected.
         """
         entry: dict[str, Any] = {
             "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -53,15 +64,19 @@ class RejectsWriter:
         }
         if partial:
             entry["partial"] = True
+        if self.dry_run:
+            entry["would_reject"] = True
         line = dumps(entry)
         with self._lock:
-            if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("a", encoding="utf-8")
-            self._file.write(line + "\n")
-            self._file.flush()
             if not partial:
                 self.count += 1
+            if not self.writes:
+                return
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("w" if self.dry_run else "a", encoding="utf-8")
+            self._file.write(line + "\n")
+            self._file.flush()
 
     def close(self) -> None:
         """Close the file if a reject was written."""

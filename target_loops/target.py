@@ -6,32 +6,30 @@ the dry-run plan and the counters. It also orders drains so that contacts exist 
 
 from __future__ import annotations
 
+import collections
+import copy
 import datetime as dt
+import decimal
 import gc
 import json
 import logging
 import sys
 import threading
 import uuid
-from collections.abc import Iterable
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path, PurePath
+from typing import IO, TYPE_CHECKING, Any
 
-from singer_sdk import typing as th
+import msgspec
 from singer_sdk.contrib.msgspec import MsgSpecReader
-from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.contrib.msgspec import decoder as msgspec_decoder
+from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
 from singer_sdk.mapper import RemoveRecordTransform, SameRecordTransform
+from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
 from singer_sdk.target_base import Target
 
-from target_loops.client import (
-    BaseUrlError,
-    ClientSettings,
-    LoopsAuthError,
-    LoopsClient,
-    LoopsUnavailableError,
-    check_base_url,
-)
+from target_loops.client import BaseUrlError, LoopsAuthError, LoopsClient, LoopsUnavailableError
 from target_loops.ledger import Ledger, LedgerError, TeamIdentityError, describe_url
 from target_loops.operations import LoopsRequest, Outcome, OutcomeKind
 from target_loops.outbox import Outbox, OutboxSettings, UndeliveredError
@@ -40,10 +38,21 @@ from target_loops.rejects import RejectsWriter
 from target_loops.report import Progress, RunStats, StreamStats, human_duration, stream_report
 from target_loops.rules import Rule, RuleError, match_rule, parse_rules, suggest_rule
 from target_loops.serialization import dumps
+from target_loops.settings import (
+    DEFAULT_BASE_URL,
+    DEFAULT_LEDGER_URL,
+    SETTINGS,
+    config_file_problem,
+    load_settings,
+)
 from target_loops.sinks import LoopsSink, SinkServices
 
-DEFAULT_BASE_URL = "https://app.loops.so/api"
-DEFAULT_LEDGER_URL = "sqlite:///.target-loops/ledger.sqlite"
+if TYPE_CHECKING:
+    from singer_sdk.singerlib.encoding.base import GenericSingerReader
+
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_LEDGER_URL", "SETTINGS", "TargetLoops"]
+
+logger = logging.getLogger("target_loops.target")
 
 
 class UnmappedStreamError(RuntimeError):
@@ -52,6 +61,10 @@ class UnmappedStreamError(RuntimeError):
 
 class MaxRejectsExceeded(RuntimeError):
     """More records were rejected than ``max_rejects`` allows."""
+
+
+class InputError(RuntimeError):
+    """A line of input that is not a Singer message the target can read; the message names the line."""
 
 
 #: Errors that end a run with one clear line instead of a traceback.
@@ -66,175 +79,206 @@ USER_ERRORS = (
     UndeliveredError,
     TeamIdentityError,
     LedgerError,
+    InputError,
 )
 
-SETTINGS = th.PropertiesList(
-    th.Property(
-        "api_key",
-        th.StringType,
-        secret=True,
-        description="Loops API key (Loops → Settings → API), sent as a Bearer token and never logged. "
-        "Required unless dry_run is true.",
-    ),
-    th.Property(
-        "base_url",
-        th.StringType,
-        default=DEFAULT_BASE_URL,
-        description="API root. Point it at the sandbox (http://127.0.0.1:8787/api) to rehearse a sync. "
-        "Plain http:// is refused for any host that is not loopback.",
-    ),
-    th.Property(
-        "requests_per_second",
-        th.IntegerType,
-        default=10,
-        description="Ceiling for all requests of the run, shared by every stream (Loops allows 10/s per team).",
-    ),
-    th.Property(
-        "max_concurrency",
-        th.IntegerType,
-        default=32,
-        description="The most requests in flight at once. The level in use follows Loops' answer time (requests/s "
-        "times answer time, plus headroom), so the rate limit stays full at any latency; this is its ceiling.",
-    ),
-    th.Property("timeout_seconds", th.IntegerType, default=30, description="Timeout of each request, in seconds."),
-    th.Property(
-        "max_retries",
-        th.IntegerType,
-        default=8,
-        description="Retries of a transient failure (5xx, timeout, connection error) before the run fails; "
-        "waits after a 429 do not use this budget.",
-    ),
-    th.Property(
-        "retry_backoff_seconds",
-        th.NumberType,
-        default=1.0,
-        description="First backoff step of a retry; it doubles each retry (with jitter), up to 60 s.",
-    ),
-    th.Property(
-        "mappings",
-        th.ArrayType(th.ObjectType(additional_properties=True)),
-        description="Stream-to-action rules, first match wins: {stream (name or glob), action (upsert_contact, "
-        "send_event, delete_contact), field specs...}. See the README's rule reference.",
-    ),
-    th.Property(
-        "default_mappings",
-        th.BooleanType,
-        default=True,
-        description="Append the built-in Segment rules (identifies, identify, users, tracks, track) after "
-        "the rules in mappings.",
-    ),
-    th.Property(
-        "unmapped_streams",
-        th.StringType,
-        default="error",
-        allowed_values=["error", "skip"],
-        description="What a stream that no rule matches gets: error (stop before any write, naming the stream "
-        "and a rule to add) or skip (read and count its records, send nothing).",
-    ),
-    th.Property(
-        "rejects_path",
-        th.StringType,
-        default="loops_rejects.jsonl",
-        description="JSONL file (appended to) with one line per rejected record: stream, record, the request "
-        "attempted, HTTP status, Loops' message and the reason.",
-    ),
-    th.Property(
-        "ledger_url",
-        th.StringType,
-        secret=True,  # a PostgreSQL URL may hold a password
-        default=DEFAULT_LEDGER_URL,
-        description="SQLAlchemy URL of the sync ledger (what Loops has accepted): SQLite by default, a PostgreSQL URL "
-        "(postgresql+psycopg://…, extra 'postgres') for runners without a persistent disk.",
-    ),
-    th.Property(
-        "ledger_namespace",
-        th.StringType,
-        description="The ledger's name for the Loops team of api_key. Leave it out: target-loops tells teams apart by "
-        "key and, for a new key, by the team's mailing list ids (unique across Loops). Set it when the run asks "
-        "(a new key of a team it cannot verify), or to keep two ledgers apart on purpose.",
-    ),
-    th.Property(
-        "fold_updates",
-        th.BooleanType,
-        default=True,
-        description="Send a contact's pending update inside its next event's request (Loops' events/send takes "
-        "contact properties): one request instead of two. Never folds subscribed; falls back to a separate update "
-        "when the event is refused or was already delivered.",
-    ),
-    th.Property(
-        "skip_unchanged",
-        th.BooleanType,
-        default=True,
-        description="Skip contact upserts whose payload fingerprint matches the last one Loops accepted.",
-    ),
-    th.Property(
-        "full_resync",
-        th.BooleanType,
-        default=False,
-        description="Ignore contact fingerprints for this run (new ones are still recorded); delivered events are "
-        "never re-sent.",
-    ),
-    th.Property(
-        "checkpoint_seconds",
-        th.IntegerType,
-        default=60,
-        description="At most this long between emitted STATE messages while input flows (the SDK alone waits "
-        "5 minutes). Each checkpoint sends everything buffered first.",
-    ),
-    th.Property(
-        "max_event_age_hours",
-        th.IntegerType,
-        description="Events whose timestamp is older are rejected with reason 'stale' instead of firing Loops "
-        "workflows late (first backfills, catch-up after an outage).",
-    ),
-    th.Property(
-        "coalesce_rows",
-        th.IntegerType,
-        default=20_000,
-        description="Upserts and events are held across batches until a checkpoint or this many held records per "
-        "stream, then sent contacts first: a contact spread over many batches gets one request.",
-    ),
-    th.Property(
-        "unknown_properties",
-        th.StringType,
-        default="create",
-        allowed_values=["create", "drop", "error"],
-        description="A contact property the rules produce that the Loops team lacks: create it (type from the "
-        "SCHEMA), drop it from every request (counted in the report), or error (stop before any write, listing them).",
-    ),
-    th.Property(
-        "report_path",
-        th.StringType,
-        description="Write the run report (per stream and action: read, sent, unchanged, duplicates, rejected with "
-        "reasons, created properties, elapsed, requests/s; the rejects file) as JSON to this file.",
-    ),
-    th.Property(
-        "progress_seconds",
-        th.IntegerType,
-        default=10,
-        description="At most this long between progress lines while sending (requests done/planned, rate, 429s, "
-        "retries, rejects, ETA).",
-    ),
-    th.Property(
-        "max_rejects",
-        th.IntegerType,
-        description="Exit non-zero when more records than this were rejected in the run (after everything else was "
-        "delivered and checkpointed).",
-    ),
-    th.Property(
-        "dry_run",
-        th.BooleanType,
-        default=False,
-        description="Run the whole pipeline and print a plan (requests per stream, unchanged, rejects, properties to "
-        "create, estimated duration); send nothing. No API key needed; with one, the preflight runs read-only.",
-    ),
-    th.Property(
-        "dry_run_path",
-        th.StringType,
-        description="With dry_run: a JSONL file that gets one line per planned request "
-        "(method, path, body, idempotency key).",
-    ),
-)
+#: What the SDK raises for a message it cannot use (a missing key, a RECORD before its SCHEMA): a problem of that
+#: input line, reported with its number.
+_MESSAGE_ERRORS = (InvalidInputLine, RecordsWithoutSchemaException)
+
+_BOM = "\ufeff"
+
+
+class _RecordBeforeSchema(InputError, RecordsWithoutSchemaException):
+    """A RECORD before its SCHEMA, with its line: still the SDK's exception for callers that expect that one."""
+
+
+class _InvalidMessage(InputError, InvalidInputLine):
+    """A message missing a key the SDK needs, with its line: still the SDK's exception for callers that expect it."""
+
+
+class _NonFinite(str):
+    """``NaN``, ``Infinity`` or ``-Infinity`` as written in the input: JSON has no such numbers."""
+
+
+class LineReader(MsgSpecReader):
+    """The SDK's msgspec reader, reading bytes and counting lines, so that every input problem names its line.
+
+    The fast path is the SDK's: one ``msgspec`` decode per line, then the message's callback. Only a line msgspec
+    refuses takes the slow path, which decides per case:
+
+    - a byte order mark or a blank line: ignored (with a warning), the run goes on;
+    - a RECORD of a known stream that JSON cannot carry (``NaN``/``Infinity``, bytes that are not UTF-8) and a RECORD
+      whose ``record`` is not an object: that record is rejected (counted, in the rejects file), the run goes on;
+    - anything else (not JSON, not an object, an unknown message type, a RECORD before its SCHEMA, nesting too deep
+      to read): ``InputError`` naming the line. The rest cannot be trusted to be what the tap meant; skipping the
+      line would let a later STATE cover a record that was never delivered.
+
+    The target sets the hooks: ``reject_record`` (count and write a rejected record) and ``on_stop`` (called with the
+    exception that ends the reading, before it propagates).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.line_number = 0
+        self.blank_lines = 0
+        self.reject_record: Callable[[str, Any, str, str], None] | None = None
+        self.on_stop: Callable[[BaseException], None] | None = None
+
+    def process_lines(
+        self, file_input: IO[str] | None, callbacks: Mapping[str, Callable[[dict], None]]
+    ) -> collections.Counter[str]:
+        """Read every line (as bytes when the input has them: exact line numbers, per-line UTF-8 errors)."""
+        source: Any = file_input or self.default_input
+        lines: Iterable[bytes | str] = getattr(source, "buffer", source)
+        counts: dict[Any, int] = collections.defaultdict(int)
+        decode = msgspec_decoder.decode
+        number = 0
+        try:
+            for number, line in enumerate(lines, start=1):
+                self.line_number = number
+                try:
+                    message = decode(line)
+                except (msgspec.DecodeError, RecursionError) as exc:
+                    message = self._salvage(number, line, exc)
+                    if message is None:
+                        continue
+                if type(message) is not dict:
+                    raise InputError(
+                        f"input line {number} is JSON but not a Singer message (a {_json_type(message)}, not an object)"
+                    )
+                kind = message.get("type")
+                callback = callbacks.get(kind) if type(kind) is str else None
+                if callback is None or (kind == "RECORD" and type(message.get("stream")) is not str):
+                    raise InputError(self._envelope_problem(number, message, callbacks))
+                try:
+                    callback(message)
+                except _MESSAGE_ERRORS as exc:
+                    raise _with_line(number, exc) from None
+                counts[kind] += 1
+        except BaseException as exc:
+            if self.on_stop is not None:
+                self.on_stop(exc)
+            raise
+        return collections.Counter(counts)
+
+    @staticmethod
+    def _envelope_problem(number: int, message: dict, callbacks: Mapping[str, Any]) -> str:
+        kind = message.get("type")
+        if "type" not in message:
+            return f'input line {number} has no "type": not a Singer message'
+        if kind not in callbacks:
+            known = ", ".join(sorted(callbacks))
+            return f"input line {number} has an unknown message type {kind!r} (a Singer target reads {known})"
+        return f'input line {number}: a {kind} message needs "stream" as a string, not {message.get("stream")!r}'
+
+    def _salvage(self, number: int, line: bytes | str, error: Exception) -> dict | None:
+        """A line msgspec refused: the message it still is, None to go on without it, or ``InputError``."""
+        if isinstance(error, RecursionError):
+            raise InputError(
+                f"input line {number} nests objects or lists too deep to read; remove or flatten that record"
+            ) from None
+        raw = line
+        if isinstance(raw, bytes):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self._not_utf8(number, raw, exc)
+                return None
+        else:
+            text = raw
+        if text.startswith(_BOM):
+            logger.warning("Input line %d starts with a byte order mark (BOM); it is ignored", number)
+            text = text[1:]
+            try:
+                return msgspec_decoder.decode(text)
+            except (msgspec.DecodeError, RecursionError) as exc:
+                return self._salvage(number, text, exc)
+        if not text.strip():
+            self.blank_lines += 1
+            if self.blank_lines == 1:
+                logger.warning("Input line %d is blank; blank lines are ignored", number)
+            return None
+        try:
+            message = json.loads(text, parse_constant=_NonFinite, parse_float=decimal.Decimal)
+        except (ValueError, RecursionError):
+            raise InputError(f"input line {number} is not valid JSON: {error}") from None
+        found = _non_finite(message.get("record") if isinstance(message, dict) else None)
+        if found is not None and self._rejectable(message):
+            self._reject(
+                message,
+                "invalid_number",
+                f"input line {number}: {found} is not a JSON number (JSON has no NaN or Infinity); the record is "
+                "rejected, the run goes on",
+            )
+            return None
+        raise InputError(f"input line {number} is not valid JSON: {error}")
+
+    def _not_utf8(self, number: int, raw: bytes, exc: UnicodeDecodeError) -> None:
+        """Bytes that are not UTF-8: a RECORD of a known stream is rejected (shown with the bad bytes replaced)."""
+        problem = f"byte {exc.start + 1} ({raw[exc.start : exc.start + 1]!r}) is not UTF-8"
+        try:
+            message = json.loads(raw.decode("utf-8", errors="replace"), parse_float=decimal.Decimal)
+        except (ValueError, RecursionError):
+            message = None
+        if isinstance(message, dict) and self._rejectable(message):
+            self._reject(
+                message,
+                "invalid_encoding",
+                f"input line {number}: {problem}; the record is rejected (shown here with each bad byte as U+FFFD), "
+                "the run goes on",
+            )
+            return
+        raise InputError(f"input line {number}: {problem}; Singer messages are UTF-8 JSON") from None
+
+    def _rejectable(self, message: dict) -> bool:
+        """A RECORD whose stream is named: its record can be rejected alone (the target knows the stream or says
+        that it does not)."""
+        return (
+            self.reject_record is not None
+            and message.get("type") == "RECORD"
+            and isinstance(message.get("stream"), str)
+            and "record" in message
+        )
+
+    def _reject(self, message: dict, reason: str, text: str) -> None:
+        assert self.reject_record is not None
+        try:
+            self.reject_record(message["stream"], message["record"], reason, text)
+        except _MESSAGE_ERRORS as exc:  # a stream with no SCHEMA yet
+            raise _with_line(self.line_number, exc) from None
+
+
+def _with_line(number: int, error: Exception) -> InputError:
+    """The SDK's message error as an ``InputError`` naming the line (and still of the SDK's class)."""
+    kind = _RecordBeforeSchema if isinstance(error, RecordsWithoutSchemaException) else _InvalidMessage
+    return kind(f"input line {number}: {error}")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "number"
+
+
+def _non_finite(value: Any) -> str | None:
+    """The first ``NaN``/``Infinity`` in a parsed record, as written, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _NonFinite):
+            return str(item)
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 class TargetLoops(Target):
@@ -244,18 +288,63 @@ class TargetLoops(Target):
     config_jsonschema = SETTINGS.to_dict()
     default_sink_class = LoopsSink
     #: msgspec parses Singer lines several times faster than the default reader, with the same types
-    #: (numbers with a fraction as Decimal).
-    message_reader_class = MsgSpecReader
+    #: (numbers with a fraction as Decimal); ``LineReader`` adds line numbers and a per-line decision on bad input.
+    message_reader_class = LineReader
     #: Take the lean record path where it is equivalent to the SDK's (a test runs both and compares requests).
     fast_record_path = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.rules: list[Rule] = self._parse_rules()
-        self._check_settings()
+    def __init__(
+        self,
+        *,
+        config: dict | PurePath | str | list[PurePath | str] | None = None,
+        parse_env_config: bool = False,
+        validate_config: bool = True,
+        setup_mapper: bool = True,
+        message_reader: GenericSingerReader | None = None,
+    ) -> None:
+        """Check the whole config at once and build the frozen ``Settings`` before anything is read or sent.
+
+        The SDK's schema validation (types, ranges, allowed values) and the target's own checks (unknown keys, the
+        key, the URL, the rules, the files the run writes) are listed together in one error, so a user fixes a
+        config in one go. The stream maps are built only from a config without problems.
+        """
+        schema_problems: list[str] = []
+        try:
+            super().__init__(
+                config=config,
+                parse_env_config=parse_env_config,
+                validate_config=validate_config,
+                setup_mapper=False,
+                message_reader=message_reader,
+            )
+        except ConfigValidationError as exc:
+            schema_problems = list(exc.errors)  # listed with the target's own problems below
+        self.settings, problems = load_settings(self._config, self.accepted_settings())
+        self.rules: list[Rule] = []
+        try:
+            mappings = self.settings.mappings
+            self.rules = parse_rules(
+                list(mappings) if mappings is not None else None, use_defaults=self.settings.default_mappings
+            )
+        except RuleError as exc:
+            problems.append(str(exc))
+        problems = schema_problems + problems
+        report_path = self.settings.report_path
+        if report_path and Path(report_path).is_file():
+            Path(report_path).unlink()  # a report on disk is this run's or none: never an earlier run's
+        if problems and validate_config:
+            raise ConfigValidationError(problems[0], errors=problems, schema=self.config_jsonschema)
+        if setup_mapper:
+            self.setup_mapper()
         self.run_id = uuid.uuid4().hex[:12]
         self.stats = RunStats()
-        self.rejects = RejectsWriter(self.config.get("rejects_path") or "loops_rejects.jsonl", run_id=self.run_id)
+        would_reject = self.settings.would_reject_path
+        self.rejects = RejectsWriter(
+            would_reject or self.settings.rejects_path if self.settings.dry_run else self.settings.rejects_path,
+            run_id=self.run_id,
+            dry_run=self.settings.dry_run,
+            writes=not self.settings.dry_run or would_reject is not None,
+        )
         self.client: LoopsClient | None = None
         self.preflight = Preflight(None)
         self.progress = Progress(self.logger, interval=float(self.config.get("progress_seconds", 10)))
@@ -272,53 +361,38 @@ class TargetLoops(Target):
             event_cutoff=self.event_cutoff,
         )
         # The SDK drains everything (and writes STATE) when a record arrives after this age; make it our cadence.
-        self._MAX_RECORD_AGE_IN_MINUTES = float(self.config.get("checkpoint_seconds", 60)) / 60
+        self._MAX_RECORD_AGE_IN_MINUTES = self.settings.checkpoint_seconds / 60
         self._plan_file: IO[str] | None = None
         self._plan_lock = threading.Lock()
         self._started = False
         self._finished = False
         self._last_state_written: dict | None = None
-        self._with_metadata = bool(self.config.get("add_record_metadata"))
+        self._with_metadata = self.settings.add_record_metadata
+        if isinstance(self.message_reader, LineReader):
+            self.message_reader.reject_record = self._reject_unreadable
+            self.message_reader.on_stop = self._stop_reading
 
     # --- settings
 
     @property
     def dry_run(self) -> bool:
         """True when nothing may be sent."""
-        return bool(self.config.get("dry_run"))
+        return self.settings.dry_run
 
-    def _parse_rules(self) -> list[Rule]:
-        try:
-            return parse_rules(self.config.get("mappings"), use_defaults=self.config.get("default_mappings", True))
-        except RuleError as exc:
-            raise ConfigValidationError(str(exc), errors=[str(exc)]) from None
-
-    def _check_settings(self) -> None:
-        errors: list[str] = []
-        if not self.dry_run and not self.config.get("api_key"):
-            errors.append("api_key is required (or set dry_run: true to plan without sending)")
-        try:
-            check_base_url(self.config.get("base_url") or DEFAULT_BASE_URL)
-        except BaseUrlError as exc:
-            errors.append(str(exc))
-        if self.config.get("checkpoint_seconds") is not None and self.config["checkpoint_seconds"] < 0:
-            errors.append(f"checkpoint_seconds must be 0 or more, not {self.config['checkpoint_seconds']}")
-        if self.config.get("max_event_age_hours") is not None and self.config["max_event_age_hours"] < 1:
-            errors.append(f"max_event_age_hours must be at least 1, not {self.config['max_event_age_hours']}")
-        for name in ("requests_per_second", "max_concurrency", "timeout_seconds", "coalesce_rows", "progress_seconds"):
-            if self.config.get(name) is not None and self.config[name] < 1:
-                errors.append(f"{name} must be at least 1, not {self.config[name]}")
-        if self.config.get("max_retries") is not None and self.config["max_retries"] < 0:
-            errors.append(f"max_retries must be 0 or more, not {self.config['max_retries']}")
-        if errors:
-            raise ConfigValidationError(errors[0], errors=errors)
+    @classmethod
+    def accepted_settings(cls) -> frozenset[str]:
+        """Every top-level key a config may hold: the target's settings and the SDK's own for this target's
+        capabilities (stream maps, flattening, record validation, batch size...), exactly as ``--about`` lists them."""
+        schema = copy.deepcopy(cls.config_jsonschema)
+        cls.append_builtin_config(schema)
+        return frozenset(schema["properties"])
 
     def rule_for_stream(self, stream_name: str, schema: dict) -> Rule | None:
         """The stream's rule; an unmapped stream stops the run (before any write) unless told to skip it."""
         if self._dropped_by_stream_maps(stream_name):
             return None
         rule = match_rule(self.rules, stream_name)
-        if rule is None and self.config.get("unmapped_streams", "error") == "error":
+        if rule is None and self.settings.unmapped_streams == "error":
             example = suggest_rule(stream_name, list((schema or {}).get("properties", {})))
             raise UnmappedStreamError(
                 f"Stream {stream_name!r} matches no rule in mappings, so target-loops does not know what to send "
@@ -346,44 +420,33 @@ class TargetLoops(Target):
         if self._started:
             return
         self._started = True
-        config = self.config
-        base_url = check_base_url(config.get("base_url") or DEFAULT_BASE_URL)
-        ledger_url = config.get("ledger_url") or DEFAULT_LEDGER_URL
-        self.ledger = Ledger(ledger_url, read_only=self.dry_run)
-        self.logger.info("Ledger: %s", describe_url(ledger_url))
+        settings = self.settings
+        base_url = settings.base_url
+        self.ledger = Ledger(settings.ledger_url, read_only=self.dry_run)
+        self.logger.info("Ledger: %s", describe_url(settings.ledger_url))
         team_name = None
-        if config.get("api_key"):
-            self.client = LoopsClient(
-                ClientSettings(
-                    base_url=base_url,
-                    api_key=config["api_key"],
-                    # The SDK parses config numbers as Decimal; the client does float arithmetic.
-                    requests_per_second=float(config.get("requests_per_second", 10)),
-                    max_concurrency=int(config.get("max_concurrency", 32)),
-                    timeout_seconds=float(config.get("timeout_seconds", 30)),
-                    max_retries=int(config.get("max_retries", 8)),
-                    backoff_seconds=float(config.get("retry_backoff_seconds", 1.0)),
-                )
-            )
+        if settings.api_key:
+            self.client = LoopsClient(settings.client_settings())
             self.client.listener = self.progress.note
             team_name = self.client.check_api_key()
             self.logger.info("Connected to Loops team %r at %s", team_name, base_url)
-        self.preflight = Preflight(self.client, mode=config.get("unknown_properties") or "create", dry_run=self.dry_run)
+        self.preflight = Preflight(self.client, mode=settings.unknown_properties, dry_run=self.dry_run)
         self.services.preflight = self.preflight
         self.preflight.load()
         if self.client is not None:
+            assert settings.api_key is not None, "a client exists only with a key"
             resolve = self.ledger.resolve_team if not self.dry_run else self._known_or_resolved
             self.team = resolve(
                 base_url=base_url,
                 team_name=team_name,
-                api_key=config["api_key"],
+                api_key=settings.api_key,
                 list_ids=list(self.preflight.lists),
-                explicit=config.get("ledger_namespace"),
+                explicit=settings.ledger_namespace,
             )
         elif self.dry_run:
-            self.team = config.get("ledger_namespace") or self.ledger.known_team(base_url)
+            self.team = settings.ledger_namespace or self.ledger.known_team(base_url)
         if self.dry_run:
-            path = config.get("dry_run_path")
+            path = settings.dry_run_path
             if path:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self._plan_file = Path(path).open("w", encoding="utf-8")  # noqa: SIM115 - closed in _finish
@@ -394,10 +457,10 @@ class TargetLoops(Target):
             )
         self.outbox = Outbox(
             settings=OutboxSettings(
-                hold_rows=int(config.get("coalesce_rows", 20_000)),
-                skip_unchanged=bool(config.get("skip_unchanged", True)) and not config.get("full_resync"),
-                fold_updates=bool(config.get("fold_updates", True)),
-                workers=int(config.get("max_concurrency", 32)) if not self.dry_run else 1,
+                hold_rows=settings.coalesce_rows,
+                skip_unchanged=settings.skip_unchanged and not settings.full_resync,
+                fold_updates=settings.fold_updates,
+                workers=settings.max_concurrency if not self.dry_run else 1,
             ),
             sender=self._plan_request if self.dry_run else self._send_request,
             counters=lambda stream: self.stats.for_stream(stream, None),
@@ -421,10 +484,10 @@ class TargetLoops(Target):
 
     def event_cutoff(self) -> dt.datetime | None:
         """Events that happened before this instant are stale (``max_event_age_hours``), or None."""
-        hours = self.config.get("max_event_age_hours")
+        hours = self.settings.max_event_age_hours
         if hours is None:
             return None
-        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=float(hours))
+        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours)  # bounded by the schema's maximum
 
     def _send_request(self, request: LoopsRequest) -> Outcome:
         assert self.client is not None, "the client is created before the first record"
@@ -432,10 +495,54 @@ class TargetLoops(Target):
 
     def _plan_request(self, request: LoopsRequest) -> Outcome:
         """A dry run's "send": one line of the plan file, nothing on the wire."""
+        self._plan_line(dumps(request.as_dict()))
+        return Outcome(OutcomeKind.PLANNED)
+
+    def _plan_line(self, line: str) -> None:
+        """One line of the plan file (planned requests and would-be rejects), from any sending thread."""
         if self._plan_file is not None:
             with self._plan_lock:
-                self._plan_file.write(dumps(request.as_dict()) + "\n")
-        return Outcome(OutcomeKind.PLANNED)
+                self._plan_file.write(line + "\n")
+
+    # --- input that cannot be used as it is
+
+    def _reject_unreadable(self, stream: str, record: Any, reason: str, message: str) -> None:
+        """A RECORD no sink can take (its ``record`` is not an object, or JSON cannot carry it): that record is
+        rejected alone, counted on its stream, and the run goes on. A stream with no SCHEMA yet is bad input
+        (``RecordsWithoutSchemaException``, reported with the line); a stream the config skips or drops is skipped.
+        """
+        maps = self.mapper.stream_maps.get(stream)
+        if not maps:
+            self._assert_sink_exists(stream)
+            maps = []
+        alias = maps[0].stream_alias if maps else stream
+        if maps and isinstance(maps[0], RemoveRecordTransform):
+            return  # stream_maps drops the whole stream
+        self._assert_sink_exists(alias)
+        sink = self._sinks_active[alias]
+        stats = sink.stats if isinstance(sink, LoopsSink) else self.stats.for_stream(alias, None)
+        stats.read += 1
+        if isinstance(sink, LoopsSink) and sink.mapper is None:
+            stats.skipped += 1  # unmapped_streams: skip
+            return
+        stats.rejected += 1
+        stats.reasons[reason] += 1
+        self.rejects.write(stream=alias, record=record, reason=reason, message=message)
+
+    def _stop_reading(self, error: BaseException) -> None:
+        """Reading ended before the end of input. For a line that cannot be read, everything before it is
+        delivered and checkpointed first (a STATE before that line covers only earlier records); for any error,
+        the run report says ``completed: false``."""
+        if self._finished:
+            return
+        try:
+            if isinstance(error, InputError):
+                self.logger.warning(
+                    "Stopping at a line that cannot be read; delivering and checkpointing what came before it"
+                )
+                self.drain_all()
+        finally:
+            self._finish(completed=False)
 
     def _process_record_message(self, message_dict: dict) -> None:
         """The SDK's record path, minus the steps an identity stream map makes no-ops.
@@ -446,8 +553,19 @@ class TargetLoops(Target):
         without those lookups; anything else takes the SDK's own path.
         """
         stream = message_dict.get("stream")
-        sink = self._sinks_active.get(stream)  # type: ignore[arg-type]
         record = message_dict.get("record")
+        if not isinstance(record, dict) and "record" in message_dict:
+            line = getattr(self.message_reader, "line_number", "?")
+            what = "null" if record is None else type(record).__name__
+            self._reject_unreadable(
+                stream,  # type: ignore[arg-type]  # the reader lets only a string stream through
+                record,
+                "invalid_record",
+                f'input line {line}: the RECORD\'s "record" is {what}, not an object; the record is rejected, the run '
+                "goes on",
+            )
+            return
+        sink = self._sinks_active.get(stream)  # type: ignore[arg-type]
         maps = self.mapper.stream_maps.get(stream) if sink is not None else None  # type: ignore[arg-type]
         if (
             sink is None
@@ -501,7 +619,7 @@ class TargetLoops(Target):
             completed = True
         finally:
             self._finish(completed=completed)
-        limit = self.config.get("max_rejects")
+        limit = self.settings.max_rejects
         if limit is not None and self.rejects.count > limit:
             raise MaxRejectsExceeded(
                 f"{self.rejects.count} records were rejected, more than max_rejects ({limit}); everything else was "
@@ -624,12 +742,32 @@ class TargetLoops(Target):
                 self.client.abort()
             self._finish()
             raise SystemExit(128 + signum)
+        # Between flushes: deliver and checkpoint everything read (what the SDK's handler does), but exit non-zero,
+        # since the input was not finished: an orchestrator must not record this run as a success.
+        self.logger.warning(
+            "Received signal %d between batches: delivering and checkpointing everything read, then stopping "
+            "(exit %d: the input was not finished)",
+            signum,
+            128 + signum,
+        )
         try:
-            super()._handle_termination(signum, frame)  # drains everything, writes STATE, exits 0
+            self.drain_all(is_endofpipe=True)
         finally:
             self._finish()
+        raise SystemExit(128 + signum)
 
     # --- CLI
+
+    @classmethod
+    def cb_config(cls, ctx: Any, param: Any, value: tuple[str, ...]) -> Any:
+        """``--config`` files: one that is missing or not a JSON object is one line naming the file and where
+        (line and column), and exit status 1, instead of the SDK's traceback."""
+        for path in value:
+            problem = config_file_problem(path) if path != "ENV" else None
+            if problem is not None:
+                cls.logger.error("target-loops: %s", problem)
+                ctx.exit(1)
+        return super().cb_config(ctx, param, value)
 
     @classmethod
     def invoke(cls, *args: Any, **kwargs: Any) -> None:
@@ -647,6 +785,7 @@ class TargetLoops(Target):
 
 
 logging.getLogger("urllib3").setLevel(logging.WARNING)
+
 
 if __name__ == "__main__":
     TargetLoops.cli()

@@ -147,8 +147,12 @@ def test_sigterm_while_sending_writes_no_untrue_state(make_sandbox: Any, tmp_pat
 
 
 def test_sigterm_between_batches_sends_what_it_holds_and_checkpoints(sandbox: Sandbox, tmp_path: Path) -> None:
-    """Input still open, nothing in flight: SIGTERM drains the buffered records, emits the true STATE, exits 0."""
-    proc = start_target(config_for(sandbox, unknown_properties="drop"), tmp_path=tmp_path, stdin=True)
+    """Input still open, nothing in flight: SIGTERM drains the buffered records and emits the true STATE, but the
+    input was not finished, so the run exits 143 (128 + SIGTERM) and its report says completed: false: an
+    orchestrator must not record it as a success."""
+    report = tmp_path / "report.json"
+    config = config_for(sandbox, unknown_properties="drop", report_path=str(report))
+    proc = start_target(config, tmp_path=tmp_path, stdin=True)
     assert proc.stdin is not None
     proc.stdin.write(workload(3))
     proc.stdin.flush()
@@ -158,7 +162,9 @@ def test_sigterm_between_batches_sends_what_it_holds_and_checkpoints(sandbox: Sa
     time.sleep(0.3)  # the records are read and buffered; nothing has been sent
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert "the input was not finished" in stderr
     assert parse_states(stdout)[-1] == {"bookmarks": {"tracks": "t2"}}
     assert len(sandbox.store.contacts()) == 3 and len(sandbox.store.events()) == 3
-    assert "Summary: stream identifies" in stderr
+    assert json.loads(report.read_text())["completed"] is False
