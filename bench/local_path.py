@@ -124,11 +124,11 @@ def dry_config(wd: c.Workdir, name: str) -> dict:
 
 def seed_known_team(ledger_url: str) -> None:
     """A ledger that knows one team at the default base_url (as after a first real sync), and no contacts."""
-    from target_loops.ledger import Ledger, team_namespace
+    from target_loops.ledger import Ledger
     from target_loops.target import DEFAULT_BASE_URL
 
     ledger = Ledger(ledger_url)
-    ledger.remember_team(team_namespace(DEFAULT_BASE_URL, "Bench team", None), DEFAULT_BASE_URL, "Bench team")
+    ledger.resolve_team(base_url=DEFAULT_BASE_URL, team_name="Bench team", api_key="bench-key", list_ids=[])
     ledger.close()
 
 

@@ -1,4 +1,17 @@
-"""Counters per stream and the summary printed at the end of a run."""
+"""What a run tells a person: counters per stream, progress lines while sending, the end-of-run table, the report.
+
+One vocabulary everywhere (progress lines, the table, the dry-run plan and the JSON report use the same words):
+
+- ``read``: records read; ``sent``: requests Loops accepted (200, or 404 for a delete: nothing left to delete);
+- ``unchanged``: contact updates the ledger shows Loops already holds (not sent); ``coalesced``: records merged into
+  another record's request; ``folded``: contact updates that rode on an event's request;
+- ``duplicates``: events Loops already had (a 409, the ledger, or a replay in the same run): delivered earlier;
+- ``rejected``: records refused, locally or by Loops, each with a reason in the rejects file;
+- ``left_out``: values dropped from a record that was sent (a property that is an object or a list, a mailing list
+  flag that is not a boolean), each with a line in the rejects file marked ``"partial": true``;
+- ``skipped``: records of an unmapped stream (``unmapped_streams: skip``) or Segment calls Loops has no place for;
+- ``requests``: HTTP calls made (retries included); ``retries``: transient failures retried; ``rate_limited``: 429s.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +19,38 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from target_loops.operations import Outcome, OutcomeKind
 
+#: The end-of-run table's columns: report keys (per stream), in order.
+TABLE_COLUMNS = (
+    "read",
+    "sent",
+    "unchanged",
+    "coalesced",
+    "folded",
+    "duplicates",
+    "rejected",
+    "skipped",
+    "rate_limited",
+    "retries",
+)
+
 
 @dataclass
 class StreamStats:
-    """What happened to one stream's records. Updated only by that stream's sink (one thread at a time)."""
+    """What happened to one stream's records (updated under the outbox's settle lock or by the stream's sink)."""
 
     stream: str
     action: str | None = None
     read: int = 0
     skipped: int = 0  # unmapped stream with unmapped_streams=skip
     requests: int = 0  # HTTP calls made, retries included
-    delivered: int = 0  # requests Loops accepted (200)
-    duplicates: int = 0  # events Loops (409) or this batch had already seen
+    delivered: int = 0  # requests Loops accepted: reported as "sent"
+    duplicates: int = 0  # events Loops (409), the ledger or this run had already seen
     coalesced: int = 0  # records merged into another record's request
     folded: int = 0  # contact updates that rode on an event request instead of a request of their own
     rejected: int = 0  # records refused, locally or by Loops
@@ -31,44 +59,10 @@ class StreamStats:
     planned: int = 0  # dry run: requests that would be sent
     unchanged: int = 0  # records whose contact payload Loops already has (ledger)
     resubscribe_blocked: int = 0  # subscribed: true dropped (the rule does not allow re-subscribing)
-    elapsed: float = 0.0  # seconds spent sending this stream's batches
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    left_out: collections.Counter[str] = field(default_factory=collections.Counter)  # partial rejections by reason
     reserved_skipped: collections.Counter[str] = field(default_factory=collections.Counter)  # source key → records
     skipped_calls: collections.Counter[str] = field(default_factory=collections.Counter)  # Segment call type → records
-
-    def add_outcome(self, outcome: Outcome) -> None:
-        """Fold one request's outcome into the counters (rejections are counted per record by the sink)."""
-        self.requests += outcome.attempts
-        self.retried += outcome.retries
-        self.rate_limited += outcome.rate_limited
-        if outcome.kind is OutcomeKind.DELIVERED or outcome.kind is OutcomeKind.ALREADY_DONE:
-            self.delivered += 1
-        elif outcome.kind is OutcomeKind.DUPLICATE:
-            self.duplicates += 1
-        elif outcome.kind is OutcomeKind.PLANNED:
-            self.planned += 1
-
-    def summary_line(self) -> str:
-        """One line for the log: the figures a user checks after a sync."""
-        rate = self.requests / self.elapsed if self.elapsed > 0 else 0.0
-        line = (
-            f"stream {self.stream} ({self.action or 'unmapped'}): read {self.read}, requests {self.requests}, "
-            f"delivered {self.delivered}, unchanged {self.unchanged}, coalesced {self.coalesced}, "
-            f"folded {self.folded}, "
-            f"duplicates {self.duplicates}, resubscribe_blocked {self.resubscribe_blocked}, "
-            f"rejected {self.rejected}, retried {self.retried}, 429s {self.rate_limited}, "
-            f"elapsed {self.elapsed:.1f}s, {rate:.1f} requests/s"
-        )
-        if self.planned:
-            line += f", planned {self.planned} (dry run)"
-        if self.skipped:
-            line += f", skipped {self.skipped} (unmapped)"
-        if self.skipped_calls:
-            calls = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_calls.items()))
-            line += f", skipped {sum(self.skipped_calls.values())} ({calls}: no Loops equivalent)"
-        if self.reasons:
-            line += " | rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
-        return line
 
 
 class RunStats:
@@ -79,46 +73,156 @@ class RunStats:
         self.streams: dict[str, StreamStats] = {}
 
     def for_stream(self, stream: str, action: str | None) -> StreamStats:
-        """The counters of ``stream``, created on first use."""
+        """The counters of ``stream``, created on first use (the action is filled in when it becomes known)."""
         with self._lock:
             stats = self.streams.get(stream)
             if stats is None:
                 stats = self.streams[stream] = StreamStats(stream=stream, action=action)
+            elif stats.action is None and action is not None:
+                stats.action = action
             return stats
+
+
+def stream_report(stats: StreamStats) -> dict[str, Any]:
+    """One stream's figures for the run report, in the run's vocabulary."""
+    return {
+        "stream": stats.stream,
+        "action": stats.action,
+        "read": stats.read,
+        "sent": stats.delivered,
+        "planned": stats.planned,
+        "unchanged": stats.unchanged,
+        "coalesced": stats.coalesced,
+        "folded": stats.folded,
+        "duplicates": stats.duplicates,
+        "rejected": stats.rejected,
+        "rejected_by_reason": dict(sorted(stats.reasons.items())),
+        "left_out": dict(sorted(stats.left_out.items())),
+        "skipped": stats.skipped + sum(stats.skipped_calls.values()),
+        "skipped_calls": dict(sorted(stats.skipped_calls.items())),
+        "resubscribe_blocked": stats.resubscribe_blocked,
+        "reserved_not_sent": dict(sorted(stats.reserved_skipped.items())),
+        "requests": stats.requests,
+        "retries": stats.retried,
+        "rate_limited": stats.rate_limited,
+    }
+
+
+def run_totals(streams: Iterable[Mapping[str, Any]], sending_seconds: float) -> dict[str, Any]:
+    """The run's totals; the rate is over the time spent sending (per-stream rates mislead: streams share one
+    client, and a tiny batch looks fast)."""
+    rows = list(streams)
+    totals: dict[str, Any] = {key: sum(r[key] for r in rows) for key in (*TABLE_COLUMNS, "requests", "planned")}
+    totals["sending_seconds"] = round(sending_seconds, 3)
+    totals["requests_per_second"] = round(totals["requests"] / sending_seconds, 2) if sending_seconds > 0 else 0.0
+    return totals
+
+
+def render_table(report: Mapping[str, Any]) -> list[str]:
+    """The end-of-run block: one aligned row per stream, a total row, rejections by reason, where things are."""
+    streams = report["streams"]
+    dry = report["dry_run"]
+    columns = tuple("planned" if dry and c == "sent" else c for c in TABLE_COLUMNS)
+    header = ("stream", "action", *columns)
+    body = [(s["stream"], s["action"] or "unmapped", *(f"{s[c]:,}" for c in columns)) for s in streams]
+    totals = report["totals"]
+    body.append(("total", "", *(f"{totals[c]:,}" for c in columns)))
+    widths = [max(len(str(row[i])) for row in (header, *body)) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [str(v).ljust(widths[i]) if i < 2 else str(v).rjust(widths[i]) for i, v in enumerate(row)]
+        return "  ".join(cells).rstrip()
+
+    title = "Dry run: what a real run would send" if dry else "Run summary"
+    status = "completed" if report["completed"] else "NOT completed"
+    lines = [f"{title} ({status}, {human_duration(report['elapsed_seconds'])}, run {report['run_id']})"]
+    lines += [line(header), *(line(row) for row in body)]
+    for s in streams:
+        if s["rejected_by_reason"]:
+            reasons = ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_reason"].items())
+            lines.append(f"rejected in {s['stream']}: {reasons}")
+        if s["left_out"]:
+            parts = ", ".join(f"{k} {v:,}" for k, v in s["left_out"].items())
+            lines.append(f"left out in {s['stream']}: {parts} (one value dropped, the rest of the record sent)")
+        if s["skipped_calls"]:
+            calls = ", ".join(f"{k} {v:,}" for k, v in s["skipped_calls"].items())
+            lines.append(f"skipped in {s['stream']}: {calls} (Segment calls with no Loops equivalent)")
+    if not dry and totals["requests"]:
+        http = report["http"]
+        answers = ""
+        if http.get("answer_ms_p50") is not None:
+            answers = f"; answers in {http['answer_ms_p50']:,.0f} ms (p95 {http['answer_ms_p95']:,.0f} ms)"
+        lines.append(
+            f"requests: {plural(totals['requests'], 'request')} in {totals['sending_seconds']:.1f} s of sending = "
+            f"{totals['requests_per_second']:.1f} requests/s overall{answers}"
+        )
+    return lines
+
+
+def render_plan(report: Mapping[str, Any], rate: float) -> list[str]:
+    """The dry run's plan, after the table: what it would create, which event properties Loops must know, how long."""
+    lines = []
+    created = report["properties"].get("would_create") or {}
+    if created:
+        lines.append(
+            f"{plural(len(created), 'contact property', 'contact properties')} to create: "
+            + ", ".join(f"{k} ({v})" for k, v in created.items())
+        )
+    lines += event_property_lines(report["event_properties"])
+    total = report["totals"]["planned"]
+    lines.append(f"{plural(total, 'request')} at {rate:g}/s: about {human_duration(total / rate if rate else 0)}")
+    return lines
+
+
+def event_property_lines(event_properties: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """Per event name, the event properties sent and their types: Loops wants them added in its Events settings
+    before they are used (https://loops.so/docs/events/properties); no API lists or creates them."""
+    if not event_properties:
+        return []
+    lines = ["event properties sent (add them in Loops → Settings → Events before the first real run):"]
+    for name, props in sorted(event_properties.items()):
+        listing = ", ".join(f"{k} ({v})" for k, v in sorted(props.items())) or "none"
+        lines.append(f"  {name}: {listing}")
+    return lines
 
 
 class Progress:
     """A progress line at most every ``interval`` seconds while requests are being sent.
 
-    Sinks announce each batch's planned requests; the client reports each finished request (from its worker
-    threads). The line shows the batches in flight and the run so far, the current rate and an ETA.
+    The outbox announces each flush's planned requests; the client reports each finished request (from its worker
+    threads). The line shows the run as a whole: requests done of those planned so far, the current rate, an ETA for
+    what is planned, 429s, retries, rejections, and why the rate is what it is (answer time, requests in flight).
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        http_stats: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
         self.logger = logger
         self.interval = interval
+        self.http_stats = http_stats
         self._lock = threading.Lock()
         self._last = time.monotonic()
         self._recent: collections.deque[float] = collections.deque()
-        self.batch_planned = self.batch_done = 0
-        self.total_planned = self.total_done = 0
+        self.planned = self.done = 0
         self.rate_limited = self.retries = self.rejected = 0
 
     def begin_batch(self, planned: int) -> None:
         with self._lock:
-            self.batch_planned += planned
-            self.total_planned += planned
+            self.planned += planned
 
     def end_batch(self, planned: int) -> None:
+        """A flush ended; requests it planned but never sent (the run is stopping) leave the plan."""
         with self._lock:
-            self.batch_planned = self.batch_done = 0
+            self.planned = max(self.done, self.planned)
 
     def note(self, outcome: Outcome) -> None:
         """One request finished: count it, and print the line if the interval has passed."""
         now = time.monotonic()
         with self._lock:
-            self.batch_done += 1
-            self.total_done += 1
+            self.done += 1
             self.rate_limited += outcome.rate_limited
             self.retries += outcome.retries
             self.rejected += outcome.kind is OutcomeKind.REJECTED
@@ -128,56 +232,43 @@ class Progress:
             if now - self._last < self.interval:
                 return
             self._last = now
-            line = self._line(now)
+            line = self.line(now)
         self.logger.info("%s", line)
 
-    def _line(self, now: float) -> str:
+    def line(self, now: float | None = None) -> str:
+        now = time.monotonic() if now is None else now
         window = min(self.interval, max(now - self._recent[0], 1e-6)) if self._recent else self.interval
         rate = len(self._recent) / window
-        left = self.batch_planned - self.batch_done
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-        return (
-            f"Progress: batch {self.batch_done}/{self.batch_planned} requests, run {self.total_done}/"
-            f"{self.total_planned}, {rate:.1f} requests/s, 429s {self.rate_limited}, retries {self.retries}, "
-            f"rejects {self.rejected}, batch ETA {eta}"
+        left = max(self.planned - self.done, 0)
+        eta = human_duration(left / rate) if rate > 0 else "?"
+        percent = f" ({100 * self.done / self.planned:.0f}%)" if self.planned else ""
+        text = (
+            f"Progress: {self.done:,}/{self.planned:,} requests{percent}, {rate:.1f} requests/s, ETA {eta}; "
+            f"rate_limited {self.rate_limited:,}, retries {self.retries:,}, rejected {self.rejected:,}"
         )
+        stats = self.http_stats() if self.http_stats is not None else {}
+        if stats.get("answer_ms_p50") is not None:
+            text += (
+                f"; answers {stats['answer_ms_p50']:,.0f} ms (p95 {stats['answer_ms_p95']:,.0f} ms), "
+                f"in flight up to {stats.get('in_flight_level', '?')}"
+            )
+        return text
+
+
+def plural(count: int, singular: str, many: str | None = None) -> str:
+    """``1 request``, ``2 requests``, ``1,000 requests``."""
+    return f"{count:,} {singular if count == 1 else (many or singular + 's')}"
 
 
 def human_duration(seconds: float) -> str:
-    """``4120`` → ``1 h 9 min``; ``75`` → ``1 min 15 s``."""
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
+    """``4120`` → ``1 h 9 min``; ``75`` → ``1 min 15 s``; ``0.4`` → ``0.4 s``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds >= 3600:
+        hours, minutes = divmod(round(seconds / 60), 60)
         return f"{hours} h {minutes} min"
+    seconds = round(seconds)
+    minutes, secs = divmod(seconds, 60)
     if minutes:
         return f"{minutes} min {secs} s" if secs else f"{minutes} min"
     return f"{secs} s"
-
-
-def stream_report(stats: StreamStats) -> dict[str, Any]:
-    """One stream's figures for the run report (JSON)."""
-    rate = stats.requests / stats.elapsed if stats.elapsed > 0 else 0.0
-    return {
-        "stream": stats.stream,
-        "action": stats.action,
-        "read": stats.read,
-        "requests": stats.requests,
-        "sent": stats.delivered,
-        "planned": stats.planned,
-        "unchanged": stats.unchanged,
-        "coalesced": stats.coalesced,
-        "folded": stats.folded,
-        "duplicate_events": stats.duplicates,
-        "rejected": stats.rejected,
-        "reject_reasons": dict(sorted(stats.reasons.items())),
-        "resubscribe_blocked": stats.resubscribe_blocked,
-        "stale": stats.reasons.get("stale", 0),
-        "skipped_unmapped": stats.skipped,
-        "skipped_calls": dict(sorted(stats.skipped_calls.items())),
-        "reserved_not_sent": dict(sorted(stats.reserved_skipped.items())),
-        "retries": stats.retried,
-        "rate_limited": stats.rate_limited,
-        "elapsed_seconds": round(stats.elapsed, 3),
-        "requests_per_second": round(rate, 2),
-    }

@@ -170,9 +170,11 @@ class LoopsSink(BatchSink):
     ) -> None:
         """One line in the rejects file. A partial rejection (one bad entry dropped, the rest sent) is counted by
         reason but not as a rejected record."""
-        if not partial:
+        if partial:
+            self.stats.left_out[reason] += 1
+        else:
             self.stats.rejected += 1
-        self.stats.reasons[reason] += 1
+            self.stats.reasons[reason] += 1
         self.services.rejects.write(
             stream=self.stream_name,
             record=record,

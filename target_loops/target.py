@@ -13,6 +13,7 @@ import decimal
 import gc
 import json
 import logging
+import os
 import sys
 import threading
 import uuid
@@ -35,7 +36,16 @@ from target_loops.operations import LoopsRequest, Outcome, OutcomeKind
 from target_loops.outbox import Outbox, OutboxSettings, UndeliveredError
 from target_loops.preflight import Preflight, PreflightError
 from target_loops.rejects import RejectsWriter
-from target_loops.report import Progress, RunStats, StreamStats, human_duration, stream_report
+from target_loops.report import (
+    Progress,
+    RunStats,
+    event_property_lines,
+    plural,
+    render_plan,
+    render_table,
+    run_totals,
+    stream_report,
+)
 from target_loops.rules import Rule, RuleError, match_rule, parse_rules, suggest_rule
 from target_loops.serialization import dumps
 from target_loops.settings import (
@@ -336,6 +346,8 @@ class TargetLoops(Target):
             raise ConfigValidationError(problems[0], errors=problems, schema=self.config_jsonschema)
         if setup_mapper:
             self.setup_mapper()
+        if not _log_level_asked():
+            self.metrics_logger.setLevel(logging.WARNING)  # the SDK's METRIC lines, unless a log level was asked
         self.run_id = uuid.uuid4().hex[:12]
         self.stats = RunStats()
         would_reject = self.settings.would_reject_path
@@ -347,7 +359,11 @@ class TargetLoops(Target):
         )
         self.client: LoopsClient | None = None
         self.preflight = Preflight(None)
-        self.progress = Progress(self.logger, interval=float(self.config.get("progress_seconds", 10)))
+        self.progress = Progress(
+            self.logger,
+            interval=float(self.settings.progress_seconds),
+            http_stats=lambda: getattr(self.client, "stats", dict)(),
+        )
         self._started_at = dt.datetime.now(dt.timezone.utc)
         self.ledger: Ledger | None = None
         self.team: str | None = None  # the ledger's namespace for this Loops team
@@ -627,33 +643,35 @@ class TargetLoops(Target):
             )
 
     def _finish(self, *, completed: bool = False) -> None:
+        """Report and close: the end-of-run table on stderr (plain lines), the JSON report to ``report_path``."""
         if self._finished:
             return
         self._finished = True
-        streams = [s for s in self.stats.streams.values() if s.action is not None or s.read]
-        for stats in streams:
-            self.logger.info("Summary: %s", stats.summary_line())
-        if self.preflight.created:
-            verb = "would create" if self.dry_run else "created"
-            self.logger.info(
-                "Properties %s: %s", verb, ", ".join(f"{k} ({v})" for k, v in self.preflight.created.items())
-            )
-        if self.preflight.dropped:
-            self.logger.warning("Properties dropped: %s", dict(self.preflight.dropped))
-        if self.preflight.unknown_lists:
-            self.logger.warning("Unknown mailing lists left out: %s", dict(self.preflight.unknown_lists))
-        if self.dry_run:
-            for line in self._plan_lines(streams):
-                self.logger.info("%s", line)
-        if self.rejects.count:
-            self.logger.warning("%d record(s) rejected this run: see %s", self.rejects.count, self.rejects.path)
         self.rejects.close()
-        report = self._report(streams, completed)
-        self.logger.info("Run report: %s", dumps(report))
-        if self.config.get("report_path"):
-            path = Path(self.config["report_path"])
+        report = self._report(completed)
+        lines = render_table(report)
+        if self.dry_run:
+            lines += render_plan(report, float(self.settings.requests_per_second))
+        else:
+            lines += event_property_lines(report["event_properties"])
+            if self.preflight.created:
+                created = ", ".join(f"{k} ({v})" for k, v in self.preflight.created.items())
+                lines.append(f"contact properties created: {created}")
+        if self.preflight.dropped:
+            lines.append(f"properties left out (unknown_properties: drop): {dict(self.preflight.dropped)}")
+        if self.preflight.unknown_lists:
+            lines.append(f"unknown mailing lists left out: {dict(self.preflight.unknown_lists)}")
+        if self.rejects.count:
+            where = f"see {self.rejects.path.resolve()}" if self.rejects.writes else "set dry_run_path to list them"
+            verb = "would be rejected" if self.rejects.dry_run else "rejected this run"
+            lines.append(f"{plural(self.rejects.count, 'record')} {verb}: {where}")
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+        if self.settings.report_path:
+            path = Path(self.settings.report_path)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            self.logger.info("Run report written to %s", path.resolve())
         if self._plan_file is not None:
             self._plan_file.close()
         if self.outbox is not None:
@@ -663,45 +681,39 @@ class TargetLoops(Target):
         if self.ledger is not None:
             self.ledger.close()
 
-    def _plan_lines(self, streams: list[StreamStats]) -> list[str]:
-        """The dry run's plan: what a real run would send, and how long that takes at the configured rate."""
-        rate = float(self.config.get("requests_per_second", 10))
-        lines = ["Plan (dry run):"]
-        for st in streams:
-            reasons = ", ".join(f"{k} {v}" for k, v in sorted(st.reasons.items())) or "none"
-            lines.append(
-                f"  {st.stream} → {st.action or 'unmapped'}: {st.planned:,} requests; unchanged {st.unchanged:,}, "
-                f"coalesced {st.coalesced:,}, duplicate events {st.duplicates:,}, rejected {st.rejected:,} ({reasons})"
-            )
-        if self.preflight.created:
-            lines.append(
-                "  properties to create: " + ", ".join(f"{k} ({v})" for k, v in self.preflight.created.items())
-            )
-        total = sum(st.planned for st in streams)
-        lines.append(f"  {total:,} requests at {rate:g}/s ≈ {human_duration(total / rate)}")
-        return lines
-
-    def _report(self, streams: list[StreamStats], completed: bool) -> dict[str, Any]:
-        """The run report (also written to ``report_path``)."""
+    def _report(self, completed: bool) -> dict[str, Any]:
+        """The run report: every figure of the end-of-run table and more, in the same words (``report_path``)."""
         finished = dt.datetime.now(dt.timezone.utc)
+        streams = [stream_report(s) for s in self.stats.streams.values() if s.action is not None or s.read]
         rejects_lines = 0
         if self.rejects.path.exists():
             with self.rejects.path.open("rb") as handle:
                 rejects_lines = sum(1 for _ in handle)
+        sending = self.outbox.sending_seconds if self.outbox is not None else 0.0
+        http_stats = getattr(self.client, "stats", None)
         return {
+            "run_id": self.run_id,
             "started_at": self._started_at.isoformat(timespec="seconds"),
             "finished_at": finished.isoformat(timespec="seconds"),
             "elapsed_seconds": round((finished - self._started_at).total_seconds(), 3),
             "completed": completed,
             "dry_run": self.dry_run,
-            "streams": [stream_report(st) for st in streams],
+            "streams": streams,
+            "totals": run_totals(streams, sending),
+            "http": dict(http_stats()) if callable(http_stats) else {},
+            "event_properties": self.outbox.event_properties if self.outbox is not None else {},
             "properties": {
                 "created" if not self.dry_run else "would_create": self.preflight.created,
                 "dropped": dict(self.preflight.dropped),
                 "unknown_mailing_lists": dict(self.preflight.unknown_lists),
             },
-            "rejects": {"path": str(self.rejects.path), "this_run": self.rejects.count, "lines": rejects_lines},
-            "max_rejects": self.config.get("max_rejects"),
+            "rejects": {
+                "path": str(self.rejects.path) if self.rejects.writes else None,
+                "this_run": self.rejects.count,
+                "lines": rejects_lines,
+                "would_reject": self.rejects.dry_run,  # a dry run: these were not sent, and nothing was refused yet
+            },
+            "max_rejects": self.settings.max_rejects,
         }
 
     def _write_state_message(self, state: dict) -> None:
@@ -786,6 +798,23 @@ class TargetLoops(Target):
 
 logging.getLogger("urllib3").setLevel(logging.WARNING)
 
+
+def _log_level_asked() -> bool:
+    """True when the user set the SDK's log level (``TARGET_LOOPS_LOGLEVEL`` or ``LOGLEVEL``): then the SDK's
+    own informational lines (METRIC, settings parsing) are shown as the SDK shows them."""
+    return bool(os.environ.get("TARGET_LOOPS_LOGLEVEL") or os.environ.get("LOGLEVEL"))
+
+
+class _QuietSdkNoise(logging.Filter):
+    """Drops the SDK's start-up chatter about env var settings unless a log level was asked for."""
+
+    NOISE = ("Skipping parse of env var settings", "Parsing env var for settings config")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _log_level_asked() or not str(record.msg).startswith(self.NOISE)
+
+
+logging.getLogger(TargetLoops.name).addFilter(_QuietSdkNoise())
 
 if __name__ == "__main__":
     TargetLoops.cli()

@@ -24,6 +24,17 @@ class Run:
     stderr: str
     rejects_path: Path
     states: list[dict[str, Any]] = field(default_factory=list)
+    report_path: Path | None = None
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The run report (``report_path``): where a count is meant, tests read it here, not from stderr."""
+        assert self.report_path is not None and self.report_path.exists(), "the run wrote no report"
+        return json.loads(self.report_path.read_text())
+
+    def stream(self, name: str) -> dict[str, Any]:
+        """One stream's figures from the run report."""
+        return next(s for s in self.report["streams"] if s["stream"] == name)
 
     @property
     def rejects(self) -> list[dict[str, Any]]:
@@ -52,7 +63,12 @@ def start_target(
     The rejects file goes to ``tmp_path`` and retries back off in hundredths of a second, unless the config says
     otherwise; no ``TARGET_LOOPS_*`` variable of the developer's reaches the process.
     """
-    config = {"rejects_path": str(tmp_path / "rejects.jsonl"), "retry_backoff_seconds": 0.01, **config}
+    config = {
+        "rejects_path": str(tmp_path / "rejects.jsonl"),
+        "report_path": str(tmp_path / "report.json"),
+        "retry_backoff_seconds": 0.01,
+        **config,
+    }
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config))
     command = [sys.executable, "-m", "target_loops.target", "--config", str(config_path)]
@@ -90,7 +106,8 @@ def run_target(
     proc = start_target(config, input_text, input_path=input_path, tmp_path=tmp_path)
     stdout, stderr = proc.communicate(timeout=timeout)
     rejects = Path(config.get("rejects_path") or tmp_path / "rejects.jsonl")
-    return Run(proc.returncode, stdout, stderr, rejects, parse_states(stdout))
+    report = Path(config.get("report_path") or tmp_path / "report.json")
+    return Run(proc.returncode, stdout, stderr, rejects, parse_states(stdout), report)
 
 
 def singer(*messages: dict[str, Any]) -> str:

@@ -239,62 +239,6 @@ def test_properties_only_the_data_reveals_are_created_at_send_time(team: Sandbox
     assert team.store.find(email="ada@example.com")["plan"] == "team"
 
 
-def test_dry_run_plan_matches_the_real_run(team: Sandbox, tmp_path: Path) -> None:
-    rows = [dict(ROWS[0], id=f"i{i}", user_id=f"u{i % 7}", email=f"u{i % 7}@example.com", seats=i) for i in range(20)]
-    rows.append({"id": "bad", "email": None, "user_id": None})
-    text = identifies(rows)
-    dry_report, real_report, plan = tmp_path / "dry.json", tmp_path / "real.json", tmp_path / "plan.jsonl"
-    dry = run_target(
-        config_for(team, tmp_path, dry_run=True, dry_run_path=str(plan), report_path=str(dry_report)),
-        text,
-        tmp_path=tmp_path,
-    )
-    assert dry.returncode == 0, dry.stderr
-    assert [r for r in team.store.requests() if r["method"] != "GET"] == []  # read-only preflight
-    assert custom_properties(team) == {}
-    assert "would create contact property seats (number)" in dry.stderr
-    assert "Plan (dry run):" in dry.stderr
-    assert "identifies → upsert_contact: 7 requests; unchanged 0, coalesced 13" in dry.stderr
-    assert "7 requests at 10/s ≈ 1 s" in dry.stderr
-    assert len(plan.read_text().splitlines()) == 7
-    real = run_target(config_for(team, tmp_path, report_path=str(real_report)), text, tmp_path=tmp_path)
-    assert real.returncode == 0, real.stderr
-    planned, done = json.loads(dry_report.read_text()), json.loads(real_report.read_text())
-    (p,), (d,) = planned["streams"], done["streams"]
-    assert p["planned"] == d["requests"] == d["sent"] == 7
-    for key in ("read", "unchanged", "coalesced", "rejected", "reject_reasons", "duplicate_events"):
-        assert p[key] == d[key], key
-    assert planned["properties"]["would_create"] == done["properties"]["created"]
-
-
-def test_run_report_schema(team: Sandbox, tmp_path: Path) -> None:
-    report = tmp_path / "out" / "report.json"
-    run = run_target(config_for(team, tmp_path, report_path=str(report)), identifies(), tmp_path=tmp_path)
-    assert run.returncode == 0, run.stderr
-    data = json.loads(report.read_text())
-    assert set(data) == {"started_at", "finished_at", "elapsed_seconds", "completed", "dry_run", "streams",
-                         "properties", "rejects", "max_rejects"}  # fmt: skip
-    assert data["completed"] is True and data["dry_run"] is False
-    (stream,) = data["streams"]
-    assert set(stream) == {
-        "stream", "action", "read", "requests", "sent", "planned", "unchanged", "coalesced", "folded",
-        "duplicate_events", "rejected", "reject_reasons", "resubscribe_blocked", "stale", "skipped_unmapped",
-        "skipped_calls", "reserved_not_sent",
-        "retries", "rate_limited",
-        "elapsed_seconds", "requests_per_second",
-    }  # fmt: skip
-    assert (stream["stream"], stream["action"], stream["read"], stream["sent"]) == (
-        "identifies",
-        "upsert_contact",
-        2,
-        2,
-    )
-    assert data["rejects"] == {"path": run.rejects_path.name and str(run.rejects_path), "this_run": 0, "lines": 0}
-    assert set(data["properties"]) == {"created", "dropped", "unknown_mailing_lists"}
-    assert data["properties"]["unknown_mailing_lists"] == {"nolist": 1}
-    assert "Run report: {" in run.stderr
-
-
 def test_max_rejects_fails_the_run_after_everything_else_was_delivered(team: Sandbox, tmp_path: Path) -> None:
     rows = [*ROWS, {"id": "x1", "email": "nope"}, {"id": "x2", "email": None}]
     run = run_target(config_for(team, tmp_path, max_rejects=1), identifies(rows), tmp_path=tmp_path)
@@ -304,20 +248,6 @@ def test_max_rejects_fails_the_run_after_everything_else_was_delivered(team: San
     assert {c["userId"] for c in team.store.contacts()} == {"u1", "u2"}
     ok = run_target(config_for(team, tmp_path / "..", max_rejects=2), identifies(rows), tmp_path=tmp_path)
     assert ok.returncode == 0, ok.stderr
-
-
-def test_progress_lines_while_sending(make_sandbox: Any, tmp_path: Path) -> None:
-    sandbox = make_sandbox(lenient=True, latency_ms=20)
-    rows = [{"id": f"i{i}", "user_id": f"u{i}", "email": f"u{i}@example.com", "plan": "p"} for i in range(40)]
-    run = run_target(
-        config_for(sandbox, tmp_path, progress_seconds=1, requests_per_second=20, unknown_properties="drop"),
-        identifies(rows),
-        tmp_path=tmp_path,
-    )
-    assert run.returncode == 0, run.stderr
-    lines = [line for line in run.stderr.splitlines() if "Progress: batch" in line]
-    assert lines, run.stderr
-    assert "/40 requests, run " in lines[0] and "requests/s, 429s 0, retries 0, rejects 0, batch ETA" in lines[0]
 
 
 # ----- bad values reject the record, never the run (in process: the preflight against a team held in memory)

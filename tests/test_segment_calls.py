@@ -112,5 +112,5 @@ def test_one_stream_of_mixed_calls_end_to_end(make_sandbox: Any, tmp_path: Path)
     assert [e["eventName"] for e in loops.store.events()] == ["Signed Up"]
     (stream,) = json.loads(report.read_text())["streams"]
     assert stream["skipped_calls"] == {"alias": 1, "group": 1, "page": 1, "screen": 1}
-    assert stream["duplicate_events"] == 1
+    assert stream["duplicates"] == 1
     assert run.rejects == []

@@ -1,0 +1,193 @@
+"""What a person sees of a run: the end-of-run table, the dry-run plan, progress lines and the JSON report.
+
+Counts are read from the ``report_path`` JSON and checked against the sandbox's own log; the printed table is
+checked for its shape and its agreement with the report, never used as the source of a count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runner import SAMPLES, SANDBOX_KEY, record, run_target, schema, singer, state
+
+from target_loops.report import TABLE_COLUMNS, Progress, human_duration, plural, render_table
+from target_loops.sandbox import Sandbox
+
+LIST = {"id": "cm06f5v0e45nf0ml5754o9cix", "name": "Newsletter", "description": "", "isPublic": True}
+COLUMNS = {"id": "string", "user_id": "string", "email": "string", "plan": "string", "seats": "integer"}
+
+
+def identifies(rows: list[dict[str, Any]]) -> str:
+    return singer(schema("identifies", COLUMNS, ["id"]), *(record("identifies", r) for r in rows), state({"at": 1}))
+
+
+def config_for(sandbox: Sandbox, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "api_key": SANDBOX_KEY,
+        "base_url": sandbox.url,
+        "ledger_url": f"sqlite:///{tmp_path / 'l.sqlite'}",
+        **extra,
+    }
+
+
+def table_of(stderr: str, title: str) -> list[list[str]]:
+    """The rows of the end-of-run table (header first), split on runs of spaces."""
+    lines = stderr.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line or line.startswith(("rejected in", "skipped in", "requests:", "20")) or "|" in line:
+            break
+        rows.append(line.split())
+    return rows
+
+
+def test_the_end_of_run_table_agrees_with_the_report_and_the_sandbox(make_sandbox: Any, tmp_path: Path) -> None:
+    loops = make_sandbox(properties=[{"key": "plan", "type": "string"}, {"key": "seats", "type": "number"}])
+    report_path = tmp_path / "report.json"
+    run = run_target(
+        config_for(loops, tmp_path, report_path=str(report_path)),
+        input_path=SAMPLES / "segment_export.singer",
+        tmp_path=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(report_path.read_text())
+    rows = table_of(run.stderr, "Run summary")
+    assert rows[0] == ["stream", "action", *TABLE_COLUMNS]
+    printed = {row[0]: row for row in rows[1:]}
+    for stream in report["streams"]:
+        values = printed[stream["stream"]][2:]
+        assert values == [f"{stream[c]:,}" for c in TABLE_COLUMNS], stream["stream"]
+    # One vocabulary: every column is a report key, and the totals add up.
+    assert printed["total"][1:] == [f"{report['totals'][c]:,}" for c in TABLE_COLUMNS]
+    writes = [r for r in loops.store.requests() if r["method"] != "GET" and "properties" not in r["path"]]
+    assert report["totals"]["requests"] == len(writes)
+    assert report["totals"]["sent"] == sum(1 for r in writes if r["status"] == 200)
+    assert report["totals"]["duplicates"] == 1  # the replayed Signed Up: a duplicate, neither sent nor rejected
+    # The overall rate is over the sending time, and said once.
+    assert f"{report['totals']['requests_per_second']:.1f} requests/s overall" in run.stderr
+    # The JSON goes to report_path; the log only points to it.
+    assert "Run report written to" in run.stderr and '"streams"' not in run.stderr
+    assert report["run_id"] and all(line["run_id"] == report["run_id"] for line in run.rejects)
+    # Plain lines: the table has no log prefix.
+    assert not any("| INFO" in line for line in run.stderr.splitlines() if line.startswith(("identify ", "track ")))
+
+
+def test_the_dry_run_plan_is_a_plain_block_that_matches_the_real_run(make_sandbox: Any, tmp_path: Path) -> None:
+    team = make_sandbox(lists=[LIST])
+    rows = [{"id": f"i{i}", "user_id": f"u{i % 7}", "email": f"u{i % 7}@example.com", "plan": "pro", "seats": i}
+            for i in range(20)]  # fmt: skip
+    rows.append({"id": "bad", "email": None, "user_id": None})
+    text = identifies(rows)
+    dry_report, real_report, plan = tmp_path / "dry.json", tmp_path / "real.json", tmp_path / "plan.jsonl"
+    dry = run_target(
+        config_for(team, tmp_path, dry_run=True, dry_run_path=str(plan), report_path=str(dry_report)),
+        text,
+        tmp_path=tmp_path,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert [r for r in team.store.requests() if r["method"] != "GET"] == []  # a read-only preflight
+    assert "Dry run: what a real run would send" in dry.stderr
+    assert "7 requests at 10/s: about 0.7 s" in dry.stderr
+    assert "2 contact properties to create: plan (string), seats (number)" in dry.stderr
+    assert len(plan.read_text().splitlines()) == 7
+    real = run_target(config_for(team, tmp_path, report_path=str(real_report)), text, tmp_path=tmp_path)
+    assert real.returncode == 0, real.stderr
+    planned, done = json.loads(dry_report.read_text()), json.loads(real_report.read_text())
+    (p,), (d,) = planned["streams"], done["streams"]
+    assert p["planned"] == d["requests"] == d["sent"] == 7
+    for key in ("read", "unchanged", "coalesced", "folded", "rejected", "rejected_by_reason", "duplicates"):
+        assert p[key] == d[key], key
+    assert planned["properties"]["would_create"] == done["properties"]["created"]
+
+
+def test_plurals_and_durations_read_as_english() -> None:
+    assert (plural(1, "request"), plural(2, "request"), plural(1_000, "request")) == (
+        "1 request",
+        "2 requests",
+        "1,000 requests",
+    )
+    assert plural(1, "contact property", "contact properties") == "1 contact property"
+    assert (human_duration(0.4), human_duration(75), human_duration(4120)) == ("0.4 s", "1 min 15 s", "1 h 9 min")
+
+
+def test_the_run_report_schema(make_sandbox: Any, tmp_path: Path) -> None:
+    team = make_sandbox(lists=[LIST])
+    report = tmp_path / "out" / "report.json"
+    rows = [{"id": "i1", "user_id": "u1", "email": "a@example.com", "plan": "pro", "seats": 3}]
+    run = run_target(config_for(team, tmp_path, report_path=str(report)), identifies(rows), tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    data = json.loads(report.read_text())
+    assert set(data) == {"run_id", "started_at", "finished_at", "elapsed_seconds", "completed", "dry_run", "streams",
+                         "totals", "http", "event_properties", "properties", "rejects", "max_rejects"}  # fmt: skip
+    (stream,) = data["streams"]
+    assert set(stream) == {
+        "stream", "action", "read", "sent", "planned", "unchanged", "coalesced", "folded", "duplicates", "rejected",
+        "rejected_by_reason", "left_out", "skipped", "skipped_calls", "resubscribe_blocked", "reserved_not_sent",
+        "requests", "retries", "rate_limited",
+    }  # fmt: skip
+    assert set(TABLE_COLUMNS) <= set(stream)
+    assert {"answer_ms_p50", "answer_ms_p95", "in_flight_level"} <= set(data["http"])
+    assert (stream["stream"], stream["action"], stream["read"], stream["sent"]) == (
+        "identifies",
+        "upsert_contact",
+        1,
+        1,
+    )
+
+
+def test_progress_lines_keep_the_whole_run_in_view(make_sandbox: Any, tmp_path: Path) -> None:
+    sandbox = make_sandbox(lenient=True, latency_ms=20)
+    rows = [{"id": f"i{i}", "user_id": f"u{i}", "email": f"u{i}@example.com", "plan": "p"} for i in range(40)]
+    run = run_target(
+        config_for(sandbox, tmp_path, progress_seconds=1, requests_per_second=20, unknown_properties="drop"),
+        identifies(rows),
+        tmp_path=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if "Progress:" in line]
+    assert lines, run.stderr
+    assert "/40 requests (" in lines[0]
+    for words in ("requests/s, ETA", "rate_limited 0", "retries 0", "rejected 0", "answers", "in flight up to"):
+        assert words in lines[0], words
+
+
+def test_progress_line_in_memory() -> None:
+    import logging
+
+    progress = Progress(logging.getLogger("test"), interval=60, http_stats=lambda: {})
+    progress.begin_batch(1)
+    assert progress.line().startswith("Progress: 0/1 requests (0%)")
+    table = render_table(
+        {
+            "streams": [],
+            "dry_run": False,
+            "completed": False,
+            "elapsed_seconds": 1.0,
+            "run_id": "r",
+            "totals": {**dict.fromkeys(TABLE_COLUMNS, 0), "requests": 0},
+            "http": {},
+        }
+    )
+    assert table[0].startswith("Run summary (NOT completed")
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_the_sdks_noise_is_off_unless_asked(make_sandbox: Any, tmp_path: Path, asked: bool) -> None:
+    sandbox = make_sandbox(lenient=True)
+    rows = [{"id": "i1", "user_id": "u1", "email": "a@example.com"}]
+    env = os.environ.copy()
+    if asked:
+        os.environ["LOGLEVEL"] = "INFO"  # the SDK's own switch (TARGET_LOOPS_LOGLEVEL works too)
+    try:
+        run = run_target(config_for(sandbox, tmp_path), identifies(rows), tmp_path=tmp_path)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    assert run.returncode == 0, run.stderr
+    assert ("METRIC:" in run.stderr) is asked
+    assert ("Skipping parse of env var settings" in run.stderr) is asked
