@@ -355,7 +355,11 @@ def load_settings(config: Mapping[str, Any], accepted: Collection[str]) -> tuple
     return settings, problems
 
 
-_KEY_REQUIRED = "api_key is required (or set dry_run: true to plan without sending)"
+_KEY_REQUIRED = (
+    "api_key is required: put it in the config file, or run with --config=ENV and TARGET_LOOPS_API_KEY set in "
+    "the environment (Meltano: meltano config target-loops set api_key ...); or set dry_run: true to plan "
+    "without sending"
+)
 
 
 # --- the files a run writes

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePath
 from typing import IO, TYPE_CHECKING, Any
 
+import click
 import msgspec
 from singer_sdk.contrib.msgspec import MsgSpecReader
 from singer_sdk.contrib.msgspec import decoder as msgspec_decoder
@@ -394,6 +395,45 @@ class TargetLoops(Target):
     def dry_run(self) -> bool:
         """True when nothing may be sent."""
         return self.settings.dry_run
+
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """The SDK's settings that mean something here, with their real defaults: ``batch_size_rows`` defaults to
+        the sink's 500 (the SDK shows none); ``load_method`` (append/upsert/overwrite of a database table) and
+        ``faker_config`` (needs the SDK's faker extra, not installed) do nothing for Loops, so they are not offered."""
+        super().append_builtin_config(config_jsonschema)
+        properties = config_jsonschema["properties"]
+        for idle in ("load_method", "faker_config"):
+            properties.pop(idle, None)
+        if "batch_size_rows" in properties:
+            properties["batch_size_rows"] = {
+                **properties["batch_size_rows"],
+                "default": LoopsSink.MAX_SIZE_DEFAULT,
+                "minimum": 1,
+                "description": "Records per batch handed from a stream's sink to the outbox (the outbox holds up "
+                "to coalesce_rows across batches, so this rarely needs changing).",
+            }
+
+    @classmethod
+    def get_singer_command(cls) -> click.Command:
+        """``--help`` that says what the target does, shows two invocations and points to ``--about``."""
+        command = super().get_singer_command()
+        command.help = (
+            "Sync Singer streams of people and product events (identify-like and track-like records, from a "
+            "warehouse or a Segment export) into Loops: contacts upserted, events sent, contacts deleted, as the "
+            "stream-to-action rules in the config say."
+        )
+        command.epilog = (
+            "\b\nExamples:\n"
+            "  tap-postgres --config tap.json | target-loops --config config.json\n"
+            "  target-loops --config config.json --input sample_streams/segment_export.singer\n"
+            "\n"
+            "Every setting, with its default and range: target-loops --about (add --format=markdown for a table). "
+            "Settings from the environment instead of a file: target-loops --config=ENV with TARGET_LOOPS_API_KEY, "
+            "TARGET_LOOPS_BASE_URL, ... set. Rehearse first with dry_run: true, or against the bundled sandbox "
+            "(target-loops-sandbox)."
+        )
+        return command
 
     @classmethod
     def accepted_settings(cls) -> frozenset[str]:

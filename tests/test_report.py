@@ -191,3 +191,58 @@ def test_the_sdks_noise_is_off_unless_asked(make_sandbox: Any, tmp_path: Path, a
     assert run.returncode == 0, run.stderr
     assert ("METRIC:" in run.stderr) is asked
     assert ("Skipping parse of env var settings" in run.stderr) is asked
+
+
+def test_help_shows_two_invocations_and_points_to_about() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "target_loops.target", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Execute the Singer target." not in out
+    assert "tap-postgres --config tap.json | target-loops --config config.json" in out
+    assert "target-loops --config config.json --input sample_streams/segment_export.singer" in out
+    assert "--about" in out and "TARGET_LOOPS_API_KEY" in out
+    assert "``" not in out and ":class:" not in out  # no reStructuredText markup
+
+
+def test_about_shows_the_real_batch_size_and_no_setting_that_does_nothing() -> None:
+    import subprocess
+    import sys
+
+    about = subprocess.run(
+        [sys.executable, "-m", "target_loops.target", "--about", "--format=json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    settings = json.loads(about)["settings"]["properties"]
+    assert settings["batch_size_rows"]["default"] == 500
+    assert "load_method" not in settings and "faker_config" not in settings
+
+
+def test_settings_from_the_environment_outside_meltano(make_sandbox: Any, tmp_path: Path) -> None:
+    """``--config=ENV`` with ``TARGET_LOOPS_*`` variables, as the README's "Configuration from the environment"
+    says; the key-required message names that way too."""
+    import subprocess
+    import sys
+
+    sandbox = make_sandbox(lenient=True)
+    text = identifies([{"id": "i1", "user_id": "u1", "email": "a@example.com"}])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TARGET_LOOPS_")}
+    env.update(
+        TARGET_LOOPS_API_KEY=SANDBOX_KEY,
+        TARGET_LOOPS_BASE_URL=sandbox.url,
+        TARGET_LOOPS_LEDGER_URL=f"sqlite:///{tmp_path / 'l.sqlite'}",
+        TARGET_LOOPS_REJECTS_PATH=str(tmp_path / "r.jsonl"),
+    )
+    command = [sys.executable, "-m", "target_loops.target", "--config=ENV"]
+    run = subprocess.run(command, input=text, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert sandbox.store.find(user_id="u1") is not None
+    del env["TARGET_LOOPS_API_KEY"]
+    missing = subprocess.run(command, input=text, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert missing.returncode != 0
+    assert "TARGET_LOOPS_API_KEY" in missing.stderr and "--config=ENV" in missing.stderr
+    assert "Traceback" not in missing.stderr
