@@ -320,7 +320,9 @@ class Ledger:
     ) -> str:
         """The ledger namespace of the team behind ``api_key``; two teams never share one.
 
-        ``explicit`` (the ``ledger_namespace`` setting) wins. Otherwise a key seen before keeps its namespace; a new
+        ``explicit`` (the ``ledger_namespace`` setting) wins. Otherwise a key seen before with the same team name keeps
+        its namespace (the same key under a new name starts a new one, with a warning: a renamed team, or a restarted
+        sandbox); a new
         key joins the namespace of a team with the same name at the same URL only when they share a mailing list id
         (list ids are unique across Loops): a rotated key keeps its ledger, another team with the same name does
         not inherit it. When neither can be told, ``TeamIdentityError`` stops the run before anything is sent.
@@ -332,7 +334,18 @@ class Ledger:
         if explicit:
             chosen = explicit
         else:
-            chosen = next((r["team"] for r in rows if key_hash in r["key_hashes"]), "")
+            # A key belongs to one team; the same key under another team name is a renamed team or a restarted
+            # sandbox (whose name changes at each start): a new namespace, said out loud.
+            chosen = next((r["team"] for r in rows if key_hash in r["key_hashes"] and r["team_name"] == team_name), "")
+            renamed = [r for r in rows if key_hash in r["key_hashes"] and r["team_name"] != team_name]
+            if not chosen and renamed:
+                logger.warning(
+                    "This API key was last seen with the team named %r, now %r: a new ledger namespace is started "
+                    "(contacts are sent once more). If the team was only renamed, set ledger_namespace to %r.",
+                    renamed[0]["team_name"],
+                    team_name,
+                    renamed[0]["team"],
+                )
             if not chosen:
                 same_name = [r for r in rows if r["team_name"] == team_name]
                 verified = [r for r in same_name if lists & set(r["list_hashes"])]
@@ -354,7 +367,8 @@ class Ledger:
                         "Nothing was sent."
                     )
                 else:
-                    chosen = "auto-" + hashlib.sha256(f"{base_url}|{key_hash}".encode()).hexdigest()[:24]
+                    who = f"{base_url}|{key_hash}|{team_name}"
+                    chosen = "auto-" + hashlib.sha256(who.encode()).hexdigest()[:24]
         if not self.read_only:
             existing = next((r for r in rows if r["team"] == chosen), None) or self._team_row(chosen)
             keys = sorted(set(existing["key_hashes"] if existing else []) | {key_hash})

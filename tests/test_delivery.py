@@ -142,6 +142,25 @@ def test_a_rotated_key_keeps_its_ledger(make_sandbox: Any, tmp_path: Path) -> No
     assert writes(loops)[mark:] == [], "the rotated key of the same team re-sent what Loops has"
 
 
+def test_a_restarted_sandbox_is_a_new_team_for_the_ledger(make_sandbox: Any, tmp_path: Path) -> None:
+    """The same key under a new team name (a sandbox restarted empty gets a new name; a renamed team) starts a new
+    ledger namespace, with a warning: a fresh team never gets "unchanged" for data it never received."""
+    lists = [{"id": "cmacme000000000000000001", "name": "News"}]
+    text = singer(*identifies({"id": "1", "user_id": "u1", "email": "a@example.com", "plan": "pro"}))
+    first = make_sandbox(team_name="Sandbox team 1a2b", properties=PLAN, lists=lists)
+    proxy = _Forward(first.url)  # one address, as a sandbox restarted on its port has
+    try:
+        assert run_target(config_for(proxy.url, tmp_path), text, tmp_path=tmp_path).returncode == 0
+        restarted = make_sandbox(team_name="Sandbox team 9f8e", properties=PLAN, lists=lists)
+        proxy.target = restarted.url
+        run = run_target(config_for(proxy.url, tmp_path), text, tmp_path=tmp_path)
+    finally:
+        proxy.stop()
+    assert run.returncode == 0, run.stderr
+    assert restarted.store.find(user_id="u1") is not None
+    assert "last seen with the team named 'Sandbox team 1a2b'" in run.stderr
+
+
 def test_a_same_named_team_that_cannot_be_told_apart_stops_and_names_the_setting(
     make_sandbox: Any, tmp_path: Path
 ) -> None:
