@@ -311,9 +311,7 @@ class StreamMapper:
         check_length("eventName", name)
         if plan.properties is not None:
             send_nulls = self.rule.options.get("send_nulls", False)
-            self._spread(
-                plan, plan.properties, record, body, skipped, partial, send_nulls=send_nulls, skip=_EVENT_SKIP
-            )
+            self._spread(plan, plan.properties, record, body, skipped, partial, send_nulls=send_nulls, skip=_EVENT_SKIP)
         contact_key = self._identity(plan, record, body)
         body["eventName"] = name
         if plan.event_properties is not None:

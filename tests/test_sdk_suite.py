@@ -126,6 +126,7 @@ INFO = [
     "Control Characters in string: \u0000 A \u0001",
 ]
 
+
 def _empty(stream: str, keys: Any) -> dict[str, dict[str, Any]]:
     """Contacts whose only custom property was an object or a list: created, the property left out."""
     return {_email(stream, key): {} for key in keys}
