@@ -734,25 +734,24 @@ class LoopsClient:
                 self._fail_run(error)
                 outcome.kind, outcome.message = OutcomeKind.ABORTED, str(error)
                 return outcome, verdict, data
+            if not should_retry(verdict, outcome.retries, max_retries, outcome.rate_limited):
+                # Loops is failing (or rate limiting without end): stop the other requests rather than burn through
+                # their retries too; the run fails and the next one replays what was not delivered.
+                outcome.kind = OutcomeKind.FAILED
+                outcome.message = (
+                    f"still rate limited (429) after {outcome.rate_limited} waits"
+                    if verdict.decision is Decision.RATE_LIMITED
+                    else f"{outcome.message} (gave up after {outcome.retries} retries)"
+                )
+                self._stop.set()
+                return outcome, verdict, data
             if verdict.decision is Decision.RATE_LIMITED:
-                if not should_retry(verdict, outcome.retries, max_retries, outcome.rate_limited):
-                    outcome.kind = OutcomeKind.FAILED
-                    outcome.message = f"still rate limited (429) after {outcome.rate_limited} waits"
-                    self._stop.set()
-                    return outcome, verdict, data
                 outcome.rate_limited += 1
                 self._count("rate_limited")
                 assert response is not None
                 self._rate_limited(response)
                 continue
-            # Decision.RETRY
-            if not should_retry(verdict, outcome.retries, max_retries, outcome.rate_limited):
-                outcome.kind = OutcomeKind.FAILED
-                outcome.message = f"{outcome.message} (gave up after {outcome.retries} retries)"
-                # Loops is failing: stop the other requests rather than burn through their retries too.
-                self._stop.set()
-                return outcome, verdict, data
-            outcome.retries += 1
+            outcome.retries += 1  # Decision.RETRY
             self._count("retries")
             logger.info(
                 "Retrying %s %s after %s (retry %d of %d)",
