@@ -88,8 +88,14 @@ def test_second_run_of_the_same_input_sends_nothing(loops: Sandbox, tmp_path: Pa
     assert writes_since(loops, mark) == []
     reads = [r["path"] for r in loops.store.requests()[mark:]]
     assert reads == ["/api/v1/api-key", "/api/v1/contacts/properties", "/api/v1/lists"]  # the preflight only
-    assert f"read {USERS}, requests 0, delivered 0, unchanged {USERS}" in second.stderr
-    assert f"duplicates {USERS}" in second.stderr
+    identifies, tracks = second.stream("identifies"), second.stream("tracks")
+    assert (identifies["read"], identifies["requests"], identifies["sent"], identifies["unchanged"]) == (
+        USERS,
+        0,
+        0,
+        USERS,
+    )
+    assert tracks["duplicates"] == USERS and tracks["requests"] == 0
     assert second.final_state == first.final_state
     assert_final(loops)
 
@@ -179,7 +185,7 @@ def test_subscribed_true_needs_allow_resubscribe(
     assert run.returncode == 0, run.stderr
     body = next(r["body"] for r in loops.store.requests() if r["method"] == "PUT")
     assert body.get("subscribed") == sent
-    assert f"resubscribe_blocked {1 if sent is None else 0}" in run.stderr
+    assert run.report["streams"][0]["resubscribe_blocked"] == (1 if sent is None else 0)
 
 
 def test_delete_contact_prefers_user_id_counts_404_as_done_and_forgets(loops: Sandbox, tmp_path: Path) -> None:
@@ -343,7 +349,7 @@ def test_a_row_repeating_part_of_a_delivered_merge_is_not_resent(loops: Sandbox,
     run = run_target(config_for(loops, tmp_path), again, tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr
     assert writes_since(loops, mark) == []
-    assert "unchanged 1" in run.stderr
+    assert run.stream("identifies")["unchanged"] == 1
 
 
 def test_an_older_replay_adds_what_is_missing_but_never_takes_a_value_back(loops: Sandbox, tmp_path: Path) -> None:
