@@ -26,9 +26,11 @@ from singer_sdk import typing as th
 from sqlalchemy.engine import make_url
 
 from target_loops.client import ApiKeyError, BaseUrlError, ClientSettings, check_base_url, clean_api_key
-from target_loops.ledger import describe_url, normalize_url
+from target_loops.ledger import default_ledger_path, describe_url, normalize_url
 
 DEFAULT_BASE_URL = "https://app.loops.so/api"
+#: What 0.1 used by default (relative to the working directory); kept for imports. The default is now computed:
+#: see ``ledger.default_ledger_path``.
 DEFAULT_LEDGER_URL = "sqlite:///.target-loops/ledger.sqlite"
 
 #: Events older than this many hours cannot be asked for: "now - age" must stay a representable date (year 1 is
@@ -117,9 +119,11 @@ class Settings:
         "attempted, HTTP status, Loops' message and the reason. A dry run never writes it.",
     )
     ledger_url: str = _setting(
-        DEFAULT_LEDGER_URL,
+        None,
         th.StringType(),
-        "SQLAlchemy URL of the sync ledger (what Loops has accepted): SQLite by default, a PostgreSQL URL "
+        "SQLAlchemy URL of the sync ledger (what Loops has accepted). Default: a SQLite file that does not depend on "
+        "the working directory: the Meltano project's .meltano/target-loops/ledger.sqlite when run by Meltano, else "
+        "the user's data folder (~/.local/share/target-loops/ledger.sqlite on Linux). A PostgreSQL URL "
         "(postgresql+psycopg://…, extra 'postgres') for runners without a persistent disk.",
         secret=True,  # a PostgreSQL URL may hold a password
     )
@@ -168,6 +172,13 @@ class Settings:
         th.StringType(allowed_values=["create", "drop", "error"]),
         "A contact property the rules produce that the Loops team lacks: create it (type from the SCHEMA), drop it "
         "from every request (counted in the report), or error (stop before any write, listing them).",
+    )
+    max_new_properties: int = _setting(
+        25,
+        th.IntegerType(minimum=0, maximum=1_000),
+        "With unknown_properties: create, the most contact properties a run creates (Loops has no API to delete "
+        "one). Properties a SCHEMA declares past it stop the run before any write, listing them; a record whose "
+        "data would pass it is rejected (unknown_property) and the run goes on.",
     )
     report_path: str | None = _setting(
         None,
@@ -350,6 +361,9 @@ def load_settings(config: Mapping[str, Any], accepted: Collection[str]) -> tuple
         values["base_url"] = check_base_url(values.get("base_url", DEFAULT_BASE_URL))
     except BaseUrlError as exc:
         problems.append(str(exc))
+    if "ledger_url" not in values:
+        path, _why = default_ledger_path()
+        values["ledger_url"] = f"sqlite:///{path}"
     settings = Settings(**values)
     problems += check_paths(settings)
     return settings, problems

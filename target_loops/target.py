@@ -480,13 +480,20 @@ class TargetLoops(Target):
         base_url = settings.base_url
         self.ledger = Ledger(settings.ledger_url, read_only=self.dry_run)
         self.logger.info("Ledger: %s", describe_url(settings.ledger_url))
+        if self.rejects.writes:
+            self.logger.info("Rejects file: %s", self.rejects.path.resolve())
         team_name = None
         if settings.api_key:
             self.client = LoopsClient(settings.client_settings())
             self.client.listener = self.progress.note
             team_name = self.client.check_api_key()
             self.logger.info("Connected to Loops team %r at %s", team_name, base_url)
-        self.preflight = Preflight(self.client, mode=settings.unknown_properties, dry_run=self.dry_run)
+        self.preflight = Preflight(
+            self.client,
+            mode=settings.unknown_properties,
+            dry_run=self.dry_run,
+            max_new=settings.max_new_properties,
+        )
         self.services.preflight = self.preflight
         self.preflight.load()
         if self.client is not None:

@@ -96,7 +96,6 @@ def test_the_sdks_settings_are_accepted(loops: Sandbox, tmp_path: Path) -> None:
         tmp_path,
         stream_maps={"identifies": {"plan": "plan.upper()"}},
         stream_map_config={"k": 1},
-        faker_config={"seed": 1},
         flattening_enabled=False,
         flattening_max_depth=1,
         flattening_separator="__",
@@ -104,7 +103,6 @@ def test_the_sdks_settings_are_accepted(loops: Sandbox, tmp_path: Path) -> None:
         validate_records=True,
         add_record_metadata=False,
         batch_size_rows=100,
-        load_method="append-only",
     )
     run = run_target(config, INPUT, tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr
@@ -118,7 +116,6 @@ def test_accepted_settings_are_exactly_the_targets_and_the_sdks() -> None:
     sdk = {
         "stream_maps",
         "stream_map_config",
-        "faker_config",
         "flattening_enabled",
         "flattening_max_depth",
         "flattening_max_key_length",
@@ -126,9 +123,11 @@ def test_accepted_settings_are_exactly_the_targets_and_the_sdks() -> None:
         "validate_records",
         "add_record_metadata",
         "batch_size_rows",
-        "load_method",
     }
     assert TargetLoops.accepted_settings() == {f.name for f in OWN_FIELDS} | sdk
+    # load_method (a database table's append/upsert/overwrite) and faker_config (the SDK's faker extra, not
+    # installed) do nothing for Loops: they are not offered, so a config naming them is refused like a typo.
+    assert {"load_method", "faker_config"}.isdisjoint(TargetLoops.accepted_settings())
     assert unknown_settings({"hard_delete": True}, TargetLoops.accepted_settings()) == [
         'unknown setting "hard_delete": not a target-loops or Singer SDK setting (`target-loops --about` lists them '
         "all); remove it"
@@ -281,3 +280,16 @@ def test_a_corrupt_sqlite_ledger_is_one_line_and_nothing_is_written(loops: Sandb
     assert "cannot open the ledger" in error and "corrupt" in error
     assert [r for r in loops.store.requests() if r["method"] != "GET"] == []
     assert json.loads(report.read_text())["completed"] is False
+
+
+def test_max_new_properties_reaches_the_preflight(make_sandbox: Any, tmp_path: Path) -> None:
+    """The setting bounds what a run creates: a SCHEMA declaring more stops the run before any write."""
+    sandbox = make_sandbox()
+    columns = {"id": "string", "email": "string", **{f"trait_{n}": "string" for n in range(4)}}
+    text = singer(schema("identifies", columns, ["id"]), record("identifies", {"id": "1", "email": "a@example.com"}))
+    config = {"api_key": SANDBOX_KEY, "base_url": sandbox.url, "ledger_url": f"sqlite:///{tmp_path / 'l.sqlite'}"}
+    run = run_target({**config, "max_new_properties": 3}, text, tmp_path=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert [r for r in sandbox.store.requests() if r["method"] != "GET"] == []
+    ok = run_target({**config, "max_new_properties": 4}, text, tmp_path=tmp_path)
+    assert ok.returncode == 0, ok.stderr
