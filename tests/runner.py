@@ -105,6 +105,8 @@ def run_target(
     """Run the CLI to its end; STATE lines are parsed from stdout."""
     proc = start_target(config, input_text, input_path=input_path, tmp_path=tmp_path)
     stdout, stderr = proc.communicate(timeout=timeout)
+    # Whatever went wrong, a user is told in words, never with a traceback (every failure-path test checks it here).
+    assert "Traceback (most recent call last)" not in stderr, stderr
     rejects = Path(config.get("rejects_path") or tmp_path / "rejects.jsonl")
     report = Path(config.get("report_path") or tmp_path / "report.json")
     return Run(proc.returncode, stdout, stderr, rejects, parse_states(stdout), report)
