@@ -73,6 +73,13 @@ def test_the_end_of_run_table_agrees_with_the_report_and_the_sandbox(make_sandbo
     # The JSON goes to report_path; the log only points to it.
     assert "Run report written to" in run.stderr and '"streams"' not in run.stderr
     assert report["run_id"] and all(line["run_id"] == report["run_id"] for line in run.rejects)
+    # The event properties each event name sends, which Loops wants created in its Events settings first.
+    assert report["event_properties"]["Order Completed"] == {
+        "currency": "string",
+        "orderId": "string",
+        "revenue": "number",
+    }
+    assert "Order Completed: currency (string), orderId (string), revenue (number)" in run.stderr
     # Plain lines: the table has no log prefix.
     assert not any("| INFO" in line for line in run.stderr.splitlines() if line.startswith(("identify ", "track ")))
 
@@ -94,6 +101,7 @@ def test_the_dry_run_plan_is_a_plain_block_that_matches_the_real_run(make_sandbo
     assert "Dry run: what a real run would send" in dry.stderr
     assert "7 requests at 10/s: about 0.7 s" in dry.stderr
     assert "2 contact properties to create: plan (string), seats (number)" in dry.stderr
+    assert "event properties sent" not in dry.stderr  # identifies only: no event, nothing to add in Loops
     assert len(plan.read_text().splitlines()) == 7
     real = run_target(config_for(team, tmp_path, report_path=str(real_report)), text, tmp_path=tmp_path)
     assert real.returncode == 0, real.stderr
