@@ -371,7 +371,7 @@ def load_settings(config: Mapping[str, Any], accepted: Collection[str]) -> tuple
 
 _KEY_REQUIRED = (
     "api_key is required: put it in the config file, or run with --config=ENV and TARGET_LOOPS_API_KEY set in "
-    "the environment (Meltano: meltano config target-loops set api_key ...); or set dry_run: true to plan "
+    "the environment (Meltano: meltano config set target-loops api_key ...); or set dry_run: true to plan "
     "without sending"
 )
 

@@ -55,6 +55,7 @@ from target_loops.settings import (
     SETTINGS,
     config_file_problem,
     load_settings,
+    sqlite_ledger_path,
 )
 from target_loops.sinks import LoopsSink, SinkServices
 
@@ -428,7 +429,7 @@ class TargetLoops(Target):
             "  tap-postgres --config tap.json | target-loops --config config.json\n"
             "  target-loops --config config.json --input sample_streams/segment_export.singer\n"
             "\n"
-            "Every setting, with its default and range: target-loops --about (add --format=markdown for a table). "
+            "Every setting, with its default and range: target-loops --about --format=markdown. "
             "Settings from the environment instead of a file: target-loops --config=ENV with TARGET_LOOPS_API_KEY, "
             "TARGET_LOOPS_BASE_URL, ... set. Rehearse first with dry_run: true, or against the bundled sandbox "
             "(target-loops-sandbox)."
@@ -479,7 +480,9 @@ class TargetLoops(Target):
         settings = self.settings
         base_url = settings.base_url
         self.ledger = Ledger(settings.ledger_url, read_only=self.dry_run)
-        self.logger.info("Ledger: %s", describe_url(settings.ledger_url))
+        ledger_file = sqlite_ledger_path(settings.ledger_url)
+        where = str(Path(ledger_file).resolve()) if ledger_file else describe_url(settings.ledger_url)
+        self.logger.info("Ledger: %s", where)
         if self.rejects.writes:
             self.logger.info("Rejects file: %s", self.rejects.path.resolve())
         team_name = None

@@ -15,9 +15,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 
-for _name in [name for name in os.environ if name.startswith(("TARGET_LOOPS_", "LOOPS_"))]:
+for _name in [name for name in os.environ if name.startswith(("TARGET_LOOPS_", "LOOPS_", "MELTANO_PROJECT_ROOT"))]:
     del os.environ[_name]
+# The default ledger is in the user's data folder: a test run must never read or fill the developer's real one.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="target-loops-tests-data.")
 
 from collections.abc import Callable, Iterator  # noqa: E402  (after the environment is cleaned on purpose)
 from typing import Any  # noqa: E402

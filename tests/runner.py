@@ -77,7 +77,9 @@ def start_target(
             input_path = tmp_path / "input.singer"
             input_path.write_text(input_text or "")
         command += ["--input", str(input_path)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TARGET_LOOPS_", "LOOPS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TARGET_LOOPS_", "LOOPS_", "MELTANO_"))}
+    # The default ledger lives in the user's data folder: each test gets its own, never the developer's.
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg-data")
     return subprocess.Popen(
         command,
         stdin=subprocess.PIPE if stdin else None,

@@ -293,3 +293,15 @@ def test_max_new_properties_reaches_the_preflight(make_sandbox: Any, tmp_path: P
     assert [r for r in sandbox.store.requests() if r["method"] != "GET"] == []
     ok = run_target({**config, "max_new_properties": 4}, text, tmp_path=tmp_path)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_meltano_yml_declares_exactly_the_settings_the_target_accepts() -> None:
+    """meltano.yml's loader lists every setting (so `meltano config set` knows them) and none the target refuses."""
+    import yaml
+
+    project = yaml.safe_load((Path(__file__).resolve().parent.parent / "meltano.yml").read_text())
+    (loader,) = [p for p in project["plugins"]["loaders"] if p["name"] == "target-loops"]
+    declared = {s["name"] for s in loader["settings"]}
+    accepted = TargetLoops.accepted_settings()
+    assert declared - accepted == set(), "declared in meltano.yml but refused by the target"
+    assert {f.name for f in OWN_FIELDS} - declared == set(), "target settings missing from meltano.yml"
