@@ -74,7 +74,7 @@ class Settings:
     )
     requests_per_second: int = _setting(
         10,
-        th.IntegerType(minimum=1, maximum=1000),
+        th.IntegerType(minimum=1, maximum=100_000),
         "Ceiling for all requests of the run, shared by every stream (Loops allows 10/s per team).",
     )
     max_concurrency: int = _setting(
