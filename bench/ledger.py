@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, help="measured runs of each target (default 2; --quick 3); medians")
     p.add_argument("--warm", choices=["stub", "http"], default="stub", help="how to warm the ledger (see above)")
     p.add_argument("--probe-rows", type=int, help="rows of the first-run speed probe (default 5,000; quick 1,000)")
-    p.add_argument("--concurrency", type=int, default=8, help="target max_concurrency for the unlimited sandbox")
+    p.add_argument("--concurrency", type=int, default=32, help="target max_concurrency (the setting's default)")
     p.add_argument("--ledger", choices=["sqlite", "postgres", "both"], default="both", help="ledger backends")
     args = p.parse_args()
     backends = ["sqlite", "postgres"] if args.ledger == "both" else [args.ledger]
