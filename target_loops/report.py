@@ -207,16 +207,20 @@ class Progress:
         self._last = time.monotonic()
         self._recent: collections.deque[float] = collections.deque()
         self.planned = self.done = 0
+        self._done_at_begin = 0
         self.rate_limited = self.retries = self.rejected = 0
 
     def begin_batch(self, planned: int) -> None:
+        """A flush starts: its requests join the run's plan."""
         with self._lock:
             self.planned += planned
+            self._done_at_begin = self.done
 
     def end_batch(self, planned: int) -> None:
         """A flush ended; requests it planned but never sent (the run is stopping) leave the plan."""
         with self._lock:
-            self.planned = max(self.done, self.planned)
+            unsent = planned - (self.done - self._done_at_begin)
+            self.planned -= max(unsent, 0)
 
     def note(self, outcome: Outcome) -> None:
         """One request finished: count it, and print the line if the interval has passed."""

@@ -29,9 +29,6 @@ from target_loops.client import ApiKeyError, BaseUrlError, ClientSettings, check
 from target_loops.ledger import default_ledger_path, describe_url, normalize_url
 
 DEFAULT_BASE_URL = "https://app.loops.so/api"
-#: What 0.1 used by default (relative to the working directory); kept for imports. The default is now computed:
-#: see ``ledger.default_ledger_path``.
-DEFAULT_LEDGER_URL = "sqlite:///.target-loops/ledger.sqlite"
 
 #: Events older than this many hours cannot be asked for: "now - age" must stay a representable date (year 1 is
 #: Python's floor; 100000000 hours crashed with OverflowError), and no Loops workflow predates Loops by a century.

@@ -51,7 +51,6 @@ from target_loops.rules import Rule, RuleError, match_rule, parse_rules, suggest
 from target_loops.serialization import dumps
 from target_loops.settings import (
     DEFAULT_BASE_URL,
-    DEFAULT_LEDGER_URL,
     SETTINGS,
     config_file_problem,
     load_settings,
@@ -62,7 +61,7 @@ from target_loops.sinks import LoopsSink, SinkServices
 if TYPE_CHECKING:
     from singer_sdk.singerlib.encoding.base import GenericSingerReader
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_LEDGER_URL", "SETTINGS", "TargetLoops"]
+__all__ = ["DEFAULT_BASE_URL", "SETTINGS", "TargetLoops"]
 
 logger = logging.getLogger("target_loops.target")
 

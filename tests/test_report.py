@@ -254,3 +254,21 @@ def test_settings_from_the_environment_outside_meltano(make_sandbox: Any, tmp_pa
     assert missing.returncode != 0
     assert "TARGET_LOOPS_API_KEY" in missing.stderr and "--config=ENV" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_flush_cut_short_leaves_its_unsent_requests_out_of_the_plan() -> None:
+    import logging
+
+    from target_loops.operations import Outcome, OutcomeKind
+
+    progress = Progress(logging.getLogger("test"), interval=3600)
+    progress.begin_batch(10)
+    for _ in range(4):
+        progress.note(Outcome(OutcomeKind.DELIVERED))
+    progress.end_batch(10)  # the run stopped after 4 of 10
+    assert (progress.done, progress.planned) == (4, 4)
+    progress.begin_batch(3)
+    for _ in range(3):
+        progress.note(Outcome(OutcomeKind.DELIVERED))
+    progress.end_batch(3)
+    assert (progress.done, progress.planned) == (7, 7)
