@@ -14,6 +14,8 @@ import hashlib
 import json
 from typing import Any
 
+import msgspec
+
 
 def iso_datetime(value: dt.datetime) -> str:
     """A datetime inside JSON written here: ISO-8601 with its own offset, at most millisecond precision.
@@ -58,8 +60,43 @@ def dumps(value: Any) -> str:
 
 
 def canonical_json(value: Any) -> str:
-    """Key-sorted compact JSON: equal data gives equal text, the basis of hashes and fingerprints."""
+    """Key-sorted compact JSON: equal data gives equal text, the basis of hashes and fingerprints.
+
+    Every contact of a nightly re-sync is fingerprinted, so plain data (the usual request body) is encoded by
+    msgspec, ten times faster and byte for byte the same text as ``json.dumps`` gives it (tested over every code
+    point); anything else (floats: ``1e+16`` against msgspec's ``1e16``; dates, decimals) goes through ``json``.
+    """
+    if _plain(value):
+        try:
+            return _SORTED.encode(value).decode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: json writes it through, as it always has
+            pass
     return json.dumps(value, default=json_default, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+_SORTED = msgspec.json.Encoder(order="sorted")
+
+
+def _plain(value: Any) -> bool:
+    """Made only of what msgspec and json write alike: str-keyed dicts, lists, strings, integers, booleans, null."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    # Loops, not all(): this runs for every contact of a re-sync, and a generator costs twice the time.
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or (type(item) not in _SCALARS and not _plain(item)):
+                return False
+        return True
+    if kind is list:
+        for item in value:  # noqa: SIM110
+            if type(item) not in _SCALARS and not _plain(item):
+                return False
+        return True
+    return False
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def stable_hash(*parts: Any) -> str:

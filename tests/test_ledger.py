@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 from runner import SANDBOX_KEY, parse_states, record, run_target, schema, singer, start_target, state
 
-from target_loops.ledger import ContactRow, Ledger, TeamIdentityError, fingerprint, keyed_hash, value_hashes
+from target_loops.ledger import (
+    ContactRow,
+    Ledger,
+    LedgerWriter,
+    TeamIdentityError,
+    fingerprint,
+    keyed_hash,
+    value_hashes,
+)
 from target_loops.sandbox import Sandbox
 from target_loops.serialization import stable_hash
 
@@ -285,6 +293,33 @@ def test_ledger_unit(tmp_path: Path) -> None:
     read_only = Ledger(f"sqlite:///{missing}", read_only=True)
     assert not read_only.available and not missing.exists()
     assert read_only.contact_states(team, [who]) == {}
+
+
+def test_ledger_writer_lands_writes_within_its_interval_and_sync_does_not_wait_it_out(tmp_path: Path) -> None:
+    """The write-behind bounds what kill -9 can lose (a write lands within the interval without anyone asking), and
+    a checkpoint's sync() writes at once: a flush must not idle out the interval before its STATE."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    team = ledger.resolve_team(base_url="https://app.loops.so/api", team_name="Acme", api_key="sk_1", list_ids=[])
+    writer = LedgerWriter(ledger, team, interval=0.2)
+    writer.events(["e1"])
+    deadline = time.monotonic() + 5
+    while not ledger.delivered_events(team, ["e1"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ledger.delivered_events(team, ["e1"]) == {"e1"}, "a write did not land within the write-behind interval"
+    writer.close()
+
+    slow = LedgerWriter(ledger, team, interval=30)
+    slow.events(["e2"])
+    started = time.monotonic()
+    slow.sync()
+    assert time.monotonic() - started < 10, "sync() waited out the write-behind interval instead of writing now"
+    assert ledger.delivered_events(team, ["e2"]) == {"e2"}
+    slow.events(["e3"])
+    started = time.monotonic()
+    slow.close()
+    assert time.monotonic() - started < 10
+    assert ledger.delivered_events(team, ["e3"]) == {"e3"}
+    ledger.close()
 
 
 def test_team_identity_keys_lists_and_rotation(tmp_path: Path) -> None:

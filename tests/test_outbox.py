@@ -303,6 +303,27 @@ def test_accepted_work_reaches_the_ledger_within_a_second_while_a_flush_is_still
     assert len(delivered) == 5
 
 
+def test_a_full_window_is_settled_before_the_next_so_the_ledger_filter_sees_what_it_delivered(
+    tmp_path: Path,
+) -> None:
+    """A full window (``hold_rows``) is sent and settled, ledger writes included, before the rows after it are
+    planned: a contact's requests never overtake each other across windows, and a row repeating what the window
+    before delivered is not sent again."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    loops = FakeLoops()
+    outbox, stats, _ = make_outbox(loops, ledger, "team-1", hold_rows=2)
+    outbox.add("identify", [op("identify", identify(u, f"{u}@x.io", plan="A")) for u in ("u1", "u2")])
+    assert outbox.held == 0 and len(loops.seen) == 2
+    outbox.add("identify", [op("identify", identify("u1", "u1@x.io", at="2026-11-01T11:00:00Z", plan="B"))])
+    outbox.add("identify", [op("identify", identify("u2", "u2@x.io", at="2026-11-01T11:00:00Z", plan="A"))])
+    outbox.flush()
+    outbox.close()
+    seen = [(r.body["userId"], r.body["plan"]) for r in loops.seen]
+    assert sorted(seen[:2]) == [("u1", "A"), ("u2", "A")] and seen[2:] == [("u1", "B")]
+    assert stats.streams["identify"].unchanged == 1  # u2's second row: the window before delivered plan A
+    assert stats.streams["identify"].delivered == 3
+
+
 def test_events_replayed_in_the_same_window_are_sent_once() -> None:
     loops = FakeLoops()
     outbox, stats, _ = make_outbox(loops)

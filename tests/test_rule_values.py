@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from rule_helpers import (
 
 from target_loops.coercion import CoercionError, coerce
 from target_loops.operations import Operation, Rejection
-from target_loops.serialization import iso_datetime, json_number
+from target_loops.serialization import canonical_json, iso_datetime, json_default, json_number
 from target_loops.values import camel_case, loops_datetime, parse_datetime, read_boolean, sort_key
 
 # --------------------------------------------------------------------------------------------------- camelCase
@@ -325,3 +326,31 @@ def test_event_property_and_contact_date_are_sent_in_the_same_form(value: Any) -
 def test_sort_key_keeps_its_comparable_form(value: Any, expected: str | None) -> None:
     """Sort keys order updates and the ledger keeps them between runs (``seen_at``): microseconds, ``+00:00``."""
     assert sort_key(value) == expected
+
+
+# --------------------------------------------------------------------------------------------------- hash text
+
+
+def _json_text(value: Any) -> str:
+    """The text hashes and fingerprints have always been computed from (``json.dumps``, keys sorted)."""
+    return json.dumps(value, default=json_default, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def test_canonical_json_is_the_text_hashes_were_always_computed_from() -> None:
+    """The fast encoder must write exactly what ``json`` writes, or every ledger fingerprint and idempotency key
+    recorded by an earlier run would stop matching (contacts re-sent, events sent twice)."""
+    for code_point in range(0x110000):
+        if not 0xD800 <= code_point < 0xE000:
+            text = f"a{chr(code_point)}b"
+            assert canonical_json(text) == _json_text(text), hex(code_point)
+    values: list[Any] = [
+        "\ud800",  # a lone surrogate: json's text, as before
+        {"b": 1, "a": {"d": [1, "x", None, True, False], "c": -(2**70)}},
+        {"mailingLists": {"cm2": True, "cm1": False}, "email": "ada@example.com", "seats": 3},
+        1e16,  # floats take json's path: 1e+16 (msgspec writes 1e16)
+        [0.1, 1e-07, -0.0],
+        {"when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), "n": decimal.Decimal("1.50")},
+        {1: "an int key"},
+    ]
+    for value in values:
+        assert canonical_json(value) == _json_text(value), value
