@@ -435,7 +435,7 @@ class Ledger:
             for chunk in _chunks(list(set(identities))):
                 if mark is not None:
                     # Every row of a nightly re-sync is looked up here: plain SQL (built once per chunk size) on the
-                    # driver's cursor costs a third of building the query and its result rows per chunk.
+                    # driver's cursor costs half of what building the query and its result rows per chunk does.
                     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
                     try:
                         cursor.execute(_contact_states_sql(mark, len(chunk)), (team, *chunk))
