@@ -559,8 +559,9 @@ class TargetLoops(Target):
         return self.client.send(request)
 
     def _plan_request(self, request: LoopsRequest) -> Outcome:
-        """A dry run's "send": one line of the plan file, nothing on the wire."""
-        self._plan_line(dumps(request.as_dict()))
+        """A dry run's "send": one line of the plan file (when one is asked for), nothing on the wire."""
+        if self._plan_file is not None:
+            self._plan_line(dumps(request.as_dict()))
         return Outcome(OutcomeKind.PLANNED)
 
     def _plan_line(self, line: str) -> None:
