@@ -378,7 +378,7 @@ class Outbox:
     ) -> list[Step]:
         updates = [h for h in part if h.op.action is Action.UPSERT_CONTACT]
         events: list[Held] = []
-        for h in part if len(updates) != len(part) else ():
+        for h in part:
             if h.op.action is not Action.SEND_EVENT:
                 continue
             key = h.op.request.idempotency_key
@@ -397,7 +397,7 @@ class Outbox:
         if not events:
             return [update] if update is not None else []
         steps: list[Step] = []
-        if update is not None and events and self._can_fold(update, events[0]):
+        if update is not None and self._can_fold(update, events[0]):
             steps.append(self._fold(update, events[0]))
             events = events[1:]
         elif update is not None:

@@ -15,6 +15,16 @@ SAMPLES = REPO / "sample_streams"
 SANDBOX_KEY = "sandbox-key"
 
 
+def sandbox_config(sandbox: Any, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """The usual config of a run against ``sandbox`` (a ``Sandbox``): its URL and key, a ledger in ``tmp_path``."""
+    return {
+        "api_key": SANDBOX_KEY,
+        "base_url": sandbox.url,
+        "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        **extra,
+    }
+
+
 @dataclass
 class Run:
     """What one CLI run printed and wrote."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runner import SANDBOX_KEY, Run, record, run_target, schema, singer, state
+from runner import Run, record, run_target, sandbox_config, schema, singer, state
 
 from target_loops.sandbox import Sandbox
 
@@ -23,16 +23,6 @@ COLUMNS = {"id": "string", "user_id": "string", "email": "string", "plan": "stri
 @pytest.fixture
 def loops(make_sandbox: Any) -> Sandbox:
     return make_sandbox(properties=[{"key": "plan", "type": "string"}])
-
-
-def config_for(sandbox: Sandbox, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "api_key": SANDBOX_KEY,
-        "base_url": sandbox.url,
-        "report_path": str(tmp_path / "report.json"),
-        "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
-        **extra,
-    }
 
 
 def contact(n: int) -> dict[str, Any]:
@@ -50,7 +40,7 @@ TAIL = line(contact(2)) + line(state({"at": 2}))
 def run_bytes(sandbox: Sandbox, tmp_path: Path, data: bytes, **extra: Any) -> Run:
     path = tmp_path / "input.singer"
     path.write_bytes(data)
-    return run_target(config_for(sandbox, tmp_path, **extra), input_path=path, tmp_path=tmp_path)
+    return run_target(sandbox_config(sandbox, tmp_path, **extra), input_path=path, tmp_path=tmp_path)
 
 
 def report(tmp_path: Path) -> dict[str, Any]:
@@ -180,10 +170,10 @@ def test_text_input_without_bytes_is_read_the_same_way(loops: Sandbox, tmp_path:
     from target_loops.target import InputError, TargetLoops
 
     text = (HEAD + b"\n" + TAIL).decode()
-    target = TargetLoops(config=config_for(loops, tmp_path, rejects_path=str(tmp_path / "r.jsonl")))
+    target = TargetLoops(config=sandbox_config(loops, tmp_path, rejects_path=str(tmp_path / "r.jsonl")))
     target.listen(io.StringIO(text))
     assert user_ids(loops) == {"u1", "u2"}
-    target = TargetLoops(config=config_for(loops, tmp_path, rejects_path=str(tmp_path / "r.jsonl")))
+    target = TargetLoops(config=sandbox_config(loops, tmp_path, rejects_path=str(tmp_path / "r.jsonl")))
     with pytest.raises(InputError, match="input line 2 is not valid JSON"):
         target.listen(io.StringIO(singer(schema("identifies", COLUMNS)) + "{oops\n"))
 

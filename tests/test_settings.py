@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runner import SANDBOX_KEY, Run, record, run_target, schema, singer, state
+from runner import SANDBOX_KEY, Run, record, run_target, sandbox_config, schema, singer, state
 
 from target_loops.sandbox import Sandbox
 from target_loops.settings import OWN_FIELDS, SETTINGS, Settings, load_settings, unknown_settings
@@ -31,15 +31,6 @@ def loops(make_sandbox: Any) -> Sandbox:
     return make_sandbox(properties=[{"key": "plan", "type": "string"}])
 
 
-def config_for(sandbox: Sandbox, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "api_key": SANDBOX_KEY,
-        "base_url": sandbox.url,
-        "ledger_url": f"sqlite:///{tmp_path / 'l.sqlite'}",
-        **extra,
-    }
-
-
 def refused(run: Run, sandbox: Sandbox | None = None) -> list[str]:
     """The error lines of a run that was refused before anything was read or sent."""
     assert run.returncode == 1, run.stderr
@@ -56,7 +47,7 @@ def test_an_unknown_setting_is_refused_with_the_nearest_name_before_anything_is_
     loops: Sandbox, tmp_path: Path
 ) -> None:
     """``"dryrun": true`` used to run a real sync."""
-    run = run_target(config_for(loops, tmp_path, dryrun=True), INPUT, tmp_path=tmp_path)
+    run = run_target(sandbox_config(loops, tmp_path, dryrun=True), INPUT, tmp_path=tmp_path)
     errors = refused(run, loops)
     assert 'unknown setting "dryrun": did you mean "dry_run"?' in errors
     assert loops.store.contacts() == []
@@ -64,7 +55,7 @@ def test_an_unknown_setting_is_refused_with_the_nearest_name_before_anything_is_
 
 def test_every_problem_is_listed_at_once(loops: Sandbox, tmp_path: Path) -> None:
     (tmp_path / "folder").mkdir()
-    config = config_for(
+    config = sandbox_config(
         loops,
         tmp_path,
         dryrun=True,
@@ -91,7 +82,7 @@ def test_every_problem_is_listed_at_once(loops: Sandbox, tmp_path: Path) -> None
 
 
 def test_the_sdks_settings_are_accepted(loops: Sandbox, tmp_path: Path) -> None:
-    config = config_for(
+    config = sandbox_config(
         loops,
         tmp_path,
         stream_maps={"identifies": {"plan": "plan.upper()"}},
@@ -213,14 +204,14 @@ def test_a_config_file_that_cannot_be_read_is_one_line(tmp_path: Path, content: 
 
 
 def test_surrounding_whitespace_of_the_key_is_stripped(loops: Sandbox, tmp_path: Path) -> None:
-    run = run_target(config_for(loops, tmp_path, api_key=f" {SANDBOX_KEY}\r\n"), INPUT, tmp_path=tmp_path)
+    run = run_target(sandbox_config(loops, tmp_path, api_key=f" {SANDBOX_KEY}\r\n"), INPUT, tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr
     assert len(loops.store.contacts()) == 1
 
 
 @pytest.mark.parametrize("key", ["…your key…", "two words", "tab\tinside"])
 def test_a_key_that_cannot_be_a_loops_key_is_a_config_error(loops: Sandbox, tmp_path: Path, key: str) -> None:
-    run = run_target(config_for(loops, tmp_path, api_key=key), INPUT, tmp_path=tmp_path)
+    run = run_target(sandbox_config(loops, tmp_path, api_key=key), INPUT, tmp_path=tmp_path)
     errors = refused(run, loops)
     assert any(e.startswith("api_key contains") for e in errors), errors
     assert key not in run.stderr
@@ -233,7 +224,7 @@ def test_files_the_run_cannot_write_are_refused_at_start(loops: Sandbox, tmp_pat
     """A bad report_path used to fail the run after everything was delivered, with a traceback."""
     (tmp_path / "folder").mkdir()
     (tmp_path / "a-file").write_text("")
-    config = config_for(
+    config = sandbox_config(
         loops,
         tmp_path,
         report_path=str(tmp_path / "folder"),
@@ -257,23 +248,25 @@ def test_a_dry_run_checks_its_plan_file(tmp_path: Path) -> None:
 def test_two_settings_naming_one_file_are_refused(loops: Sandbox, tmp_path: Path) -> None:
     same = str(tmp_path / "out.json")
     errors = refused(
-        run_target(config_for(loops, tmp_path, report_path=same, rejects_path=same), INPUT, tmp_path=tmp_path)
+        run_target(sandbox_config(loops, tmp_path, report_path=same, rejects_path=same), INPUT, tmp_path=tmp_path)
     )
     assert any("name the same file" in e for e in errors), errors
 
 
 def test_a_bad_ledger_url_is_one_line(loops: Sandbox, tmp_path: Path) -> None:
-    errors = refused(run_target(config_for(loops, tmp_path, ledger_url="not a url"), INPUT, tmp_path=tmp_path), loops)
+    errors = refused(
+        run_target(sandbox_config(loops, tmp_path, ledger_url="not a url"), INPUT, tmp_path=tmp_path), loops
+    )
     assert any("is not a database URL" in e for e in errors), errors
 
 
 def test_a_corrupt_sqlite_ledger_is_one_line_and_nothing_is_written(loops: Sandbox, tmp_path: Path) -> None:
-    ledger = tmp_path / "l.sqlite"
+    ledger = tmp_path / "ledger.sqlite"
     ledger.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(ledger).execute("select * from sqlite_master").fetchall()
     report = tmp_path / "report.json"
-    run = run_target(config_for(loops, tmp_path, report_path=str(report)), INPUT, tmp_path=tmp_path)
+    run = run_target(sandbox_config(loops, tmp_path, report_path=str(report)), INPUT, tmp_path=tmp_path)
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
     [error] = [text for text in run.stderr.splitlines() if "ERROR" in text]
@@ -287,11 +280,10 @@ def test_max_new_properties_reaches_the_preflight(make_sandbox: Any, tmp_path: P
     sandbox = make_sandbox()
     columns = {"id": "string", "email": "string", **{f"trait_{n}": "string" for n in range(4)}}
     text = singer(schema("identifies", columns, ["id"]), record("identifies", {"id": "1", "email": "a@example.com"}))
-    config = {"api_key": SANDBOX_KEY, "base_url": sandbox.url, "ledger_url": f"sqlite:///{tmp_path / 'l.sqlite'}"}
-    run = run_target({**config, "max_new_properties": 3}, text, tmp_path=tmp_path)
+    run = run_target(sandbox_config(sandbox, tmp_path, max_new_properties=3), text, tmp_path=tmp_path)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert [r for r in sandbox.store.requests() if r["method"] != "GET"] == []
-    ok = run_target({**config, "max_new_properties": 4}, text, tmp_path=tmp_path)
+    ok = run_target(sandbox_config(sandbox, tmp_path, max_new_properties=4), text, tmp_path=tmp_path)
     assert ok.returncode == 0, ok.stderr
 
 
