@@ -632,7 +632,9 @@ class LoopsClient:
 
     def send(self, request: LoopsRequest) -> Outcome:
         """One request to its end: delivered, duplicate, already done, rejected, failed or aborted. Blocking."""
-        outcome, _, _ = self._exchange(request, max_retries=self.settings.max_retries)
+        outcome, verdict, data = self._exchange(request, max_retries=self.settings.max_retries)
+        if request.method == "GET" and verdict is not None and verdict.decision is Decision.DONE:
+            outcome.body = data
         if self.listener is not None:
             self.listener(outcome)
         return outcome

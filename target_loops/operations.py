@@ -111,6 +111,8 @@ class Outcome:
     attempts: int = 0
     retries: int = 0
     rate_limited: int = 0
+    #: A read's JSON answer (``GET /v1/contacts/find``); None for writes, whose answer is only their verdict.
+    body: Any = None
 
     @property
     def done(self) -> bool:

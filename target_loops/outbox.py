@@ -20,8 +20,9 @@ import json
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +33,9 @@ logger = logging.getLogger("target_loops.outbox")
 
 #: Keys that address the contact: always sent, never what makes a payload "new".
 IDENTITY_KEYS = frozenset({"email", "userId"})
+#: The keys of an events/send body that belong to the event; every other key writes to the contact (Loops' events
+#: take contact properties and mailing lists beside the event: https://loops.so/docs/api-reference/send-event).
+EVENT_KEYS = frozenset({"eventName", "eventProperties"})
 #: A record time further ahead than this is clamped to now for ordering (clock skew between systems is normal).
 FUTURE_SKEW = dt.timedelta(minutes=5)
 
@@ -86,6 +90,7 @@ class Held:
     seq: int
     at: str | None
     clamped: bool = False  # ``at`` is "now", not the record's own time: it orders, but the ledger never keeps it
+    waited: bool = False  # sent once and refused because Loops did not know the person yet (see ``Outbox.waiting``)
 
 
 @dataclass
@@ -136,6 +141,8 @@ class Outbox:
         check: Callable[[], None] | None = None,
         progress: Any = None,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        stopping: Callable[[], bool] = lambda: False,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.sender = sender
@@ -146,12 +153,23 @@ class Outbox:
         self.check = check
         self.progress = progress
         self.now = now
+        #: Asked between requests: True once the run was told to stop (a signal). ``on_stop`` is then called once
+        #: from the thread that waits for the flush (never from a signal handler): it stops the client.
+        self.stopping = stopping
+        self.on_stop = on_stop
         self.sending = False
         self.sending_seconds = 0.0  # time spent in flushes: the run's requests/s is over this
         self.clamped = 0
         #: Per event name, the event properties sent and their JSON types (they must exist in Loops' settings).
         self.event_properties: dict[str, dict[str, str]] = {}
         self._held: list[Held] = []
+        #: Operations sent by userId alone and refused (400) while the ledger did not know the person: Loops cannot
+        #: create a contact without an email, and that person's upsert may come later in the input (a warehouse tap
+        #: sends whole tables in turn). They go again with the next window, and once more at the end of the input
+        #: (``flush(final=True)``) before they are rejected. The target holds STATE back while any wait.
+        self._waiting: list[Held] = []
+        self._waiting_people: set[str] = set()
+        self._final = False
         self._seq = 0
         self._lock = threading.RLock()  # adding and flushing
         self._settle_lock = threading.Lock()  # counters, rejects, ledger queue
@@ -193,8 +211,16 @@ class Outbox:
     def held(self) -> int:
         return len(self._held)
 
-    def flush(self) -> None:
+    @property
+    def waiting(self) -> int:
+        """Operations waiting for their person's upsert (see ``_waiting``): while any wait, no STATE is true."""
+        return len(self._waiting)
+
+    def flush(self, *, final: bool = False) -> None:
         """Send everything held, per person in order; raise ``UndeliveredError`` if anything was not delivered.
+
+        ``final`` (after the end of the input): operations still waiting for their person are sent once more and
+        rejected if Loops still does not know the person.
 
         The flush waits for its answers before the reading goes on. Sending while reading was tried and measured:
         the reading thread and the sending threads share one interpreter lock, and each answer's hand-over cost the
@@ -202,8 +228,12 @@ class Outbox:
         """
         with self._lock:
             held, self._held = self._held, []
+            if self._waiting:
+                held = self._waiting + held
+                self._waiting = []
             if not held:
                 return
+            self._final = final
             self.sending = True
             started = time.monotonic()
             try:
@@ -216,7 +246,7 @@ class Outbox:
                         for chain in chains:
                             self._run_chain(chain)
                     else:
-                        list(self._pool.map(self._run_chain, chains))
+                        self._wait_for([self._pool.submit(self._run_chain, chain) for chain in chains])
                 finally:
                     if self.progress is not None:
                         self.progress.end_batch(total)
@@ -233,6 +263,32 @@ class Outbox:
             finally:
                 self.sending = False
                 self.sending_seconds += time.monotonic() - started
+            if self._waiting:
+                logger.info(
+                    "%d request(s) sent by userId alone wait for their contact's upsert later in the input (Loops "
+                    "answered 400: it cannot create a contact without an email); they go again after it, or once "
+                    "more at the end of the input",
+                    len(self._waiting),
+                )
+
+    def _wait_for(self, futures: list[Future[None]]) -> None:
+        """Wait for every chain; when the run is told to stop, call ``on_stop`` once (from this thread, never from
+        a signal handler: stopping the client takes locks) and keep waiting: each request in flight ends within
+        its deadline and nothing new starts, so every answer that came is settled before the flush returns."""
+        pending: set[Future[None]] = set(futures)
+        stopped = False
+        error: BaseException | None = None
+        while pending:
+            done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if error is None and future.exception() is not None:
+                    error = future.exception()
+            if not stopped and self.stopping():
+                stopped = True
+                if self.on_stop is not None:
+                    self.on_stop()
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -333,7 +389,7 @@ class Outbox:
     def _load_known(self, people: list[Person]) -> None:
         if self.ledger is None:
             return
-        wanted = [p.identity for p in people if any(h.op.action is Action.UPSERT_CONTACT for h in p.members)]
+        wanted = [p.identity for p in people if any(_writes_contact(h.op) for h in p.members)]
         known = self.ledger.contact_states(self.team, wanted)
         for person in people:
             person.known = known.get(person.identity)
@@ -376,33 +432,60 @@ class Outbox:
     def _part(
         self, person: Person, part: list[Held], known: ContactState | None, delivered: set[str], seen: set[str]
     ) -> list[Step]:
-        updates = [h for h in part if h.op.action is Action.UPSERT_CONTACT]
+        """One part (between deletes) of a person's records, in record-time order: the events in order, and the
+        updates merged into as few requests as order allows.
+
+        An update may go before (or ride on) an older event only when the two agree on every identity field and
+        every contact property and mailing list the event carries; otherwise it stays after that event. Merging
+        every update of a part ahead of all its events (what 0.2.0 did) let a newer email overtake an older event
+        that still carried the old one: Loops then moved the email back, or created a second contact for an
+        email-only event. An update never passes another group of updates either (the later one must win).
+        """
+        groups: list[list[Held]] = [[]]  # groups[j] goes before events[j]; the last group after the last event
         events: list[Held] = []
         for h in part:
-            if h.op.action is not Action.SEND_EVENT:
+            if h.op.action is Action.SEND_EVENT:
+                key = h.op.request.idempotency_key
+                hashed = keyed_hash(self.team, key) if key else None
+                if hashed is not None and (hashed in delivered or hashed in seen):
+                    self._count(h.stream, "duplicates")
+                    continue
+                if hashed is not None:
+                    seen.add(hashed)
+                events.append(h)
+                groups.append([])
+                self._note_event_properties(h.op.request.body)
                 continue
-            key = h.op.request.idempotency_key
-            hashed = keyed_hash(self.team, key) if key else None
-            if hashed is not None and (hashed in delivered or hashed in seen):
-                self._count(h.stream, "duplicates")
-                continue
-            if hashed is not None:
-                seen.add(hashed)
-            events.append(h)
-            self._note_event_properties(h.op.request.body)
-        update = self._update_step(person, updates, known) if updates else None
-        if update is not None and update.advanced_only:
-            self._advance(update)
-            update = None
-        if not events:
-            return [update] if update is not None else []
+            j = len(events)
+            body = h.op.request.body
+            while not groups[j] and j > 0 and _agrees(body, events[j - 1].op.request.body):
+                j -= 1
+            groups[j].append(h)
         steps: list[Step] = []
-        if update is not None and self._can_fold(update, events[0]):
-            steps.append(self._fold(update, events[0]))
-            events = events[1:]
-        elif update is not None:
-            steps.append(update)
-        steps.extend(Step(Action.SEND_EVENT, h.op.request, [h], person) for h in events)
+        for j, group in enumerate(groups):
+            update = self._update_step(person, group, known) if group else None
+            if update is not None and update.advanced_only:
+                self._advance(update, known)
+                update = None
+            if update is not None:
+                known = _projected(known, update.request.body, update.latest, fingerprint(update.request.body))
+            if j == len(events):
+                if update is not None:
+                    steps.append(update)
+                break
+            event = events[j]
+            request = event.op.request
+            if event.waited and known is not None:
+                request = _without_stale_writes(request, known, None if event.clamped else event.at)
+            writes = _contact_writes(request.body)
+            if writes:
+                known = _projected(known, writes, None if event.clamped else event.at, "")
+            if update is not None and self._can_fold(update, request.body):
+                steps.append(self._fold(update, event, request))
+                continue
+            if update is not None:
+                steps.append(update)
+            steps.append(Step(Action.SEND_EVENT, request, [event], person))
         return steps
 
     def _update_step(self, person: Person, updates: list[Held], known: ContactState | None) -> Step | None:
@@ -454,30 +537,28 @@ class Outbox:
         first = updates[0].op.request
         return Step(Action.UPSERT_CONTACT, LoopsRequest(first.method, first.path, body), updates, person, latest=latest)
 
-    def _advance(self, step: Step) -> None:
-        known = step.person.known
+    def _advance(self, step: Step, known: ContactState | None) -> None:
         if self._writer is None or known is None:
             return
         row = ContactRow(step.person.identity, self._email_hash(step.request.body), known.hashes, step.latest,
                          known.fingerprint)  # fmt: skip
         self._writer.contacts([row])
 
-    def _can_fold(self, update: Step, event: Held) -> bool:
+    def _can_fold(self, update: Step, event_body: dict[str, Any]) -> bool:
         """An update rides on the event that follows it (Loops' events/send takes contact properties and mailing
         lists beside the event: https://loops.so/docs/api-reference/send-event), unless it re-subscribes (never
         folded) or the two address the person differently."""
         if not self.settings.fold_updates or "subscribed" in update.request.body:
             return False
-        body, event_body = update.request.body, event.op.request.body
+        body = update.request.body
         return all(body.get(k) is None or event_body.get(k) is None or body[k] == event_body[k] for k in IDENTITY_KEYS)
 
-    def _fold(self, update: Step, event: Held) -> Step:
+    def _fold(self, update: Step, event: Held, request: LoopsRequest) -> Step:
         body = dict(update.request.body)
-        lists = {**body.pop("mailingLists", {}), **event.op.request.body.get("mailingLists", {})}
-        body.update(event.op.request.body)
+        lists = {**body.pop("mailingLists", {}), **request.body.get("mailingLists", {})}
+        body.update(request.body)
         if lists:
             body["mailingLists"] = lists
-        request = event.op.request
         folded = LoopsRequest(request.method, request.path, body, request.idempotency_key, request.also_done)
         return Step(Action.SEND_EVENT, folded, [*update.members, event], update.person, update=update)
 
@@ -485,7 +566,8 @@ class Outbox:
         request = h.op.request
         fallback = None
         if "userId" in request.body and h.op.email is not None:
-            # Loops deletes by one identity; a userId it does not know may still have a contact under the email.
+            # Loops deletes by one identity; a userId it does not know may still have a contact under the email,
+            # but only one that no other userId owns (checked by ``_delete_by_email``).
             fallback = LoopsRequest(request.method, request.path, {"email": h.op.email}, None, request.also_done)
         return Step(Action.DELETE_CONTACT, request, [h], person, fallback=fallback)
 
@@ -502,18 +584,61 @@ class Outbox:
     # --- sending and settling
 
     def _run_chain(self, chain: list[Step]) -> None:
-        """Send one person's requests in order; stop the chain at the first one that was not settled."""
-        for index, step in enumerate(chain):
-            if not self._send_step(step):
-                for rest in chain[index + 1 :]:
-                    self._fail(rest, "not sent: an earlier request of the same contact was not delivered")
-                return
+        """Send one person's requests in order; stop the chain at the first one that was not settled.
 
-    def _send_step(self, step: Step) -> bool:
+        Requests that must wait for this person's upsert (``_should_wait``) are set aside; if a later request of the
+        chain makes Loops know the person, they go once more right after it (what a newer record set since is
+        left out of them), else they wait for a later window.
+        """
+        waited: list[Held] = []
+        try:
+            for index, step in enumerate(chain):
+                if self.stopping():
+                    for rest in chain[index:]:
+                        self._fail(rest, "not sent: the run is stopping")
+                    return
+                if not self._send_step(step, waited):
+                    for rest in chain[index + 1 :]:
+                        self._fail(rest, "not sent: an earlier request of the same contact was not delivered")
+                    return
+            person = chain[0].person
+            if waited and person.known is not None and not self.stopping():
+                again, waited = waited, []
+                for h in again:
+                    if not self._send_again(person, h, waited):
+                        return
+        finally:
+            if waited:
+                with self._settle_lock:
+                    self._waiting.extend(waited)
+                    self._waiting_people.add(chain[0].person.identity)
+
+    def _send_again(self, person: Person, h: Held, waited: list[Held]) -> bool:
+        """A request that waited, now that Loops knows the person: without the values a newer record has set."""
+        assert person.known is not None
+        at = None if h.clamped else h.at
+        request = _without_stale_writes(h.op.request, person.known, at)
+        action = h.op.action
+        if action is Action.UPSERT_CONTACT and not _contact_writes(request.body):
+            with self._settle_lock:
+                self.counters(h.stream).unchanged += 1
+            return True
+        step = Step(action, request, [h], person, latest=at if action is Action.UPSERT_CONTACT else None)
+        return self._send_step(step, waited)
+
+    def _send_step(self, step: Step, waited: list[Held]) -> bool:
+        if self._should_wait(step, None):
+            # This person's userId alone was refused before and no upsert has been accepted since: no request.
+            self._wait(step, waited)
+            return True
         outcome = self.sender(step.request)
         if step.fallback is not None and outcome.kind is OutcomeKind.ALREADY_DONE:
             self._settle_costs(step, outcome)
-            outcome = self.sender(step.fallback)
+            outcome = self._delete_by_email(step, step.fallback)
+        if self._should_wait(step, outcome):
+            self._settle_costs(step, outcome)
+            self._wait(step, waited)
+            return True
         if outcome.kind in (OutcomeKind.FAILED, OutcomeKind.ABORTED):
             self._settle_costs(step, outcome)
             self._fail(step, outcome.message or outcome.kind.value)
@@ -523,12 +648,51 @@ class Outbox:
             # gets its own verdict (and its own line in the rejects file).
             self._settle_costs(step, outcome)
             alone = Step(Action.SEND_EVENT, step.lead.op.request, [step.lead], step.person)
-            return self._send_step(step.update) and self._send_step(alone)
+            return self._send_step(step.update, waited) and self._send_step(alone, waited)
         self._settle(step, outcome)
         if step.update is not None and outcome.kind is OutcomeKind.DUPLICATE:
             # Loops had this event already and ignored the body, so the update riding on it was not applied.
-            return self._send_step(step.update)
+            return self._send_step(step.update, waited)
         return True
+
+    def _should_wait(self, step: Step, outcome: Outcome | None) -> bool:
+        """True when a request addressed by userId alone must wait for that person's upsert instead of being
+        rejected: Loops answers 400 when no contact has the userId, since it cannot create one without an email
+        (https://loops.so/docs/api-reference/send-event, https://loops.so/docs/api-reference/update-contact).
+        Only for a person the ledger does not know (a known contact's 400 is about the request), and never in the
+        final pass. ``outcome`` None: before sending, for a person already waiting (no request is spent)."""
+        body = step.request.body
+        if self._final or step.action is Action.DELETE_CONTACT or "email" in body or "userId" not in body:
+            return False
+        if step.person.known is not None:
+            return False
+        if outcome is None:
+            return step.person.identity in self._waiting_people
+        return outcome.kind is OutcomeKind.REJECTED and outcome.status == 400
+
+    def _wait(self, step: Step, waited: list[Held]) -> None:
+        for h in step.members:
+            h.waited = True
+            waited.append(h)
+        with self._settle_lock:
+            self._waiting_people.add(step.person.identity)
+
+    def _delete_by_email(self, step: Step, fallback: LoopsRequest) -> Outcome:
+        """The email fallback of a delete whose userId Loops does not know: look the email up first and delete
+        only a contact that has no userId or this one. The email may belong to another person by now (an email
+        moves between userIds), and deleting by email alone would delete them."""
+        user_id = step.request.body.get("userId")
+        query = urllib.parse.urlencode({"email": fallback.body["email"]})
+        found = self.sender(LoopsRequest("GET", f"/v1/contacts/find?{query}", {}))
+        self._settle_costs(step, found)
+        if found.kind is not OutcomeKind.DELIVERED:
+            return found  # planned (a dry run), failed or aborted: settled as such
+        contacts = found.body if isinstance(found.body, list) else []
+        owners = {c.get("userId") or None for c in contacts if isinstance(c, dict)}
+        if not contacts or owners - {None, user_id}:
+            # Nothing under that email, or another person's contact: nothing of this person is left to delete.
+            return Outcome(OutcomeKind.ALREADY_DONE, status=found.status, message=found.message)
+        return self.sender(fallback)
 
     def _settle_costs(self, step: Step, outcome: Outcome) -> None:
         with self._settle_lock:
@@ -553,30 +717,50 @@ class Outbox:
             if kind is OutcomeKind.REJECTED:
                 for h in step.members:
                     self._reject(h, f"http_{outcome.status}" if outcome.status else "refused", outcome, step.request)
-            if self._writer is not None:
-                self._remember(step, kind)
+            self._remember(step, kind)
 
     def _remember(self, step: Step, kind: OutcomeKind) -> None:
-        """Write what Loops accepted to the ledger (never anything it did not)."""
+        """Write what Loops accepted to the ledger (never anything it did not).
+
+        ``person.known`` follows what Loops holds as the person's chain is sent: nothing after a delete (so a
+        contact recreated in the same window is recorded with only what was sent since), and every accepted write,
+        an event's contact properties included (a later update that would restore an older value must not look
+        unchanged).
+        """
         writer = self._writer
-        assert writer is not None
+        person = step.person
         if step.action is Action.DELETE_CONTACT:
             if kind in (OutcomeKind.DELIVERED, OutcomeKind.ALREADY_DONE):
-                emails = [keyed_hash(self.team, h.op.email.lower()) for h in step.members if h.op.email]
-                writer.forget([step.person.identity], emails)
+                if writer is not None:
+                    emails = [keyed_hash(self.team, h.op.email.lower()) for h in step.members if h.op.email]
+                    writer.forget([person.identity], emails)
+                person.known = None
             return
         event_key = step.lead.op.request.idempotency_key if step.action is Action.SEND_EVENT else None
-        if event_key and kind in (OutcomeKind.DELIVERED, OutcomeKind.DUPLICATE):
+        if writer is not None and event_key and kind in (OutcomeKind.DELIVERED, OutcomeKind.DUPLICATE):
             writer.events([keyed_hash(self.team, event_key)])
-        update = step if step.action is Action.UPSERT_CONTACT else step.update
-        if update is not None and kind is OutcomeKind.DELIVERED:
-            known = update.person.known
-            state = {**(known.hashes if known else {}), **value_hashes(update.request.body)}
-            newest = max(filter(None, (known.seen_at if known else None, update.latest)), default=None)
-            row = ContactRow(update.person.identity, self._email_hash(update.request.body), state, newest,
-                             fingerprint(update.request.body))  # fmt: skip
-            writer.contacts([row])
-            update.person.known = ContactState(_json_text(state), newest, row.fingerprint)
+        if kind is not OutcomeKind.DELIVERED:
+            return
+        body = step.request.body
+        if step.action is Action.UPSERT_CONTACT:
+            written, latest, print_ = body, step.latest, fingerprint(body)
+        else:
+            written = {k: v for k, v in body.items() if k not in EVENT_KEYS}
+            if written.keys() <= IDENTITY_KEYS and step.update is None:
+                return  # the event wrote nothing to the contact
+            event = step.lead
+            times = [None if event.clamped else event.at, step.update.latest if step.update is not None else None]
+            latest = max(filter(None, times), default=None)
+            # The whole-payload fingerprint is the update's only when the event itself wrote nothing more.
+            alone = step.update is not None and _contact_writes(step.lead.op.request.body) == {}
+            print_ = fingerprint(step.update.request.body) if alone and step.update is not None else ""
+        known = person.known
+        state = {**(known.hashes if known else {}), **value_hashes(written)}
+        newest = max(filter(None, (known.seen_at if known else None, latest)), default=None)
+        if writer is not None:
+            writer.contacts([ContactRow(person.identity, self._email_hash(written), state, newest, print_)])
+        person.known = ContactState(_json_text(state), newest, print_)
+        self._waiting_people.discard(person.identity)
 
     def _email_hash(self, body: dict[str, Any]) -> str | None:
         email = body.get("email")
@@ -602,6 +786,67 @@ class Outbox:
     def _count(self, stream: str, name: str) -> None:
         """Count what planning decided (unchanged, coalesced, duplicates); ``_plan`` adds them up at its end."""
         self._planned_counts[stream, name] += 1
+
+
+def _writes_contact(op: Operation) -> bool:
+    """True for an update, and for an event that carries contact properties or mailing lists."""
+    if op.action is Action.UPSERT_CONTACT:
+        return True
+    return op.action is Action.SEND_EVENT and bool(_contact_writes(op.request.body))
+
+
+def _contact_writes(body: dict[str, Any]) -> dict[str, Any]:
+    """What an events/send body writes to the contact besides addressing it."""
+    return {k: v for k, v in body.items() if k not in EVENT_KEYS and k not in IDENTITY_KEYS}
+
+
+def _agrees(update: dict[str, Any], event: dict[str, Any]) -> bool:
+    """True when ``update`` may go before (or ride on) the older ``event``: they agree on every identity field and
+    contact property the event carries, and on every mailing list it sets. Emails compare case-insensitively,
+    as Loops matches them."""
+    for key, value in event.items():
+        if key in EVENT_KEYS:
+            continue
+        if key == "mailingLists" and isinstance(value, dict):
+            lists = update.get("mailingLists") or {}
+            if any(list_id in lists and lists[list_id] != member for list_id, member in value.items()):
+                return False
+            continue
+        if key not in update:
+            continue
+        other = update[key]
+        if key == "email" and isinstance(value, str) and isinstance(other, str):
+            if value.lower() != other.lower():
+                return False
+        elif other != value:
+            return False
+    return True
+
+
+def _projected(known: ContactState | None, written: dict[str, Any], at: str | None, print_: str) -> ContactState:
+    """What Loops holds once ``written`` is applied on top of ``known``: later parts of a chain are filtered
+    against it, not against the ledger's older picture."""
+    state = {**(known.hashes if known else {}), **value_hashes(written)}
+    newest = max(filter(None, (known.seen_at if known else None, at)), default=None)
+    return ContactState(_json_text(state), newest, print_)
+
+
+def _without_stale_writes(request: LoopsRequest, known: ContactState, at: str | None) -> LoopsRequest:
+    """An event that waited for its contact, sent after newer writes were accepted: it keeps its event and its
+    identity, and drops the contact values a newer record has set since (they would move Loops back in time)."""
+    if at is None or known.seen_at is None or known.seen_at <= at:
+        return request
+    held = known.hashes
+    body = {k: v for k, v in request.body.items() if k in EVENT_KEYS or k in IDENTITY_KEYS or k not in held}
+    if isinstance(body.get("mailingLists"), dict):
+        lists = {k: v for k, v in body["mailingLists"].items() if f"mailingLists.{k}" not in held}
+        if lists:
+            body["mailingLists"] = lists
+        else:
+            del body["mailingLists"]
+    if body == request.body:
+        return request
+    return LoopsRequest(request.method, request.path, body, request.idempotency_key, request.also_done)
 
 
 def _latest(members: Sequence[Held]) -> str | None:

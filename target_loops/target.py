@@ -78,6 +78,18 @@ class InputError(RuntimeError):
     """A line of input that is not a Singer message the target can read; the message names the line."""
 
 
+class StopRequested(Exception):
+    """Raised at a safe point (between messages, or from a blocked read) after SIGTERM/SIGINT: nothing is half done."""
+
+
+class StoppedBySignal(Exception):
+    """The run stopped on a signal: one line for the user, exit status 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 #: Errors that end a run with one clear line instead of a traceback.
 USER_ERRORS = (
     RuleError,
@@ -135,6 +147,10 @@ class LineReader(MsgSpecReader):
         self.blank_lines = 0
         self.reject_record: Callable[[str, Any, str, str], None] | None = None
         self.on_stop: Callable[[BaseException], None] | None = None
+        #: Asked after each message: True once a stop was requested (a signal). ``waiting`` is True only while the
+        #: reader is blocked on the input, where the signal handler may end the reading at once.
+        self.stop_requested: Callable[[], bool] = lambda: False
+        self.waiting = False
 
     def process_lines(
         self, file_input: IO[str] | None, callbacks: Mapping[str, Callable[[dict], None]]
@@ -145,8 +161,18 @@ class LineReader(MsgSpecReader):
         counts: dict[Any, int] = collections.defaultdict(int)
         decode = msgspec_decoder.decode
         number = 0
+        stop_requested = self.stop_requested
+        iterator = iter(lines)
         try:
-            for number, line in enumerate(lines, start=1):
+            while True:
+                self.waiting = True
+                try:
+                    line = next(iterator)
+                except StopIteration:
+                    break
+                finally:
+                    self.waiting = False
+                number += 1
                 self.line_number = number
                 try:
                     message = decode(line)
@@ -167,6 +193,8 @@ class LineReader(MsgSpecReader):
                 except _MESSAGE_ERRORS as exc:
                     raise _with_line(number, exc) from None
                 counts[kind] += 1
+                if stop_requested():
+                    raise StopRequested
         except BaseException as exc:
             if self.on_stop is not None:
                 self.on_stop(exc)
@@ -385,9 +413,13 @@ class TargetLoops(Target):
         self._finished = False
         self._last_state_written: dict | None = None
         self._with_metadata = self.settings.add_record_metadata
+        #: The signal that asked the run to stop (SIGTERM/SIGINT), set by the handler and acted on at safe points.
+        self._stop_signal: int | None = None
+        self._state_held = False
         if isinstance(self.message_reader, LineReader):
             self.message_reader.reject_record = self._reject_unreadable
             self.message_reader.on_stop = self._stop_reading
+            self.message_reader.stop_requested = self._stop_requested
 
     # --- settings
 
@@ -534,6 +566,8 @@ class TargetLoops(Target):
             team=self.team,
             check=getattr(self.client, "raise_if_fatal", None),
             progress=self.progress if not self.dry_run else None,
+            stopping=self._stop_requested,
+            on_stop=self.client.abort if self.client is not None else None,
         )
         self.services.outbox = self.outbox
 
@@ -597,10 +631,12 @@ class TargetLoops(Target):
 
     def _stop_reading(self, error: BaseException) -> None:
         """Reading ended before the end of input. For a line that cannot be read, everything before it is
-        delivered and checkpointed first (a STATE before that line covers only earlier records); for any error,
-        the run report says ``completed: false``."""
+        delivered and checkpointed first (a STATE before that line covers only earlier records); for a signal, see
+        ``_stopped``; for any error, the run report says ``completed: false``."""
         if self._finished:
             return
+        if self._stop_signal is not None:
+            self._stopped(error)
         try:
             if isinstance(error, InputError):
                 self.logger.warning(
@@ -618,6 +654,8 @@ class TargetLoops(Target):
         stream has no map of its own and no ``_sdc`` metadata is asked for, the same steps run in the same order
         without those lookups; anything else takes the SDK's own path.
         """
+        if self._stop_signal is not None:
+            raise StopRequested  # a safe point: the previous record is wholly handed over, this one not begun
         stream = message_dict.get("stream")
         record = message_dict.get("record")
         if not isinstance(record, dict) and "record" in message_dict:
@@ -682,7 +720,17 @@ class TargetLoops(Target):
         completed = False
         try:
             super().process_endofpipe()
+            if self.outbox is not None and self.outbox.waiting:
+                # Requests still waiting for their person's upsert: one last try now that the whole input is in,
+                # then Loops' refusal goes to the rejects file; only then is the latest STATE true.
+                self.outbox.flush(final=True)
+                if self._latest_state:
+                    self._write_state_message(copy.deepcopy(self._latest_state))
             completed = True
+        except BaseException as exc:
+            if self._stop_signal is not None:
+                self._stopped(exc)
+            raise
         finally:
             self._finish(completed=completed)
         limit = self.settings.max_rejects
@@ -771,6 +819,15 @@ class TargetLoops(Target):
         the tap's bookmark past rows Loops never got), never twice the same (frequent checkpoints repeat it)."""
         if self.dry_run or state == self._last_state_written:
             return
+        if self.outbox is not None and self.outbox.waiting:
+            if not self._state_held:
+                self._state_held = True
+                self.logger.info(
+                    "STATE is held back while %d request(s) wait for their contact's upsert: a STATE now would "
+                    "cover records that Loops has not accepted",
+                    self.outbox.waiting,
+                )
+            return
         super()._write_state_message(state)
         self._last_state_written = state
 
@@ -787,36 +844,61 @@ class TargetLoops(Target):
     # --- signals
 
     def _handle_termination(self, signum: int, frame: Any) -> None:
-        """SIGTERM/SIGINT: checkpoint only what is true.
+        """SIGTERM/SIGINT: only note that a stop was asked; the run acts on it at its next safe point.
 
-        Between flushes, the SDK's handler drains every sink and writes STATE (all of it delivered). During a
-        flush, re-entering the drain (the SDK's behaviour) could write a STATE that covers requests still in
-        flight; instead the run stops here: in-flight requests finish, nothing new starts, no STATE is written,
-        and the next run replays from the last STATE it did emit.
+        A handler runs between two bytecodes of the main thread, wherever it is: inside a sink's hand-over to the
+        outbox, inside a thread pool's ``submit`` (holding its lock), inside a ledger write. The SDK's handler (and
+        0.2.0's) drained and wrote STATE from there: a batch the interrupted frame held was checkpointed unsent, and
+        shutting a pool down inside its own ``submit`` deadlocked. So this takes no lock, does no I/O and changes
+        nothing but one attribute. The safe points: after each message (``LineReader``), before each record, and
+        the outbox's wait for its requests (it stops the client; each request in flight ends within its deadline).
+        Only a reader blocked on its input is interrupted here, since nothing is half done there.
+
+        A second signal ends the process at once (a user pressing Ctrl-C twice): what Loops accepted in the last
+        half second may be sent again next run, as after a kill -9 (a 409 for events, a repeat for contacts).
         """
-        if self.outbox is not None and self.outbox.sending:
-            self.logger.warning(
-                "Received signal %d while sending: stopping without a new STATE; "
-                "the next run replays from the last STATE emitted",
-                signum,
-            )
-            if self.client is not None:
-                self.client.abort()
-            self._finish()
-            raise SystemExit(128 + signum)
-        # Between flushes: deliver and checkpoint everything read (what the SDK's handler does), but exit non-zero,
-        # since the input was not finished: an orchestrator must not record this run as a success.
-        self.logger.warning(
-            "Received signal %d between batches: delivering and checkpointing everything read, then stopping "
-            "(exit %d: the input was not finished)",
-            signum,
-            128 + signum,
+        if self._stop_signal is not None:
+            os.write(2, b"target-loops: a second signal: exiting at once, without a new STATE\n")
+            os._exit(128 + signum)
+        self._stop_signal = signum
+        if getattr(self.message_reader, "waiting", False):
+            raise StopRequested
+
+    def _stop_requested(self) -> bool:
+        return self._stop_signal is not None
+
+    def _stopped(self, error: BaseException) -> None:
+        """The run stops on a signal: STATE only if everything read is settled, then one line and exit 128 + n.
+
+        Held work is not sent: sending it could take far longer than an orchestrator waits (hold_rows operations
+        at 10 requests/s is half an hour); the next run replays it from the last STATE, and the ledger skips what
+        was accepted.
+        """
+        signum = self._stop_signal
+        assert signum is not None
+        settled = (
+            isinstance(error, StopRequested)
+            and self.outbox is not None
+            and not self.outbox.held
+            and not self.outbox.waiting
+            and all(sink.current_size == 0 for sink in self._sinks_active.values())
+            and not self._sinks_to_clear
         )
-        try:
-            self.drain_all(is_endofpipe=True)
-        finally:
-            self._finish()
-        raise SystemExit(128 + signum)
+        if settled and self._latest_state:
+            self._write_state_message(copy.deepcopy(self._latest_state))
+        self._finish(completed=False)
+        name = {2: "SIGINT", 15: "SIGTERM"}.get(signum, f"signal {signum}")
+        accepted = sum(stats.delivered for stats in self.stats.streams.values())
+        where = (
+            "everything read was settled and checkpointed"
+            if settled and self._latest_state
+            else "no STATE was written for what was read since the last one; the next run replays from there"
+        )
+        raise StoppedBySignal(
+            signum,
+            f"stopped by {name} before the end of the input: {accepted} request(s) accepted by Loops; "
+            f"{where} (the ledger skips what Loops already has)",
+        ) from None
 
     # --- CLI
 
@@ -841,6 +923,9 @@ class TargetLoops(Target):
         gc.set_threshold(50_000, 50, 100)
         try:
             super().invoke(*args, **kwargs)
+        except StoppedBySignal as exc:
+            cls.logger.warning("target-loops: %s", exc)
+            sys.exit(exc.exit_code)
         except USER_ERRORS as exc:
             cls.logger.error("target-loops: %s", exc)
             sys.exit(1)

@@ -22,6 +22,7 @@ from target_loops.operations import LoopsRequest, Operation, Outcome, OutcomeKin
 from target_loops.outbox import Outbox, OutboxSettings, UndeliveredError
 from target_loops.report import RunStats
 from target_loops.rules import StreamMapper, parse_rules
+from tests.loops_model import ModelLoops
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
 RULES = {r.stream: r for r in parse_rules([], use_defaults=True)}
@@ -179,13 +180,155 @@ def test_record_time_decides_the_order_across_actions() -> None:
     assert loops.seen[-1].body["plan"] == "B"
 
 
-def test_a_delete_by_user_id_that_loops_does_not_know_tries_the_email() -> None:
-    loops = FakeLoops(lambda r: OutcomeKind.ALREADY_DONE if "userId" in r.body else OutcomeKind.DELIVERED)
+def test_a_delete_by_user_id_that_loops_does_not_know_deletes_the_contact_under_its_email() -> None:
+    """A contact added by email alone (a form, a CSV) has no userId: the delete finds it by email."""
+    loops = ModelLoops()
+    loops.store.upsert_contact({"email": "a@x.io"})
     outbox, stats, _ = make_outbox(loops)
     outbox.add("deletes", [op("identify", identify("u1", "a@x.io"), action="delete")])
     outbox.flush()
-    assert [r.body for r in loops.seen] == [{"userId": "u1"}, {"email": "a@x.io"}]
+    assert loops.paths() == ["delete", "find", "delete"]
+    assert loops.seen[2].body == {"email": "a@x.io"}
+    assert loops.contacts() == []
     assert stats.streams["deletes"].delivered == 1
+
+
+def test_a_delete_never_deletes_another_person_who_owns_the_email_now() -> None:
+    """u1 left; their old email now belongs to u2. Deleting u1 (unknown to Loops by userId) must not delete u2."""
+    loops = ModelLoops()
+    loops.store.upsert_contact({"email": "a@x.io", "userId": "u2"})
+    outbox, stats, rejects = make_outbox(loops)
+    outbox.add("deletes", [op("identify", identify("u1", "a@x.io"), action="delete")])
+    outbox.flush()
+    assert loops.paths() == ["delete", "find"]
+    assert [c["userId"] for c in loops.contacts()] == ["u2"]
+    assert stats.streams["deletes"].delivered == 1 and rejects.lines == []  # nothing of u1 was left to delete
+
+
+def test_a_contact_recreated_after_a_delete_in_the_same_window_gets_its_dropped_values_back(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    loops = ModelLoops(properties=[{"key": "plan", "type": "string"}, {"key": "company", "type": "string"}])
+    outbox, _, _ = make_outbox(loops, ledger, "team-1")
+    outbox.add("identify", [op("identify", identify("u1", "a@x.io", at="2026-11-01T10:00:00Z", plan="pro",
+                                                     company="Acme"))])  # fmt: skip
+    outbox.add("deletes", [op("identify", identify("u1", "a@x.io", at="2026-11-01T11:00:00Z"), action="delete")])
+    outbox.add("identify", [op("identify", identify("u1", "a@x.io", at="2026-11-01T12:00:00Z", plan="pro"))])
+    outbox.flush()
+    outbox.close()
+    assert "company" not in loops.contacts()[0]
+    outbox, _, _ = make_outbox(loops, ledger, "team-1")
+    outbox.add("identify", [op("identify", identify("u1", "a@x.io", at="2026-11-01T13:00:00Z", plan="pro",
+                                                     company="Acme"))])  # fmt: skip
+    outbox.flush()
+    outbox.close()
+    assert loops.contacts()[0]["company"] == "Acme"
+
+
+def test_a_newer_email_never_overtakes_an_older_event_that_carries_the_old_one() -> None:
+    """track (old@, 10:00) then identify (new@, 11:00): Loops must end with new@, not have it moved back."""
+    loops = ModelLoops()
+    outbox, _, _ = make_outbox(loops)
+    outbox.add("identify", [op("identify", identify("u1", "new@x.io", at="2026-11-01T11:00:00Z"))])
+    event = track("u1", "Paid", "t1", at="2026-11-01T10:00:00Z")
+    event["context"] = {"traits": {"email": "old@x.io"}}
+    outbox.add("track", [op("track", event)])
+    outbox.flush()
+    assert [c["email"] for c in loops.contacts()] == ["new@x.io"]
+    assert loops.paths() == ["send", "update"]
+
+
+def test_an_email_only_event_between_two_emails_lands_on_the_person_and_makes_no_second_contact() -> None:
+    loops = ModelLoops()
+    outbox, _, _ = make_outbox(loops)
+    outbox.add("identify", [op("identify", identify("u1", "a@x.io", at="2026-11-01T10:00:00Z"))])
+    outbox.add("track", [op("track", track(None, "Opened", "t1", at="2026-11-01T10:30:00Z", email="a@x.io"))])
+    outbox.add("identify", [op("identify", identify("u1", "b@x.io", at="2026-11-01T11:00:00Z"))])
+    outbox.flush()
+    assert [(c["userId"], c["email"]) for c in loops.contacts()] == [("u1", "b@x.io")]
+    assert [e["userId"] or e["email"] for e in loops.events()] == ["u1"]
+
+
+def test_updates_that_agree_with_the_events_between_them_still_become_one_request() -> None:
+    loops = ModelLoops(properties=[{"key": "plan", "type": "string"}])
+    outbox, stats, _ = make_outbox(loops)
+    outbox.add("identify", [op("identify", identify("u1", "a@x.io", at="2026-11-01T10:00:00Z", plan="free"))])
+    outbox.add("track", [op("track", track("u1", "Viewed", "t1", at="2026-11-01T10:30:00Z"))])
+    outbox.add("identify", [op("identify", identify("u1", "a@x.io", at="2026-11-01T11:00:00Z", plan="pro"))])
+    outbox.flush()
+    assert loops.paths() == ["send"]
+    assert loops.contacts()[0]["plan"] == "pro"
+    assert stats.streams["identify"].coalesced == 1 and stats.streams["identify"].folded == 1
+
+
+def test_events_before_their_contact_in_an_earlier_window_wait_for_it_and_are_all_delivered() -> None:
+    """A warehouse tap sends the tracks table (userId only) before identifies, in different windows."""
+    loops = ModelLoops()
+    outbox, stats, rejects = make_outbox(loops, hold_rows=1_000)
+    outbox.add("track", [op("track", track(f"u{n}", "Viewed", f"t{n}")) for n in range(30)])
+    outbox.flush()
+    assert outbox.waiting == 30 and stats.streams["track"].rejected == 0
+    first_window = len(loops.seen)
+    outbox.add("identify", [op("identify", identify(f"u{n}", f"u{n}@x.io", at="2026-11-01T11:00:00Z"))
+                            for n in range(30)])  # fmt: skip
+    outbox.flush()
+    assert outbox.waiting == 0 and rejects.lines == []
+    assert len(loops.events()) == 30 and stats.streams["track"].delivered == 30
+    assert first_window == 30  # one refused request per person, not one per event
+
+
+def test_an_event_whose_contact_never_comes_is_rejected_after_the_end_of_the_input() -> None:
+    loops = ModelLoops()
+    outbox, stats, rejects = make_outbox(loops)
+    outbox.add("track", [op("track", track("ghost", "Viewed", "t1")), op("track", track("ghost", "Paid", "t2"))])
+    outbox.flush()
+    assert outbox.waiting == 2 and rejects.lines == []
+    outbox.flush(final=True)
+    assert outbox.waiting == 0
+    assert [line["reason"] for line in rejects.lines] == ["http_400", "http_400"]
+    assert stats.streams["track"].rejected == 2
+
+
+def test_an_event_that_waited_does_not_move_a_newer_contact_value_back(tmp_path: Path) -> None:
+    rule = parse_rules([{"stream": "track", "action": "send_event", "properties": "properties.contact"}],
+                       use_defaults=False)[0]  # fmt: skip
+    record = track("u1", "Downgraded", "t1", at="2026-11-01T10:00:00Z")
+    record["properties"] = {"contact": {"plan": "free"}}
+    event = StreamMapper(rule, "track").map(record)
+    assert isinstance(event, Operation) and event.request.body["plan"] == "free"
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    loops = ModelLoops(properties=[{"key": "plan", "type": "string"}])
+    outbox, _, rejects = make_outbox(loops, ledger, "team-1")
+    outbox.add("track", [event])
+    outbox.flush()
+    outbox.add("identify", [op("identify", identify("u1", "a@x.io", at="2026-11-01T11:00:00Z", plan="pro"))])
+    outbox.flush()
+    outbox.close()
+    assert rejects.lines == [] and len(loops.events()) == 1
+    assert loops.contacts()[0]["plan"] == "pro"
+
+
+def test_what_an_event_writes_to_the_contact_is_in_the_ledger(tmp_path: Path) -> None:
+    """An update (plan pro), then an event that sets plan free, then the same update again next run: Loops holds
+    free, so the update must be sent (0.2.0's ledger only knew the update and skipped it as unchanged)."""
+    rule = parse_rules([{"stream": "track", "action": "send_event", "properties": "properties.contact"}],
+                       use_defaults=False)[0]  # fmt: skip
+    record = track("u1", "Downgraded", "t1", at="2026-11-01T11:00:00Z")
+    record["properties"] = {"contact": {"plan": "free"}}
+    event = StreamMapper(rule, "track").map(record)
+    assert isinstance(event, Operation)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    loops = ModelLoops(properties=[{"key": "plan", "type": "string"}])
+    outbox, _, _ = make_outbox(loops, ledger, "team-1", fold_updates=False)
+    outbox.add("identify", [op("identify", identify("u1", "a@x.io", at="2026-11-01T10:00:00Z", plan="pro"))])
+    outbox.add("track", [event])
+    outbox.flush()
+    outbox.close()
+    assert loops.contacts()[0]["plan"] == "free"
+    outbox, _, _ = make_outbox(loops, ledger, "team-1")
+    outbox.add("identify", [op("identify", identify("u1", "a@x.io", at="2026-11-01T12:00:00Z", plan="pro"))])
+    outbox.flush()
+    outbox.close()
+    assert loops.contacts()[0]["plan"] == "pro"
 
 
 def test_a_record_from_the_future_does_not_freeze_a_contact(caplog: pytest.LogCaptureFixture) -> None:
