@@ -481,9 +481,14 @@ class Ledger:
         if self.read_only or not rows:
             return
         with self._lock, self.engine.begin() as conn:
-            for chunk in _chunks(rows):
-                update = ["email", "state", "seen_at", "fingerprint", "delivered_at"]
-                self._upsert(conn, contacts, list(chunk), ["team", "identity"], update)
+            # A request without an email (by userId alone) leaves the email the ledger linked to the contact.
+            for with_email in (True, False):
+                part = [row for row in rows if (row["email"] is not None) is with_email]
+                update = ["state", "seen_at", "fingerprint", "delivered_at"]
+                for chunk in _chunks(part):
+                    self._upsert(
+                        conn, contacts, list(chunk), ["team", "identity"], ["email", *update][not with_email :]
+                    )
 
     def forget_contacts(self, team: str, identities: Sequence[str], emails: Sequence[str]) -> None:
         """A deleted contact is unknown again: its next upsert must be sent."""

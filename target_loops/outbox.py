@@ -36,6 +36,9 @@ IDENTITY_KEYS = frozenset({"email", "userId"})
 #: The keys of an events/send body that belong to the event; every other key writes to the contact (Loops' events
 #: take contact properties and mailing lists beside the event: https://loops.so/docs/api-reference/send-event).
 EVENT_KEYS = frozenset({"eventName", "eventProperties"})
+#: The fingerprint of a ledger row that says "deleted at ``seen_at``" (a tombstone): a record older than the delete,
+#: arriving later (another window, another run, a replay), must not bring the contact back.
+DELETED = "deleted"
 #: A record time further ahead than this is clamped to now for ordering (clock skew between systems is normal).
 FUTURE_SKEW = dt.timedelta(minutes=5)
 
@@ -389,7 +392,7 @@ class Outbox:
     def _load_known(self, people: list[Person]) -> None:
         if self.ledger is None:
             return
-        wanted = [p.identity for p in people if any(_writes_contact(h.op) for h in p.members)]
+        wanted = [p.identity for p in people if any(_needs_known(h.op) for h in p.members)]
         known = self.ledger.contact_states(self.team, wanted)
         for person in people:
             person.known = known.get(person.identity)
@@ -412,13 +415,18 @@ class Outbox:
         """A person's requests in order: per part between deletes, the merged update (folded into the first event
         when it can be) and the events; then the delete."""
         members = person.members
+        known = person.known
+        if known is not None and known.seen_at is not None:
+            if known.fingerprint == DELETED:
+                members = self._after_delete(members, known.seen_at)
+            else:
+                members = self._before_known(members, known.seen_at)
         if len(members) == 1 and members[0].op.action is Action.UPSERT_CONTACT:
             # One row per person and run (a warehouse table re-sent nightly): the same steps, minus the walking.
-            return self._part(person, members, person.known, delivered, seen_keys)
+            return self._part(person, members, known, delivered, seen_keys)
         chain: list[Step] = []
-        known = person.known
         part: list[Held] = []
-        for h in [*person.members, None]:
+        for h in [*members, None]:
             if h is not None and h.op.action is not Action.DELETE_CONTACT:
                 part.append(h)
                 continue
@@ -428,6 +436,28 @@ class Outbox:
                 chain.append(self._delete_step(person, h))
                 known = None  # after a delete, Loops holds nothing of this contact
         return chain
+
+    def _after_delete(self, members: list[Held], deleted_at: str) -> list[Held]:
+        """The records not older than the person's delete: an older update or event arriving after it (a table
+        sent after the deletes table, a replay) would bring a deleted contact back."""
+        kept = []
+        for h in members:
+            if h.at is not None and not h.clamped and h.at < deleted_at and h.op.action is not Action.DELETE_CONTACT:
+                self._count(h.stream, "unchanged")  # Loops holds something newer: the person's deletion
+            else:
+                kept.append(h)
+        return kept
+
+    def _before_known(self, members: list[Held], seen_at: str) -> list[Held]:
+        """Without the deletes older than what Loops holds of the person (a deletes table sent after a newer
+        identify): the person was recreated after that delete, and deleting now would undo the newer record."""
+        kept = []
+        for h in members:
+            if h.op.action is Action.DELETE_CONTACT and h.at is not None and not h.clamped and h.at < seen_at:
+                self._count(h.stream, "unchanged")
+            else:
+                kept.append(h)
+        return kept
 
     def _part(
         self, person: Person, part: list[Held], known: ContactState | None, delivered: set[str], seen: set[str]
@@ -441,8 +471,8 @@ class Outbox:
         that still carried the old one: Loops then moved the email back, or created a second contact for an
         email-only event. An update never passes another group of updates either (the later one must win).
         """
-        groups: list[list[Held]] = [[]]  # groups[j] goes before events[j]; the last group after the last event
-        events: list[Held] = []
+        # Slots in send order: each a group of updates (merged into one request) and the event after it, if any.
+        slots: list[tuple[list[Held], Held | None]] = [([], None)]
         for h in part:
             if h.op.action is Action.SEND_EVENT:
                 key = h.op.request.idempotency_key
@@ -452,28 +482,34 @@ class Outbox:
                     continue
                 if hashed is not None:
                     seen.add(hashed)
-                events.append(h)
-                groups.append([])
+                slots[-1] = (slots[-1][0], h)
+                slots.append(([], None))
                 self._note_event_properties(h.op.request.body)
                 continue
-            j = len(events)
             body = h.op.request.body
-            while not groups[j] and j > 0 and _agrees(body, events[j - 1].op.request.body):
+            j = len(slots) - 1
+            while not slots[j][0] and j > 0 and _agrees(body, slots[j - 1][1].op.request.body):  # type: ignore[union-attr]
                 j -= 1
-            groups[j].append(h)
+            group, event = slots[j]
+            if group and not _same_email(body, group):
+                # An email change is not merged into the updates before it: while Loops may not know the userId
+                # yet, the earlier email is what ties the contact to it, and only then can the email change.
+                slots[j] = (group, None)
+                slots.insert(j + 1, ([h], event))
+            else:
+                group.append(h)
         steps: list[Step] = []
-        for j, group in enumerate(groups):
+        for group, event in slots:
             update = self._update_step(person, group, known) if group else None
             if update is not None and update.advanced_only:
                 self._advance(update, known)
                 update = None
             if update is not None:
                 known = _projected(known, update.request.body, update.latest, fingerprint(update.request.body))
-            if j == len(events):
+            if event is None:
                 if update is not None:
                     steps.append(update)
-                break
-            event = events[j]
+                continue
             request = event.op.request
             if event.waited and known is not None:
                 request = _without_stale_writes(request, known, None if event.clamped else event.at)
@@ -547,10 +583,16 @@ class Outbox:
     def _can_fold(self, update: Step, event_body: dict[str, Any]) -> bool:
         """An update rides on the event that follows it (Loops' events/send takes contact properties and mailing
         lists beside the event: https://loops.so/docs/api-reference/send-event), unless it re-subscribes (never
-        folded) or the two address the person differently."""
+        folded), the two address the person differently, or each carries an identity the other lacks (an
+        email-only row and a userId-only event: together they would tie that email to that userId, which neither
+        record says, e.g. after the person was deleted)."""
         if not self.settings.fold_updates or "subscribed" in update.request.body:
             return False
         body = update.request.body
+        mine = {k for k in IDENTITY_KEYS if body.get(k) is not None}
+        theirs = {k for k in IDENTITY_KEYS if event_body.get(k) is not None}
+        if mine - theirs and theirs - mine:
+            return False
         return all(body.get(k) is None or event_body.get(k) is None or body[k] == event_body[k] for k in IDENTITY_KEYS)
 
     def _fold(self, update: Step, event: Held, request: LoopsRequest) -> Step:
@@ -586,27 +628,28 @@ class Outbox:
     def _run_chain(self, chain: list[Step]) -> None:
         """Send one person's requests in order; stop the chain at the first one that was not settled.
 
-        Requests that must wait for this person's upsert (``_should_wait``) are set aside; if a later request of the
-        chain makes Loops know the person, they go once more right after it (what a newer record set since is
+        Requests that must wait for this person's upsert (``_should_wait``) are set aside; once a later request of
+        the chain makes Loops know the person, they go once more right after it (what a newer record set since is
         left out of them), else they wait for a later window.
         """
         waited: list[Held] = []
+        person = chain[0].person
         try:
             for index, step in enumerate(chain):
                 if self.stopping():
                     for rest in chain[index:]:
                         self._fail(rest, "not sent: the run is stopping")
                     return
-                if not self._send_step(step, waited):
+                sent = self._send_step(step, waited)
+                if sent and waited and step.action is Action.DELETE_CONTACT:
+                    waited = self._after_delete(waited, step.lead.at) if step.lead.at and not step.lead.clamped else []
+                if sent and waited and person.identity not in self._waiting_people:
+                    again, waited = waited, []
+                    sent = all(self._send_again(person, h, waited) for h in again)
+                if not sent:
                     for rest in chain[index + 1 :]:
                         self._fail(rest, "not sent: an earlier request of the same contact was not delivered")
                     return
-            person = chain[0].person
-            if waited and person.known is not None and not self.stopping():
-                again, waited = waited, []
-                for h in again:
-                    if not self._send_again(person, h, waited):
-                        return
         finally:
             if waited:
                 with self._settle_lock:
@@ -615,9 +658,8 @@ class Outbox:
 
     def _send_again(self, person: Person, h: Held, waited: list[Held]) -> bool:
         """A request that waited, now that Loops knows the person: without the values a newer record has set."""
-        assert person.known is not None
         at = None if h.clamped else h.at
-        request = _without_stale_writes(h.op.request, person.known, at)
+        request = h.op.request if person.known is None else _without_stale_writes(h.op.request, person.known, at)
         action = h.op.action
         if action is Action.UPSERT_CONTACT and not _contact_writes(request.body):
             with self._settle_lock:
@@ -659,12 +701,12 @@ class Outbox:
         """True when a request addressed by userId alone must wait for that person's upsert instead of being
         rejected: Loops answers 400 when no contact has the userId, since it cannot create one without an email
         (https://loops.so/docs/api-reference/send-event, https://loops.so/docs/api-reference/update-contact).
-        Only for a person the ledger does not know (a known contact's 400 is about the request), and never in the
-        final pass. ``outcome`` None: before sending, for a person already waiting (no request is spent)."""
+        Loops' 400 does not say which fault it is (its messages are not a contract), so every 400 to a request by
+        userId alone waits, never past the final pass: a request refused for another reason costs one more try
+        at the end. ``outcome`` None: before sending, for a person still waiting, that is, no request carrying
+        their userId has been accepted since one was refused (no request is spent)."""
         body = step.request.body
         if self._final or step.action is Action.DELETE_CONTACT or "email" in body or "userId" not in body:
-            return False
-        if step.person.known is not None:
             return False
         if outcome is None:
             return step.person.identity in self._waiting_people
@@ -731,10 +773,13 @@ class Outbox:
         person = step.person
         if step.action is Action.DELETE_CONTACT:
             if kind in (OutcomeKind.DELIVERED, OutcomeKind.ALREADY_DONE):
+                at = None if step.lead.clamped else step.lead.at
                 if writer is not None:
                     emails = [keyed_hash(self.team, h.op.email.lower()) for h in step.members if h.op.email]
                     writer.forget([person.identity], emails)
-                person.known = None
+                    if at is not None:
+                        writer.contacts([ContactRow(person.identity, None, {}, at, DELETED)])
+                person.known = ContactState("{}", at, DELETED) if at is not None else None
             return
         event_key = step.lead.op.request.idempotency_key if step.action is Action.SEND_EVENT else None
         if writer is not None and event_key and kind in (OutcomeKind.DELIVERED, OutcomeKind.DUPLICATE):
@@ -746,21 +791,32 @@ class Outbox:
             written, latest, print_ = body, step.latest, fingerprint(body)
         else:
             written = {k: v for k, v in body.items() if k not in EVENT_KEYS}
-            if written.keys() <= IDENTITY_KEYS and step.update is None:
-                return  # the event wrote nothing to the contact
             event = step.lead
             times = [None if event.clamped else event.at, step.update.latest if step.update is not None else None]
             latest = max(filter(None, times), default=None)
+            known = person.known
+            if written.keys() <= IDENTITY_KEYS and step.update is None:
+                # An event that wrote nothing but reached the contact: news when the ledger did not know the
+                # contact (by the person's own key: an email-only event linked to a userId does not tell that Loops
+                # can find that userId), or when it is newer than anything applied (a delete older than it, arriving
+                # later, must not be sent).
+                if "userId" not in written and person.key.startswith("u:"):
+                    return
+                if _exists(known) and (latest is None or (known is not None and (known.seen_at or "") >= latest)):
+                    return
             # The whole-payload fingerprint is the update's only when the event itself wrote nothing more.
             alone = step.update is not None and _contact_writes(step.lead.op.request.body) == {}
             print_ = fingerprint(step.update.request.body) if alone and step.update is not None else ""
+            if not _contact_writes(body) and step.update is None and known is not None and _exists(known):
+                print_ = known.fingerprint  # only the time moved on: the payload Loops last accepted is the same
         known = person.known
         state = {**(known.hashes if known else {}), **value_hashes(written)}
         newest = max(filter(None, (known.seen_at if known else None, latest)), default=None)
         if writer is not None:
             writer.contacts([ContactRow(person.identity, self._email_hash(written), state, newest, print_)])
         person.known = ContactState(_json_text(state), newest, print_)
-        self._waiting_people.discard(person.identity)
+        if "userId" in written:
+            self._waiting_people.discard(person.identity)  # Loops knows the userId now
 
     def _email_hash(self, body: dict[str, Any]) -> str | None:
         email = body.get("email")
@@ -786,6 +842,20 @@ class Outbox:
     def _count(self, stream: str, name: str) -> None:
         """Count what planning decided (unchanged, coalesced, duplicates); ``_plan`` adds them up at its end."""
         self._planned_counts[stream, name] += 1
+
+
+def _exists(known: ContactState | None) -> bool:
+    """True when the ledger (or this chain) says Loops has the contact: known, and not deleted since."""
+    return known is not None and known.fingerprint != DELETED
+
+
+def _needs_known(op: Operation) -> bool:
+    """Whether planning needs the person's ledger row: to filter an update, to record what an event writes, to
+    tell whether an event by email is older than the person's delete (it would recreate the contact), or whether
+    a delete is older than what Loops holds."""
+    if op.action is Action.SEND_EVENT:
+        return op.email is not None or bool(_contact_writes(op.request.body))
+    return True  # an update, or a delete (one older than what Loops holds must not be sent)
 
 
 def _writes_contact(op: Operation) -> bool:
@@ -820,6 +890,18 @@ def _agrees(update: dict[str, Any], event: dict[str, Any]) -> bool:
                 return False
         elif other != value:
             return False
+    return True
+
+
+def _same_email(body: dict[str, Any], group: list[Held]) -> bool:
+    """True unless ``body`` and the group's latest email differ (case-insensitively, as Loops compares them)."""
+    email = body.get("email")
+    if not isinstance(email, str):
+        return True
+    for h in reversed(group):
+        other = h.op.request.body.get("email")
+        if isinstance(other, str):
+            return other.lower() == email.lower()
     return True
 
 
