@@ -268,7 +268,12 @@ def classify(
             return Verdict(Decision.DONE, kind=OutcomeKind.DELIVERED)  # reads answer arrays or objects
         if isinstance(body, dict) and body.get("success") is True:
             return Verdict(Decision.DONE, _message(body), kind=OutcomeKind.DELIVERED)
-        detail = f"got {got} from {what}" if body is None else f'got JSON without "success": true from {what}'
+        if body is None:
+            # requests reads a JSON ``null`` as None too: neither it nor malformed JSON is any answer of Loops.
+            shown = f"null or malformed JSON ({got})" if got.endswith("json") else got
+            detail = f"got {shown} from {what}"
+        else:
+            detail = f'got JSON without "success": true from {what}'
         return Verdict(
             Decision.FATAL,
             f"HTTP 200 without Loops' success answer ({detail})",
@@ -642,6 +647,13 @@ class LoopsClient:
         if self.listener is not None:
             self.listener(outcome)
         return outcome
+
+    def not_loops(self, what: str) -> NotLoopsError:
+        """The error for an answer of Loops' status but not its shape (``what`` says which read, what came back):
+        it names base_url, and never holds the key (a server that is not Loops may echo it)."""
+        error = self._located(NotLoopsError(f"does not look like the Loops API: {what}"))
+        assert isinstance(error, NotLoopsError), "_located keeps the error's type"
+        return error
 
     def raise_if_fatal(self) -> None:
         """Raise the run's fatal error (bad key, not Loops, redirect), if one happened."""
