@@ -36,6 +36,7 @@ import requests
 from urllib3.util import parse_url
 
 from target_loops import __version__
+from target_loops.deadline import DeadlineAdapter, DeadlineExceeded, Watchdog
 from target_loops.operations import LoopsRequest, Outcome, OutcomeKind
 from target_loops.serialization import dumps
 
@@ -185,6 +186,7 @@ class ClientSettings:
     api_key: str
     requests_per_second: float = 10
     max_concurrency: int = 32
+    #: The whole of one attempt: connect, send, and the complete answer, headers and body (see ``deadline``).
     timeout_seconds: float = 30
     max_retries: int = 8
     backoff_seconds: float = 1.0
@@ -239,6 +241,8 @@ def classify(
     """
     what = f"{request.method} {request.path}"
     if exception is not None:
+        if isinstance(exception, DeadlineExceeded):
+            return Verdict(Decision.RETRY, str(exception))  # the client's own words: no header value in them
         if isinstance(exception, TRANSIENT_EXCEPTIONS):
             return Verdict(Decision.RETRY, f"{type(exception).__name__}: {_short(exception)}")
         # Anything else (requests' InvalidHeader, InvalidURL, ...) is a local fault that retrying cannot fix. Its
@@ -264,7 +268,12 @@ def classify(
             return Verdict(Decision.DONE, kind=OutcomeKind.DELIVERED)  # reads answer arrays or objects
         if isinstance(body, dict) and body.get("success") is True:
             return Verdict(Decision.DONE, _message(body), kind=OutcomeKind.DELIVERED)
-        detail = f"got {got} from {what}" if body is None else f'got JSON without "success": true from {what}'
+        if body is None:
+            # requests reads a JSON ``null`` as None too: neither it nor malformed JSON is any answer of Loops.
+            shown = f"null or malformed JSON ({got})" if got.endswith("json") else got
+            detail = f"got {shown} from {what}"
+        else:
+            detail = f'got JSON without "success": true from {what}'
         return Verdict(
             Decision.FATAL,
             f"HTTP 200 without Loops' success answer ({detail})",
@@ -563,7 +572,9 @@ class LoopsClient:
             # to the proxy). For Loops itself the environment's proxies stay honoured (corporate networks).
             self.session.trust_env = False
             self.session.proxies.clear()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=ceiling, max_retries=0)
+        # Its connections tell the watchdog which socket each attempt uses, so that a deadline can cut it.
+        adapter = DeadlineAdapter(pool_connections=1, pool_maxsize=ceiling, max_retries=0)
+        self._watchdog = Watchdog()
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.auth = _BearerAuth(self._key)
@@ -639,6 +650,13 @@ class LoopsClient:
             self.listener(outcome)
         return outcome
 
+    def not_loops(self, what: str) -> NotLoopsError:
+        """The error for an answer of Loops' status but not its shape (``what`` says which read, what came back):
+        it names base_url, and never holds the key (a server that is not Loops may echo it)."""
+        error = self._located(NotLoopsError(f"does not look like the Loops API: {what}"))
+        assert isinstance(error, NotLoopsError), "_located keeps the error's type"
+        return error
+
     def raise_if_fatal(self) -> None:
         """Raise the run's fatal error (bad key, not Loops, redirect), if one happened."""
         if self._fatal is not None:
@@ -650,14 +668,16 @@ class LoopsClient:
         return self._fatal
 
     def abort(self) -> None:
-        """Start no new request (the run is stopping); requests in flight finish."""
+        """Start no new attempt and no backoff wait (the run is stopping); an attempt in flight ends by its
+        deadline (``timeout_seconds``), whatever the server does. Safe to call from any thread."""
         self._stop.set()
         self.in_flight.wake()
 
     def close(self) -> None:
-        """Stop the workers and the session (waits for requests in flight)."""
+        """Stop the workers and the session: waits for attempts in flight, so returns within ``timeout_seconds``."""
         self.abort()
         self._pool.shutdown(wait=True)
+        self._watchdog.close()
         self.session.close()
 
     def stats(self) -> dict[str, Any]:
@@ -689,7 +709,7 @@ class LoopsClient:
         while True:
             if self._stop.is_set():
                 outcome.kind = OutcomeKind.ABORTED
-                outcome.message = self._stopping_message()
+                outcome.message = self._stopping_message(outcome)
                 return outcome, verdict, data
             response: requests.Response | None = None
             error: BaseException | None = None
@@ -699,18 +719,26 @@ class LoopsClient:
                 outcome.attempts += 1
                 self._count("requests")
                 started = time.perf_counter()
-                try:
-                    response = self.session.request(
-                        request.method,
-                        url,
-                        data=data_bytes,
-                        headers=headers,
-                        timeout=self.settings.timeout_seconds,
-                        allow_redirects=False,
-                    )
-                except Exception as exc:
-                    error = exc
+                with self._watchdog.attempt(self.settings.timeout_seconds) as attempt:
+                    try:
+                        response = self.session.request(
+                            request.method,
+                            url,
+                            data=data_bytes,
+                            headers=headers,
+                            timeout=self.settings.timeout_seconds,  # each read's; the watchdog bounds the whole
+                            allow_redirects=False,
+                        )
+                    except Exception as exc:
+                        error = exc
                 elapsed = time.perf_counter() - started
+                if attempt.cut or (error is not None and attempt.remaining() <= 0):
+                    # Cut by its deadline: whatever came back is incomplete (a 200 cut inside its headers can
+                    # even look whole), and a timeout at the deadline is the same failure.
+                    if response is not None:
+                        response.close()
+                    response = None
+                    error = DeadlineExceeded(f"no complete answer within {self.settings.timeout_seconds:g} s")
             if response is not None:
                 self._answers.add(elapsed)
                 self.in_flight.observe(elapsed)
@@ -813,10 +841,12 @@ class LoopsClient:
             self._fatal = error
         self.abort()
 
-    def _stopping_message(self) -> str:
-        if self._fatal is not None:
-            return f"not sent: the run stopped ({type(self._fatal).__name__})"
-        return "not sent: the run is stopping"
+    def _stopping_message(self, outcome: Outcome) -> str:
+        why = f"the run stopped ({type(self._fatal).__name__})" if self._fatal is not None else "the run is stopping"
+        if not outcome.attempts:
+            return f"not sent: {why}"
+        tries = f"{outcome.attempts} attempt{'s' if outcome.attempts != 1 else ''}"
+        return f"not settled: {why} after {tries} (last: {outcome.message})"
 
     def _scrub(self, text: str | None) -> str | None:
         """No message leaves the client with the key in it (an answer or an exception may echo a header)."""

@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from target_loops.coercion import CoercionError, coerce
 from target_loops.operations import LoopsRequest, OutcomeKind
@@ -39,6 +39,10 @@ _LISTED = 50
 #: https://loops.so/docs/api-reference/create-contact-property).
 CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+#: The team-schema reads (https://loops.so/docs/api-reference/list-contact-properties,
+#: https://loops.so/docs/api-reference/list-mailing-lists): each answers an array of objects.
+PROPERTIES = "/v1/contacts/properties?list=all"
+LISTS = "/v1/lists"
 #: Body keys that are not contact properties (checked elsewhere, or not at all).
 NOT_PROPERTIES = frozenset({"mailingLists", "eventName", "eventProperties", "email", "userId"})
 
@@ -113,12 +117,45 @@ class Preflight:
         """Read the team's properties and lists (two GETs); without a client (dry run, no key) nothing is checked."""
         if self.client is None:
             return
-        properties = self.client.get_json("/v1/contacts/properties?list=all")
-        lists = self.client.get_json("/v1/lists")
-        self.properties = {p["key"]: p.get("type", "string") for p in properties or [] if isinstance(p, dict)}
-        self.lists = {str(x["id"]): x.get("name", "") for x in lists or [] if isinstance(x, dict)}
+        self.properties = self._read_properties()
+        lists = self.client.get_json(LISTS)
+        self._check_shape(LISTS, lists, ("id",))
+        self.lists = {x["id"]: x.get("name") or "" for x in lists}
         self.loaded = True
         logger.info("Loops team schema: %d contact properties, %d mailing lists", len(self.properties), len(self.lists))
+
+    def _read_properties(self) -> dict[str, str]:
+        """The team's contact properties, key → Loops type, Loops' defaults included."""
+        properties = self.client.get_json(PROPERTIES)
+        self._check_shape(PROPERTIES, properties, ("key", "type"))
+        if not any(p["key"] == "email" for p in properties):
+            # list=all always carries Loops' default properties; without them every property would look missing.
+            self._not_loops(PROPERTIES, 'an array without Loops\' default property "email"')
+        return {p["key"]: p["type"] for p in properties}
+
+    def _check_shape(self, path: str, answer: Any, fields: tuple[str, ...]) -> None:
+        """``answer`` is an array of objects, each with a non-empty string in every one of ``fields``.
+
+        Anything else means ``base_url`` is not Loops: reading it as a team with no properties (or lists) would
+        make the run create properties, so the run stops here, before any write.
+        """
+        if not isinstance(answer, list):
+            self._not_loops(path, _shape(answer))
+        for index, item in enumerate(answer):
+            if not isinstance(item, dict):
+                self._not_loops(path, f"an array whose item {index} is {_shape(item)}")
+            for name in fields:
+                value = item.get(name)
+                if not isinstance(value, str) or not value:
+                    problem = (
+                        "has no" if value is None else "has an empty" if value == "" else f"has {_shape(value)} as"
+                    )
+                    self._not_loops(path, f'an array whose item {index} {problem} "{name}"')
+
+    def _not_loops(self, path: str, shape: str) -> NoReturn:
+        raise self.client.not_loops(
+            f"GET {path} answered {shape}; nothing was sent (use https://app.loops.so/api or the sandbox's URL)"
+        )
 
     # --- before any write: from SCHEMA
 
@@ -200,13 +237,11 @@ class Preflight:
 
     def _create(self, name: str, kind: str) -> None:
         outcome = self.client.send_many([_create_request(name, kind)])[0]
-        if not outcome.done:
-            # Another run may have created it meanwhile: re-read before giving up.
-            properties = self.client.get_json("/v1/contacts/properties?list=all")
-            if not any(isinstance(p, dict) and p.get("key") == name for p in properties or []):
-                error = PreflightError(f"could not create contact property {name} ({kind}): {outcome.message}")
-                error.refused = outcome.kind is OutcomeKind.REJECTED
-                raise error
+        # Another run may have created it meanwhile: re-read before giving up.
+        if not outcome.done and name not in self._read_properties():
+            error = PreflightError(f"could not create contact property {name} ({kind}): {outcome.message}")
+            error.refused = outcome.kind is OutcomeKind.REJECTED
+            raise error
 
     # --- keys only the data reveals: per record
 
@@ -323,6 +358,24 @@ class Preflight:
                 self.unknown_lists[list_id] += 1
             if not lists:
                 del body["mailingLists"]
+
+
+def _shape(value: Any) -> str:
+    """What a JSON value is, for a message: ``null``, ``a string``, ``a JSON object (keys: "a", "b")``..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        keys = ", ".join(f'"{key}"' for key in list(value)[:5]) + (", ..." if len(value) > 5 else "")
+        return f"a JSON object (keys: {keys})" if value else "an empty JSON object"
+    return type(value).__name__
 
 
 def _hint(name: str) -> str:

@@ -80,7 +80,13 @@ class Settings:
         "The most requests in flight at once. The level in use follows Loops' answer time (requests/s times answer "
         "time, plus headroom), so the rate limit stays full at any latency; this is its ceiling.",
     )
-    timeout_seconds: int = _setting(30, th.IntegerType(minimum=1, maximum=3600), "Timeout of each request, in seconds.")
+    timeout_seconds: int = _setting(
+        30,
+        th.IntegerType(minimum=1, maximum=3600),
+        "Deadline of each request attempt, in seconds: connecting, sending and the whole answer (headers and body). "
+        "An attempt without a complete answer by then (a server that stalls or trickles) is cut and retried as a "
+        "transient failure; a stopping run waits at most this long for requests in flight.",
+    )
     max_retries: int = _setting(
         8,
         th.IntegerType(minimum=0, maximum=100),
