@@ -81,6 +81,16 @@ events = sa.Table(
     sa.Column("delivered_at", sa.Float, nullable=False),
 )
 
+#: Second names of namespaces: a ``ledger_namespace`` set after its team's ledger was in use names that ledger
+#: (see ``Ledger._named_namespace``).
+names = sa.Table(
+    "target_loops_names",
+    metadata,
+    sa.Column("name", sa.String(500), primary_key=True),  # the ledger_namespace setting
+    sa.Column("team", sa.String(64), nullable=False),  # the namespace it names: its rows are keyed by this
+    sa.Column("named_at", sa.Float, nullable=False),
+)
+
 _LEGACY_CONTACTS = "target_loops_contacts"
 _LEGACY_EVENTS = "target_loops_events"
 
@@ -333,55 +343,23 @@ class Ledger:
     ) -> str:
         """The ledger namespace of the team behind ``api_key``; two teams never share one.
 
-        ``explicit`` (the ``ledger_namespace`` setting) wins. Otherwise a key seen before with the same team name keeps
-        its namespace (the same key under a new name starts a new one, with a warning: a renamed team, or a restarted
-        sandbox); a new
-        key joins the namespace of a team with the same name at the same URL only when they share a mailing list id
-        (list ids are unique across Loops): a rotated key keeps its ledger, another team with the same name does
-        not inherit it. When neither can be told, ``TeamIdentityError`` stops the run before anything is sent.
+        ``explicit`` (the ``ledger_namespace`` setting) is read by ``_named_namespace``. Otherwise a key seen before
+        with the same team name keeps its namespace (the same key under a new name starts a new one, with a warning:
+        a renamed team, or a restarted sandbox); a new key joins the namespace of a team with the same name at the
+        same URL only when they share a mailing list id (list ids are unique across Loops): a rotated key keeps its
+        ledger, another team with the same name does not inherit it. When neither can be told,
+        ``TeamIdentityError`` stops the run before anything is sent.
+
+        A read-only ledger (a dry run) answers the same and writes nothing.
         """
         base_url = base_url.rstrip("/")
         key_hash = key_fingerprint(api_key)
         lists = list_fingerprints(list_ids)
         rows = self._team_rows(base_url)
         if explicit:
-            chosen = explicit
+            chosen = self._named_namespace(explicit, base_url, team_name, key_hash, lists, rows)
         else:
-            # A key belongs to one team; the same key under another team name is a renamed team or a restarted
-            # sandbox (whose name changes at each start): a new namespace, said out loud.
-            chosen = next((r["team"] for r in rows if key_hash in r["key_hashes"] and r["team_name"] == team_name), "")
-            renamed = [r for r in rows if key_hash in r["key_hashes"] and r["team_name"] != team_name]
-            if not chosen and renamed:
-                logger.warning(
-                    "This API key was last seen with the team named %r, now %r: a new ledger namespace is started "
-                    "(contacts are sent once more). If the team was only renamed, set ledger_namespace to %r.",
-                    renamed[0]["team_name"],
-                    team_name,
-                    renamed[0]["team"],
-                )
-            if not chosen:
-                same_name = [r for r in rows if r["team_name"] == team_name]
-                verified = [r for r in same_name if lists & set(r["list_hashes"])]
-                # Both sides have lists and share none: certainly another team (list ids are unique).
-                unknown = [r for r in same_name if not (lists and r["list_hashes"]) and r not in verified]
-                legacy = [r for r in same_name if not r["key_hashes"]]
-                if len(verified) == 1:
-                    chosen = verified[0]["team"]
-                    logger.info("A new API key of team %r: same team (a shared mailing list); ledger kept", team_name)
-                elif len(legacy) == 1 and len(same_name) == 1:
-                    chosen = legacy[0]["team"]  # a ledger from before team identity: adopted once, then verified
-                elif unknown or len(verified) > 1:
-                    raise TeamIdentityError(
-                        f"this API key is new to the ledger, and the ledger already knows a Loops team named "
-                        f"{team_name!r} at {base_url} under another key; target-loops cannot tell whether this is "
-                        "the same team (a mailing list id shared by both would prove it). If it is a rotated key of "
-                        f"that team, set ledger_namespace to {same_name[0]['team']!r} to keep its ledger; if it is "
-                        'another team with the same name, set ledger_namespace to a new name (e.g. "production"). '
-                        "Nothing was sent."
-                    )
-                else:
-                    who = f"{base_url}|{key_hash}|{team_name}"
-                    chosen = "auto-" + hashlib.sha256(who.encode()).hexdigest()[:24]
+            chosen = self._automatic_namespace(base_url, team_name, key_hash, lists, rows)
         if not self.read_only:
             existing = next((r for r in rows if r["team"] == chosen), None) or self._team_row(chosen)
             keys = sorted(set(existing["key_hashes"] if existing else []) | {key_hash})
@@ -399,8 +377,129 @@ class Ledger:
                 self._upsert(conn, teams, [row], ["team"], update)
         return chosen
 
-    def known_team(self, base_url: str, api_key: str | None = None) -> str | None:
-        """For a dry run: the team this key was seen with, else the one team seen at ``base_url``, else None."""
+    def _automatic_namespace(
+        self, base_url: str, team_name: str | None, key_hash: str, lists: set[str], rows: list[dict[str, Any]]
+    ) -> str:
+        """The namespace of this key's team without ``ledger_namespace`` (see ``resolve_team``)."""
+        # A key belongs to one team; the same key under another team name is a renamed team or a restarted
+        # sandbox (whose name changes at each start): a new namespace, said out loud.
+        chosen = next((r["team"] for r in rows if key_hash in r["key_hashes"] and r["team_name"] == team_name), "")
+        renamed = [r for r in rows if key_hash in r["key_hashes"] and r["team_name"] != team_name]
+        if not chosen and renamed:
+            logger.warning(
+                "This API key was last seen with the team named %r, now %r: a new ledger namespace is started "
+                "(contacts are sent once more). If the team was only renamed, set ledger_namespace to %r.",
+                renamed[0]["team_name"],
+                team_name,
+                renamed[0]["team"],
+            )
+        if not chosen:
+            same_name = [r for r in rows if r["team_name"] == team_name]
+            verified = [r for r in same_name if lists & set(r["list_hashes"])]
+            # Both sides have lists and share none: certainly another team (list ids are unique).
+            unknown = [r for r in same_name if not (lists and r["list_hashes"]) and r not in verified]
+            legacy = [r for r in same_name if not r["key_hashes"]]
+            if len(verified) == 1:
+                chosen = verified[0]["team"]
+                logger.info("A new API key of team %r: same team (a shared mailing list); ledger kept", team_name)
+            elif len(legacy) == 1 and len(same_name) == 1:
+                chosen = legacy[0]["team"]  # a ledger from before team identity: adopted once, then verified
+            elif unknown or len(verified) > 1:
+                raise TeamIdentityError(
+                    f"this API key is new to the ledger, and the ledger already knows a Loops team named "
+                    f"{team_name!r} at {base_url} under another key; target-loops cannot tell whether this is "
+                    "the same team (a mailing list id shared by both would prove it). If it is a rotated key of "
+                    f"that team, set ledger_namespace to {same_name[0]['team']!r} to keep its ledger; if it is "
+                    'another team with the same name, set ledger_namespace to a new name (e.g. "production"). '
+                    "Nothing was sent."
+                )
+            else:
+                who = f"{base_url}|{key_hash}|{team_name}"
+                chosen = "auto-" + hashlib.sha256(who.encode()).hexdigest()[:24]
+        return chosen
+
+    def _named_namespace(
+        self,
+        name: str,
+        base_url: str,
+        team_name: str | None,
+        key_hash: str,
+        lists: set[str],
+        rows: list[dict[str, Any]],
+    ) -> str:
+        """The namespace ``ledger_namespace: name`` stands for.
+
+        A name the ledger knows keeps its own data: a namespace of that name, or a name recorded for one earlier.
+
+        A name new to the ledger, set where this key's team already has a ledger holding data (the namespace the
+        run would use without the setting: this key, or a key of the same team proven by a shared mailing list),
+        becomes a second name of that ledger, recorded in ``target_loops_names`` and said once. Not a fresh start:
+        the ledger stores hashes keyed by the namespace (``keyed_hash``), so its rows cannot be re-keyed to the
+        new name, and an empty namespace would send every contact again and every event whose idempotency key
+        Loops has forgotten (after 24 hours) again, emailing people twice. Not an error either: the name is what
+        the user asked for, and nothing is lost or repeated by honouring it this way.
+
+        A key the ledger has never seen starts fresh under the name: that is a team the ledger cannot vouch for
+        (two teams with one name kept apart on purpose, the reason the setting exists). A name never joins two
+        teams: a key belongs to one team, and mailing list ids are unique across Loops.
+        """
+        named = self._namespace_named(name)
+        if named is not None:
+            return named
+        if any(r["team"] == name for r in rows) or (self.available and self._team_row(name) is not None):
+            return name
+        try:
+            current = self._automatic_namespace(base_url, team_name, key_hash, lists, rows)
+        except TeamIdentityError:
+            return name  # a key the ledger cannot place: the name is a new ledger, as asked
+        contacts_held, events_held = self._held(current) if any(r["team"] == current for r in rows) else (0, 0)
+        if not (contacts_held or events_held):
+            return name
+        if self.read_only:
+            logger.warning(
+                "ledger_namespace %r is new to the ledger: the first real run makes it name the ledger this key has "
+                "used so far (%d contacts, %d events), and this dry run reads that ledger",
+                name,
+                contacts_held,
+                events_held,
+            )
+            return current
+        row = {"name": name, "team": current, "named_at": time.time()}
+        with self._lock, self.engine.begin() as conn:  # an upsert: two runs starting at once name it alike
+            self._upsert(conn, names, [row], ["name"], ["named_at"])
+        logger.warning(
+            "ledger_namespace %r now names the ledger this key has used so far (%d contacts, %d events): what it "
+            "holds stays known, nothing is sent again",
+            name,
+            contacts_held,
+            events_held,
+        )
+        return current
+
+    def _namespace_named(self, name: str) -> str | None:
+        """The namespace ``name`` was recorded for as a second name, or None."""
+        if not self.available:
+            return None
+        with self._lock, self.engine.connect() as conn:
+            if self.read_only and not sa.inspect(conn).has_table(names.name):
+                return None  # a ledger last written before names were kept
+            row = conn.execute(sa.select(names.c.team).where(names.c.name == name)).first()
+        return str(row[0]) if row else None
+
+    def _held(self, team: str) -> tuple[int, int]:
+        """How many contacts and events the ledger holds for ``team``."""
+        with self._lock, self.engine.connect() as conn:
+            held = [
+                int(conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.team == team)).scalar_one())
+                for t in (contacts, events)
+            ]
+        return held[0], held[1]
+
+    def known_team(self, base_url: str, api_key: str | None = None, explicit: str | None = None) -> str | None:
+        """For a dry run without a key: the namespace ``explicit`` (``ledger_namespace``) names, else the team this
+        key was seen with, else the one team seen at ``base_url``, else None."""
+        if explicit:
+            return self._namespace_named(explicit) or explicit
         if not self.available:
             return None
         rows = self._team_rows(base_url.rstrip("/"))

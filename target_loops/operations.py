@@ -80,7 +80,8 @@ class Operation:
     #: Parts of the record left out while the rest is sent, as (reason, message) pairs: e.g. one mailing list flag
     #: that is not a boolean (reason ``invalid_mailing_list``). Each is a partial rejection of this record.
     partial: tuple[tuple[str, str], ...] = ()
-    #: The key target-loops 0.1 derived for this event (the bare id): a ledger written by 0.1 knows it by that key.
+    #: The key target-loops 0.1 derived for this event (the id's text as 0.1 wrote it), when it is not the key sent
+    #: now: a ledger written by 0.1 knows the event by that key.
     legacy_key: str | None = None
 
 

@@ -403,13 +403,15 @@ class Outbox:
             return set()
         events = [h.op for h in held if h.op.action is Action.SEND_EVENT and h.op.request.idempotency_key]
         keys = {keyed_hash(self.team, op.request.idempotency_key or ""): op for op in events}
-        legacy: dict[str, str] = {}
+        # 0.1 keyed events by the bare id, so one 0.1 key can stand for several events now (two streams' row 1) and
+        # be another event's own key: a found hash counts for each event it stands for, and as itself.
+        legacy: dict[str, set[str]] = {}
         if self.ledger.legacy_event_keys:
             for hashed, op in keys.items():
                 if op.legacy_key:
-                    legacy[keyed_hash(self.team, op.legacy_key)] = hashed
+                    legacy.setdefault(keyed_hash(self.team, op.legacy_key), set()).add(hashed)
         found = self.ledger.delivered_events(self.team, [*keys, *legacy])
-        return {legacy.get(k, k) for k in found}
+        return {k for k in found if k in keys}.union(*(legacy.get(k, ()) for k in found))
 
     def _chain(self, person: Person, delivered: set[str], seen_keys: set[str]) -> list[Step]:
         """A person's requests in order: per part between deletes, the merged update (folded into the first event

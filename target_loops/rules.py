@@ -327,18 +327,29 @@ class StreamMapper:
                 body["mailingLists"] = lists
         key = self._idempotency_key(plan, record, name)
         request = LoopsRequest("POST", EVENT_PATH, body, key, EVENT_ALSO_DONE)
-        legacy_key = self._legacy_key(plan, record)
+        legacy_key = self._legacy_key(plan, record, key)
         return _operation(plan, record, request, contact_key, body, skipped, partial, legacy_key=legacy_key)
 
-    def _legacy_key(self, plan: _Plan, record: dict[str, Any]) -> str | None:
-        """The key 0.1 derived from a default id (the id itself, hashed when over 100 characters), so that an event
-        a 0.1 ledger recorded is still known after the upgrade; None where the derivation did not change."""
-        if plan.idempotency_key is None or "idempotency_key" in self.rule.fields:
+    @staticmethod
+    def _legacy_key(plan: _Plan, record: dict[str, Any], key: str) -> str | None:
+        """The key target-loops 0.1 sent for this event, when it is not ``key``: a ledger written by 0.1 holds
+        only that text (hashed at the upgrade), so an event 0.1 delivered is known after the upgrade too.
+
+        0.1 took the id, mapped or default, as Python's own text of the value the reader and sink handed over,
+        stripped (``str(value).strip()``), and hashed it only when over 100 characters. That text is rebuilt here
+        as 0.1 wrote it, not as 0.2 reads ids: a number with a fraction stays as written (the reader gives a
+        ``Decimal``: ``1234.00``, ``1.5E+3``, ``-0.0``, where ``key_text`` gives ``1234``), a boolean is ``True``,
+        an object is its Python repr, and a mapped key outside visible ASCII is kept (0.2 hashes it). Without an id
+        0.1 hashed the stream and key properties or the record, as 0.2 does, so no legacy key is needed there (as
+        long as the record reaches the rule as it reached 0.1's). Tested against a ledger written by 0.1.0's own
+        code (tests/fixtures/ledger_0_1).
+        """
+        value = plan.idempotency_key.get(record) if plan.idempotency_key is not None else None
+        text = str(value).strip() if value is not None else ""
+        if not text:
             return None
-        text = key_text(plan.idempotency_key.get(record))
-        if text is None:
-            return None
-        return text if len(text) <= MAX_IDEMPOTENCY_KEY else "tl-" + stable_hash(text)[:64]
+        legacy = text if len(text) <= MAX_IDEMPOTENCY_KEY else "tl-" + stable_hash(text)[:64]
+        return legacy if legacy != key else None
 
     def _delete(self, plan: _Plan, record: dict[str, Any]) -> Operation:
         found: dict[str, Any] = {}

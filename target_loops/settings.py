@@ -135,7 +135,8 @@ class Settings:
         th.StringType(),
         "The ledger's name for the Loops team of api_key. Leave it out: target-loops tells teams apart by key and, "
         "for a new key, by the team's mailing list ids (unique across Loops). Set it when the run asks (a new key of "
-        "a team it cannot verify), or to keep two ledgers apart on purpose.",
+        "a team it cannot verify), or to keep two ledgers apart on purpose. A name new to the ledger, set where this "
+        "key's ledger is already in use, becomes a second name of that ledger (nothing is sent again).",
     )
     fold_updates: bool = _setting(
         True,

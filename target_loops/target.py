@@ -541,7 +541,7 @@ class TargetLoops(Target):
                 explicit=settings.ledger_namespace,
             )
         elif self.dry_run:
-            self.team = settings.ledger_namespace or self.ledger.known_team(base_url)
+            self.team = self.ledger.known_team(base_url, explicit=settings.ledger_namespace)
         if self.dry_run:
             path = settings.dry_run_path
             if path:
@@ -572,10 +572,10 @@ class TargetLoops(Target):
         self.services.outbox = self.outbox
 
     def _known_or_resolved(self, **kwargs: Any) -> str | None:
-        """A dry run with a key: the team's namespace if the ledger knows it (read only: never a new one)."""
+        """A dry run with a key: the namespace the real run would use (read only: nothing is recorded), None when
+        the real run would stop for the team's identity. With ``ledger_namespace`` that may be the ledger the name
+        is about to name, so the plan matches the real run's."""
         assert self.ledger is not None
-        if kwargs.get("explicit"):
-            return str(kwargs["explicit"])
         try:
             return self.ledger.resolve_team(**kwargs)
         except TeamIdentityError:
