@@ -15,12 +15,14 @@ import gzip
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 from singer_sdk.helpers._batch import BatchConfig
-from upath import UPath
 
 #: What a BATCH message's ``encoding`` may say here (singer-sdk's ``batch_config`` also offers parquet).
 FORMATS = ("jsonl",)
@@ -50,7 +52,7 @@ def batch_config_problems(raw: Any) -> list[str]:
 
 @dataclass
 class _OpenFile:
-    path: UPath
+    url: str
     raw: IO[bytes]
     out: IO[bytes]
     rows: int = 0
@@ -66,10 +68,10 @@ class Batches:
         self.encoding = {"format": config.encoding.format, "compression": "gzip" if self.gzip else "none"}
         self.prefix = config.storage.prefix or ""
         root = config.storage.root
-        if urlsplit(root).scheme == "file":  # a file:// URL is percent-encoded; UPath would keep "%20" as it is
+        if urlsplit(root).scheme == "file":  # a file:// URL is percent-encoded; fsspec would keep "%20" as it is
             root = url2pathname(urlsplit(root).path)
-        self.root = UPath(root, **config.storage.params)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.fs, self.root = fsspec.core.url_to_fs(root, **config.storage.params)
+        self.fs.makedirs(self.root, exist_ok=True)
         self.tap_name = tap_name
         self.emit = emit
         self.files_written = 0
@@ -95,14 +97,16 @@ class Batches:
     def _new_file(self, stream: str) -> _OpenFile:
         sync_id = self._sync_ids.setdefault(stream, f"{self.tap_name}--{stream}-{uuid.uuid4()}")
         number = self._counts[stream] = self._counts.get(stream, 0) + 1
-        path = self.root / f"{self.prefix}{sync_id}-{number}{'.json.gz' if self.gzip else '.jsonl'}"
-        raw = path.open("wb")
+        path = f"{self.root.rstrip('/')}/{self.prefix}{sync_id}-{number}{'.json.gz' if self.gzip else '.jsonl'}"
+        # A local file's URL is percent-encoded (file:///my%20batches/...), as singer-sdk's StorageTarget names it.
+        url = Path(path).as_uri() if isinstance(self.fs, LocalFileSystem) else self.fs.unstrip_protocol(path)
+        raw = self.fs.open(path, "wb")
         out: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) if self.gzip else raw  # type: ignore[assignment]
-        return _OpenFile(path, raw, out)
+        return _OpenFile(url, raw, out)
 
     def _close(self, stream: str) -> None:
         file = self._open.pop(stream)
         file.out.close()
         file.raw.close()
         self.files_written += 1
-        self.emit({"type": "BATCH", "stream": stream, "encoding": self.encoding, "manifest": [file.path.as_uri()]})
+        self.emit({"type": "BATCH", "stream": stream, "encoding": self.encoding, "manifest": [file.url]})
