@@ -12,12 +12,13 @@ import collections
 import gzip
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from runner import SAMPLES, Run, record, run_target, sandbox_config, schema, singer, state
-from test_tap_segment_archive import SAMPLE, expected_sample_records, final_traits, tap_command
+from test_tap_segment_archive import SAMPLE, aws_env, expected_sample_records, final_traits, tap_command
 
 from target_loops.sandbox import Sandbox
 
@@ -262,6 +263,56 @@ def test_tap_segment_archive_in_batch_mode_into_the_target(make_sandbox: Any, tm
             tracks[call["messageId"]] = (call["event"], call["userId"])
     events = collections.Counter((e["eventName"], e["userId"]) for e in by_batches.store.events())
     assert events == collections.Counter(tracks.values())
+
+
+@pytest.fixture
+def s3_server() -> Iterator[str]:
+    """moto's S3-compatible server on 127.0.0.1 (as in test_tap_segment_archive); its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def test_batch_files_in_s3(make_sandbox: Any, tmp_path: Path, s3_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tap writes its batch files to an S3-compatible server (moto), the target reads them by their s3:// URLs
+    (credentials and endpoint from the usual AWS variables): every track delivered; a file gone from the bucket stops
+    the run naming it."""
+    import boto3
+
+    for name, value in {**aws_env(), "AWS_ENDPOINT_URL": s3_server}.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="acme-batches")
+    storage = {"root": "s3://acme-batches/loops", "params": {"endpoint_url": s3_server}}
+    batch_config = {"encoding": {"format": "jsonl", "compression": "gzip"}, "storage": storage}
+    batched = tap_output(tmp_path, "s3", batch_config=batch_config)
+    manifests = [json.loads(line)["manifest"] for line in batched.read_text().splitlines() if '"BATCH"' in line]
+    assert manifests and all(url.startswith("s3://acme-batches/loops/") for urls in manifests for url in urls)
+
+    team = json.loads((SAMPLES / "sandbox_team.json").read_text())
+    sandbox = make_sandbox(properties=team["properties"], lists=team["lists"])
+    (tmp_path / "target").mkdir()
+    result = run_target(sandbox_config(sandbox, tmp_path / "target"), input_path=batched, tmp_path=tmp_path / "target")
+    assert result.returncode == 0, result.stderr
+    tracks = {json.loads(line)["messageId"] for stream, line in expected_sample_records() if stream == "track"}
+    assert len(sandbox.store.events()) == len(tracks)
+    assert result.final_state == [json.loads(line)["value"] for line in batched.read_text().splitlines()
+                                  if '"STATE"' in line][-1]  # fmt: skip
+
+    gone = manifests[-1][0]
+    boto3.client("s3", endpoint_url=s3_server).delete_object(
+        Bucket="acme-batches", Key=gone[len("s3://acme-batches/") :]
+    )
+    (tmp_path / "again").mkdir()
+    again = run_target(sandbox_config(sandbox, tmp_path / "again"), input_path=batched, tmp_path=tmp_path / "again")
+    assert again.returncode == 1
+    assert f"batch file {gone} cannot be read: no such file" in again.stderr
 
 
 def test_tap_segment_archive_refuses_a_batch_format_it_cannot_write(tmp_path: Path) -> None:
