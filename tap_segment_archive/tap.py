@@ -9,7 +9,8 @@ A record is the line Segment wrote, byte for byte: the tap checks that the line 
 a ``messageId`` and then writes the line itself inside the RECORD message, without decoding it into Python objects
 and encoding it again. Nothing can be dropped or changed on the way (no schema conformance, no float or date
 round-trips), and it is several times faster than the target that reads it. Stream maps, when configured, need the
-record as a dict: then (and only then) the line is decoded and goes through the SDK's mappers.
+record as a dict: then (and only then) the line is decoded and goes through the SDK's mappers. With ``batch_config``
+the same lines go to batch files named in BATCH messages instead (``batches.py``), each before the STATE covering it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from typing import IO, Any, cast
 import msgspec
 from singer_sdk import Tap
 from singer_sdk import typing as th
+from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.singerlib.encoding.simple import Message, RecordMessage
 
 from tap_segment_archive.archive import Archive, ArchiveFile, iter_lines, start_day_ms
+from tap_segment_archive.batches import Batches, batch_config_problems
 from tap_segment_archive.ledger import BOOKMARK, Ledger, bookmark_of
 from tap_segment_archive.streams import CALL_TYPES, CallStream
 
@@ -166,6 +169,18 @@ class TapSegmentArchive(Tap):
         self.counters = Counters()
         super().__init__(*args, **kwargs)
 
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """The SDK's schema check, plus what this tap's batch mode cannot do (parquet) listed with it."""
+        problems = batch_config_problems(self.config.get("batch_config"))
+        try:
+            errors = super()._validate_config(raise_errors=raise_errors)
+        except ConfigValidationError as exc:
+            exc.errors.extend(problems)
+            raise
+        if problems and raise_errors:
+            raise ConfigValidationError("Config validation failed", errors=problems)
+        return errors + problems
+
     def discover_streams(self) -> list[CallStream]:
         """One stream per Segment call type (the names target-loops' built-in rules expect)."""
         return [CallStream(self, call_type) for call_type in CALL_TYPES]
@@ -221,7 +236,14 @@ class TapSegmentArchive(Tap):
         def emit(message: Message) -> None:
             write(_encode(message.to_dict()) + b"\n")
 
+        # Batch mode: rows go to files, each named by a BATCH message before the next STATE.
+        batches = None
+        if config.get("batch_config"):
+            batches = Batches(config["batch_config"], self.name, lambda message: write(_encode(message) + b"\n"))
+
         def emit_state() -> None:
+            if batches is not None:
+                batches.close_all()
             value = {"bookmarks": {BOOKMARK: ledger.value()}}
             self._state = cast(Any, value)  # what the SDK's SIGTERM handler would print
             write(b'{"type":"STATE","value":' + _encode(value) + b"}\n")
@@ -266,7 +288,11 @@ class TapSegmentArchive(Tap):
             record = _decode(line)
             for stream_map in stream.stream_maps:
                 result = stream_map.transform(record)
-                if result is not None:
+                if result is None:
+                    continue
+                if batches is not None:
+                    batches.add(stream_map.stream_alias, _encode(result))
+                else:
                     emit(RecordMessage(stream=stream_map.stream_alias, record=result))
 
         started = time.monotonic()
@@ -281,7 +307,9 @@ class TapSegmentArchive(Tap):
                     continue
                 if self._stopping:
                     raise _Stop
-                self._read_file(archive, file, ledger, interval, fast, mapped, counters, bad, write_mapped, emit_state)
+                self._read_file(
+                    archive, file, ledger, interval, fast, mapped, counters, bad, write_mapped, emit_state, batches
+                )
                 counters.files_read += 1
                 ledger.finish(file)
                 ledger.compact(by_folder[file.folder], newest_day)
@@ -312,6 +340,7 @@ class TapSegmentArchive(Tap):
         bad: Callable[[ArchiveFile, int, str, bytes], None],
         write_mapped: Callable[[CallStream, bytes], None],
         emit_state: Callable[[], None],
+        batches: Batches | None = None,
     ) -> None:
         """Emit the lines of one file after those a previous run emitted; STATE every ``interval`` lines."""
         skip = ledger.resume_line(file)
@@ -372,7 +401,10 @@ class TapSegmentArchive(Tap):
                         bad(file, lineno, "not UTF-8", line)
                         continue
                 if prefix is not None:
-                    write(prefix + line + b"}\n")
+                    if batches is None:
+                        write(prefix + line + b"}\n")
+                    else:
+                        batches.add(kind, line)
                 elif stream is not None:
                     write_mapped(stream, line)
                 records[kind] += 1

@@ -39,6 +39,8 @@ class SinkServices:
     stats: RunStats
     event_cutoff: Callable[[], dt.datetime | None]
     outbox: Outbox | None = None  # set when the run starts (after the key check), before any sink exists
+    #: Where the record being processed was read ("input line 12", "batch file ... row 3"), for reject messages.
+    position: Callable[[], str] | None = None
 
 
 class LoopsSink(BatchSink):
@@ -112,6 +114,8 @@ class LoopsSink(BatchSink):
             return
         if self._invalid is not None:
             message = f"the record does not match the stream's SCHEMA: {self._invalid}"
+            if self.services.position is not None:
+                message = f"{self.services.position()}: {message}"
             context.setdefault("results", []).append(Rejection("schema_invalid", message, record))
             self._invalid = None
             return

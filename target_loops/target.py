@@ -31,6 +31,7 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
 from singer_sdk.target_base import Target
 
+from target_loops.batch_files import BatchFileError, UnreadableRow, batch_manifest, display_url, read_rows
 from target_loops.client import BaseUrlError, LoopsAuthError, LoopsClient, LoopsUnavailableError
 from target_loops.ledger import Ledger, LedgerError, TeamIdentityError, describe_url
 from target_loops.operations import LoopsRequest, Outcome, OutcomeKind
@@ -404,6 +405,7 @@ class TargetLoops(Target):
             rejects=self.rejects,
             stats=self.stats,
             event_cutoff=self.event_cutoff,
+            position=self._position,
         )
         # The SDK drains everything (and writes STATE) when a record arrives after this age; make it our cadence.
         self._MAX_RECORD_AGE_IN_MINUTES = self.settings.checkpoint_seconds / 60
@@ -416,6 +418,8 @@ class TargetLoops(Target):
         #: The signal that asked the run to stop (SIGTERM/SIGINT), set by the handler and acted on at safe points.
         self._stop_signal: int | None = None
         self._state_held = False
+        #: The batch file and row being read while a BATCH message is processed (None for RECORD lines).
+        self._batch_row: tuple[str, int] | None = None
         if isinstance(self.message_reader, LineReader):
             self.message_reader.reject_record = self._reject_unreadable
             self.message_reader.on_stop = self._stop_reading
@@ -659,14 +663,13 @@ class TargetLoops(Target):
         stream = message_dict.get("stream")
         record = message_dict.get("record")
         if not isinstance(record, dict) and "record" in message_dict:
-            line = getattr(self.message_reader, "line_number", "?")
             what = "null" if record is None else type(record).__name__
+            subject = "the row" if self._batch_row is not None else 'the RECORD\'s "record"'
             self._reject_unreadable(
                 stream,  # type: ignore[arg-type]  # the reader lets only a string stream through
                 record,
                 "invalid_record",
-                f'input line {line}: the RECORD\'s "record" is {what}, not an object; the record is rejected, the run '
-                "goes on",
+                f"{self._position()}: {subject} is {what}, not an object; the record is rejected, the run goes on",
             )
             return
         sink = self._sinks_active.get(stream)  # type: ignore[arg-type]
@@ -696,6 +699,40 @@ class TargetLoops(Target):
             self.logger.info("Target sink for '%s' is full. Draining...", stream)
             self.drain_one(sink)
         self._handle_max_record_age()
+
+    def _process_batch_message(self, message_dict: dict) -> None:
+        """Every row of the BATCH's files, as it is read, as a RECORD of the BATCH's stream.
+
+        The SDK hands whole files to ``Sink.process_batch_files``, whose ``process_batch`` here would see none of
+        their rows. Sent through ``_process_record_message`` instead, a row meets the stream maps, validation, the
+        rule, the outbox, checkpoints and a stop request exactly as a RECORD line does, and a STATE after the BATCH
+        covers it. A file or row that cannot be read is an ``InputError``: what came before the BATCH is delivered
+        and checkpointed (``_stop_reading``), and no STATE after it is written.
+        """
+        where = f"input line {getattr(self.message_reader, 'line_number', '?')}"
+        stream = message_dict.get("stream")
+        try:
+            stream, manifest = batch_manifest(message_dict)
+            for url in manifest:
+                for number, row in read_rows(url):
+                    self._batch_row = (url, number)
+                    if type(row) is UnreadableRow:
+                        message = f"{self._position()}: {row.problem}; the record is rejected, the run goes on"
+                        self._reject_unreadable(stream, row.record, row.reason, message)
+                    else:
+                        self._process_record_message({"type": "RECORD", "stream": stream, "record": row})
+        except BatchFileError as exc:
+            of = f" (a BATCH of stream {stream!r})" if isinstance(stream, str) else ""
+            raise InputError(f"{where}{of}: {exc}") from None
+        finally:
+            self._batch_row = None
+
+    def _position(self) -> str:
+        """Where the record being read came from, for messages: its input line, or its batch file and row."""
+        if self._batch_row is not None:
+            url, number = self._batch_row
+            return f"batch file {display_url(url)} row {number}"
+        return f"input line {getattr(self.message_reader, 'line_number', '?')}"
 
     def _process_schema_message(self, message_dict: dict) -> None:
         self._start()

@@ -392,6 +392,7 @@ PINNED_SDK_METHODS = {
     "Target._process_record_message": "08aaf4096e2d",
     "Target._process_schema_message": "ed6e8449bc8f",
     "Target._process_state_message": "e27158e2b1e7",
+    "Target._process_batch_message": "f26fbe519745",
     "Target._drain_all": "8160903b0918",
     "Target._write_state_message": "bf40aa5e36eb",
     "Target._handle_termination": "0d610b822293",
