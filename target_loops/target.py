@@ -55,6 +55,7 @@ from target_loops.settings import (
     config_file_problem,
     load_settings,
     sqlite_ledger_path,
+    without_secrets,
 )
 from target_loops.sinks import LoopsSink, SinkServices
 
@@ -335,7 +336,7 @@ class TargetLoops(Target):
             )
         except RuleError as exc:
             problems.append(str(exc))
-        problems = schema_problems + problems
+        problems = without_secrets(schema_problems + problems, self._config)
         report_path = self.settings.report_path
         if report_path and Path(report_path).is_file():
             Path(report_path).unlink()  # a report on disk is this run's or none: never an earlier run's
