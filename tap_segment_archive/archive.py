@@ -13,6 +13,7 @@ import datetime as dt
 import gzip
 import logging
 import posixpath
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, cast
@@ -31,7 +32,8 @@ logger = logging.getLogger("tap-segment-archive")
 
 
 class ArchiveError(Exception):
-    """A configured path that cannot be read (a typo is better reported than silently read as empty)."""
+    """A configured path or a file that cannot be read (a typo is better reported than silently read as empty; a
+    damaged file is named, and the run stops before any STATE covers what was not read)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -173,6 +175,45 @@ class Archive:
                 yield cast(IO[bytes], unzipped)
             else:
                 yield raw
+
+    def lines(self, file: ArchiveFile) -> Iterator[bytes]:
+        """The lines of ``file`` (``iter_lines``), decompressed when its name ends with ``.gz``.
+
+        A file that cannot be read to its end (a truncated copy, a file named ``.gz`` that is not gzip, damaged
+        data, an I/O error) raises ``ArchiveError`` naming it, the last line read and what to do, instead of what
+        gzip raised (``EOFError`` ends a click command with a bare "Aborted!"). Only reading is caught here: an
+        error of the caller between two lines (a closed stdout) is its own.
+        """
+        read = 0
+        try:
+            with self.open(file) as stream:
+                for line in iter_lines(stream):
+                    read += 1
+                    yield line
+        except (EOFError, zlib.error, OSError) as exc:
+            raise ArchiveError(_unreadable(file, exc, read)) from None
+
+
+def _unreadable(file: ArchiveFile, error: BaseException, lines_read: int) -> str:
+    """One line: which file, what is wrong with it, where reading stopped, what to do."""
+    if isinstance(error, EOFError):
+        what = "is truncated (its gzip data ends early)"
+    elif isinstance(error, gzip.BadGzipFile) and str(error).startswith("Not a gzipped file"):
+        what = "is not gzip data, although its name ends with .gz"
+    elif isinstance(error, zlib.error | gzip.BadGzipFile):
+        what = f"is corrupt (gzip: {error})"
+    else:
+        what = f"cannot be read ({error})"
+    where = f"after line {lines_read:,}" if lines_read else "before its first line"
+    fix = (
+        "rename it if it holds plain JSON lines, or move it out of paths"
+        if "not gzip data" in what
+        else "replace it with an intact copy, or move it out of paths"
+    )
+    return (
+        f"{file.url} {what}: reading stopped {where}, and no STATE covers the rest. To go on, {fix}, and run again: "
+        "the run resumes from its last STATE"
+    )
 
 
 def _protocol(url: str) -> str:

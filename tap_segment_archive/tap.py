@@ -6,11 +6,13 @@ bookmark) would read the archive six times and could not say "line 40,000 of fil
 therefore the tap's own (``sync_all``), built on the SDK's streams, schemas, catalog, stream maps and CLI.
 
 A record is the line Segment wrote, byte for byte: the tap checks that the line is a JSON object with a ``type`` and
-a ``messageId`` and then writes the line itself inside the RECORD message, without decoding it into Python objects
-and encoding it again. Nothing can be dropped or changed on the way (no schema conformance, no float or date
-round-trips), and it is several times faster than the target that reads it. Stream maps, when configured, need the
-record as a dict: then (and only then) the line is decoded and goes through the SDK's mappers. With ``batch_config``
-the same lines go to batch files named in BATCH messages instead (``batches.py``), each before the STATE covering it.
+a ``messageId``, holding no number JavaScript cannot read and no nesting deeper than ``target_loops.limits.MAX_DEPTH``
+(what the target could only reject; checked cheaply, ``limits.line_problem``), and then writes the line itself
+inside the RECORD message, without decoding it into Python objects and encoding it again. Nothing can be dropped or
+changed on the way (no schema conformance, no float or date round-trips), and it is several times faster than the
+target that reads it. Stream maps, when configured, need the record as a dict: then (and only then) the line is
+decoded and goes through the SDK's mappers. With ``batch_config`` the same lines go to batch files
+named in BATCH messages instead (``batches.py``), each before the STATE covering it.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.singerlib.encoding.simple import Message, RecordMessage
 
-from tap_segment_archive.archive import Archive, ArchiveFile, iter_lines, start_day_ms
+from tap_segment_archive.archive import Archive, ArchiveError, ArchiveFile, start_day_ms
 from tap_segment_archive.batches import Batches, batch_config_problems
 from tap_segment_archive.ledger import BOOKMARK, Ledger, bookmark_of
 from tap_segment_archive.streams import CALL_TYPES, CallStream
+from target_loops.limits import TOO_DEEP, Problem, line_problem
 
 #: Bad lines logged one by one per run; after that only counted (a corrupt file must not flood the log).
 MAX_LOGGED_BAD_LINES = 200
@@ -197,14 +200,15 @@ class TapSegmentArchive(Tap):
         for file in archive.list_files(self.config["paths"]):
             if start is not None and file.dated and file.day_ms < start:
                 continue
-            with archive.open(file) as stream:
-                for line in iter_lines(stream):
-                    try:
-                        record = _decode(line)
-                    except msgspec.DecodeError:
-                        continue
-                    if isinstance(record, dict) and record.get("type") == call_type:
-                        yield record
+            for line in archive.lines(file):
+                if line_problem(line) is not None:
+                    continue
+                try:
+                    record = _decode(line)
+                except (msgspec.DecodeError, RecursionError):
+                    continue
+                if isinstance(record, dict) and record.get("type") == call_type:
+                    yield record
 
     # --- the sync
 
@@ -275,11 +279,12 @@ class TapSegmentArchive(Tap):
             f" (through stream maps: {', '.join(mapped)})" if mapped else "",
         )
 
-        def bad(file: ArchiveFile, lineno: int, reason: str, line: bytes) -> None:
+        def bad(file: ArchiveFile, lineno: int, reason: str, line: bytes, detail: str) -> None:
             counters.bad[reason] += 1
             if counters.logged_bad < MAX_LOGGED_BAD_LINES:
                 counters.logged_bad += 1
-                self.logger.warning("%s line %d: %s, skipped: %.200r", file.url, lineno, reason, line)
+                said = f"{reason} ({detail})" if detail else reason
+                self.logger.warning("%s line %d: %s, skipped: %.200r", file.url, lineno, said, line[:200])
             elif counters.logged_bad == MAX_LOGGED_BAD_LINES:
                 counters.logged_bad += 1
                 self.logger.warning("more bad lines: only counted from now on (see the summary)")
@@ -337,7 +342,7 @@ class TapSegmentArchive(Tap):
         fast: dict[str, bytes],
         mapped: dict[str, CallStream],
         counters: Counters,
-        bad: Callable[[ArchiveFile, int, str, bytes], None],
+        bad: Callable[[ArchiveFile, int, str, bytes, str], None],
         write_mapped: Callable[[CallStream, bytes], None],
         emit_state: Callable[[], None],
         batches: Batches | None = None,
@@ -353,62 +358,80 @@ class TapSegmentArchive(Tap):
         records = counters.records
         lineno = skip
         checkpoint = skip + interval
-        with archive.open(file) as source:
-            for line in itertools.islice(iter_lines(source), skip, None):
-                lineno += 1
-                if lineno >= checkpoint:
-                    # Before this line: the STATE covers exactly the lines already written.
-                    ledger.progress(file, lineno - 1)
-                    emit_state()
-                    checkpoint = lineno + interval
-                    if self._stopping:
-                        raise _Stop
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    envelope = decode(line)
-                except msgspec.ValidationError:
-                    bad(file, lineno, "not a JSON object", line)
-                    continue
-                except msgspec.DecodeError:
-                    bad(file, lineno, "not JSON", line)
-                    continue
-                kind = envelope.type
-                if not isinstance(kind, str) or not kind:
-                    bad(file, lineno, "no type", line)
-                    continue
-                prefix = fast.get(kind)
-                stream = None
-                if prefix is None:
-                    stream = mapped.get(kind)
-                    if stream is None:
-                        if kind in CALL_TYPES:
-                            counters.deselected[kind] += 1
-                        else:
-                            if kind not in counters.unknown:
-                                self.logger.warning("%s line %d: unknown call type %r: counted, skipped", file.url,
-                                                    lineno, kind)  # fmt: skip
-                            counters.unknown[kind] += 1
-                        continue
-                if not isinstance(envelope.messageId, str) or not envelope.messageId:
-                    bad(file, lineno, "no messageId", line)
-                    continue
-                if not line.isascii():
-                    try:
-                        line.decode("utf-8")
-                    except UnicodeDecodeError:
-                        bad(file, lineno, "not UTF-8", line)
-                        continue
-                if prefix is not None:
-                    if batches is None:
-                        write(prefix + line + b"}\n")
+        for line in itertools.islice(archive.lines(file), skip, None):
+            lineno += 1
+            if lineno >= checkpoint:
+                # Before this line: the STATE covers exactly the lines already written.
+                ledger.progress(file, lineno - 1)
+                emit_state()
+                checkpoint = lineno + interval
+                if self._stopping:
+                    raise _Stop
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                envelope = decode(line)
+            except msgspec.ValidationError:
+                bad(file, lineno, "not a JSON object", line, "")
+                continue
+            except msgspec.DecodeError:
+                bad(file, lineno, "not JSON", line, "")
+                continue
+            except RecursionError:
+                too_deep = Problem(TOO_DEEP, "")
+                bad(file, lineno, too_deep.label, line, too_deep.message)
+                continue
+            kind = envelope.type
+            if not isinstance(kind, str) or not kind:
+                bad(file, lineno, "no type", line, "")
+                continue
+            prefix = fast.get(kind)
+            stream = None
+            if prefix is None:
+                stream = mapped.get(kind)
+                if stream is None:
+                    if kind in CALL_TYPES:
+                        counters.deselected[kind] += 1
                     else:
-                        batches.add(kind, line)
-                elif stream is not None:
-                    write_mapped(stream, line)
-                records[kind] += 1
+                        if kind not in counters.unknown:
+                            self.logger.warning("%s line %d: unknown call type %r: counted, skipped", file.url,
+                                                lineno, kind)  # fmt: skip
+                        counters.unknown[kind] += 1
+                    continue
+            if not isinstance(envelope.messageId, str) or not envelope.messageId:
+                bad(file, lineno, "no messageId", line, "")
+                continue
+            if not line.isascii():
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad(file, lineno, "not UTF-8", line, "")
+                    continue
+            found = line_problem(line)
+            if found is not None:  # what the target could only reject: a number beyond a double, deep nesting
+                bad(file, lineno, found.label, line, found.message)
+                continue
+            if prefix is not None:
+                if batches is None:
+                    write(prefix + line + b"}\n")
+                else:
+                    batches.add(kind, line)
+            elif stream is not None:
+                write_mapped(stream, line)
+            records[kind] += 1
         counters.lines += lineno - skip
+
+    # --- the command
+
+    @classmethod
+    def invoke(cls, *args: Any, **kwargs: Any) -> None:
+        """Run the tap; a path or file that cannot be read ends the run with one line naming it, exit status 1."""
+        try:
+            super().invoke(*args, **kwargs)
+        except ArchiveError as exc:
+            cls.logger.error("tap-segment-archive: %s", exc)
+            sys.exit(1)
 
     # --- signals
 

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from target_loops import limits
 from target_loops.operations import LoopsRequest
 from target_loops.serialization import dumps
 
@@ -49,9 +50,13 @@ class RejectsWriter:
         """Append one line: which run, where the record came from, what was tried, and why it was refused.
 
         ``record`` is the record as read (not always an object: a RECORD whose ``record`` is a list is rejected
-        too). A ``partial`` line is a record that was sent without one bad entry (a mailing list flag): the line
-        says what was dropped; the record itself is not counted as rejected.
+        too), cut to what can be written (``limits.clipped``: nesting beyond ``limits.MAX_DEPTH`` and numbers JSON
+        cannot carry become markers), so that writing any record is quick and cannot fail. A ``partial`` line is a
+        record that was sent without one bad entry (a mailing list flag): the line says what was dropped; the
+        record itself is not counted as rejected.
         """
+        if limits.problem(record) is not None:
+            record = limits.clipped(record)
         entry: dict[str, Any] = {
             "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "run_id": self.run_id,

@@ -16,7 +16,8 @@ import dataclasses
 import difflib
 import json
 import os
-from collections.abc import Collection, Mapping
+import re
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -371,6 +372,65 @@ def load_settings(config: Mapping[str, Any], accepted: Collection[str]) -> tuple
     settings = Settings(**values)
     problems += check_paths(settings)
     return settings, problems
+
+
+#: Settings whose values are never shown: the key, and the ledger URL (a PostgreSQL URL may hold a password).
+SECRET_SETTINGS = frozenset(f.name for f in OWN_FIELDS if f.metadata.get("secret"))
+#: Where the SDK's schema messages name the setting they are about: ``... in config['api_key'][0]``.
+_ABOUT_SETTING = re.compile(r"in config\['([^']*)'\]")
+
+
+def without_secrets(problems: Iterable[str], config: Mapping[str, Any]) -> list[str]:
+    """The problems as they may be shown: none holds a secret setting's value, whatever its type.
+
+    The SDK's schema messages echo the value they refuse (``['sk_live_…'] is not of type 'string', 'null' in
+    config['api_key']``), so a key pasted into a list would be printed. A message about a secret setting is
+    replaced by one naming the setting and the JSON type it was given; in any other message, every piece of a
+    secret (a string or number inside it) is masked.
+    """
+    pieces = sorted(
+        {piece for name in SECRET_SETTINGS if config.get(name) is not None for piece in _pieces(config[name])},
+        key=len,
+        reverse=True,
+    )
+    shown = []
+    for problem in problems:
+        about = _ABOUT_SETTING.search(problem)
+        if about is not None and about.group(1) in SECRET_SETTINGS:
+            name = about.group(1)
+            problem = f"{name} must be a string, not {_json_kind(config.get(name))} (its value is not shown)"
+        for piece in pieces:
+            problem = problem.replace(piece, "***")
+        shown.append(problem)
+    return shown
+
+
+def _pieces(value: Any) -> set[str]:
+    """The texts inside a secret's value (strings, keys, numbers as written), of four characters or more."""
+    found: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif item is not None and not isinstance(item, bool):
+            found.add(str(item))
+    return {text for text in found if len(text) >= 4}
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float | Decimal):
+        return "a number"
+    return "a string"
 
 
 _KEY_REQUIRED = (

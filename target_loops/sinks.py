@@ -17,7 +17,7 @@ from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.sinks import BatchSink
 from singer_sdk.sinks.core import BaseJSONSchemaValidator
 
-from target_loops import defaults
+from target_loops import defaults, limits
 from target_loops.coercion import CoercionError
 from target_loops.operations import Action, LoopsRequest, Operation, Rejection, Skipped
 from target_loops.outbox import Outbox
@@ -56,7 +56,8 @@ class LoopsSink(BatchSink):
         self.mapper = StreamMapper(rule, stream_name, tuple(key_properties or ())) if rule is not None else None
         self.stats = self.services.stats.for_stream(stream_name, self.action.value if self.action else None)
         self._warned_keys: set[str] = set()
-        self._invalid: str | None = None
+        #: Why the record being processed is rejected before mapping, as (reason, message), else None.
+        self._invalid: tuple[str, str] | None = None
         self._datetime_keys: tuple[str, ...] | None = None
 
     def setup(self) -> None:
@@ -92,18 +93,28 @@ class LoopsSink(BatchSink):
                 record[key] = parse_datetime(key, value)
 
     def _validate_and_parse(self, record: dict) -> dict:
-        """Validate against the stream's SCHEMA; a record that fails is rejected (with the reason), not fatal.
+        """Check what JSON can carry, then validate against the stream's SCHEMA; a record that fails either is
+        rejected (with the reason), not fatal.
 
-        The SDK either stops the whole run on one invalid record or logs it and passes it on unmarked; neither
-        says "this record, this reason" in the rejects file. Unparseable date-times are treated the same way.
+        First, before anything converts a value: a number JavaScript cannot hold (``1e5000``: ``invalid_number``)
+        or nesting deeper than ``limits.MAX_DEPTH`` (``too_deep``). Such a record would otherwise stop the run in
+        whatever step first converts it (an int of 5,000 digits has no text; ``1E+100000000`` as an int takes
+        minutes), and every rerun at the same record. Then the SCHEMA: the SDK either stops the whole run on one
+        invalid record or logs it and passes it on unmarked; neither says "this record, this reason" in the
+        rejects file. Unparseable date-times are treated the same way.
         """
         self._invalid = None
+        found = limits.problem(record)
+        if found is not None:
+            self._invalid = (found.reason, f"{found.message}; the record is rejected, the run goes on")
+            return record
         try:
             if self._validator is not None:
                 self._validator.validate(record)
             self._parse_timestamps_in_record(record=record, schema=self.schema, treatment=self.datetime_error_treatment)
         except (InvalidRecord, ValueError, OverflowError) as exc:
-            self._invalid = str(exc).split("\n", 1)[0]
+            first_line = str(exc).split("\n", 1)[0]
+            self._invalid = ("schema_invalid", f"the record does not match the stream's SCHEMA: {first_line}")
         return record
 
     def process_record(self, record: dict, context: dict) -> None:
@@ -113,10 +124,10 @@ class LoopsSink(BatchSink):
             self.stats.skipped += 1
             return
         if self._invalid is not None:
-            message = f"the record does not match the stream's SCHEMA: {self._invalid}"
+            reason, message = self._invalid
             if self.services.position is not None:
                 message = f"{self.services.position()}: {message}"
-            context.setdefault("results", []).append(Rejection("schema_invalid", message, record))
+            context.setdefault("results", []).append(Rejection(reason, message, record))
             self._invalid = None
             return
         result = self.mapper.map(record)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import copy
 import datetime as dt
-import decimal
 import gc
 import json
 import logging
@@ -31,6 +30,7 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from singer_sdk.sinks import Sink
 from singer_sdk.target_base import Target
 
+from target_loops import limits
 from target_loops.batch_files import BatchFileError, UnreadableRow, batch_manifest, display_url, read_rows
 from target_loops.client import BaseUrlError, LoopsAuthError, LoopsClient, LoopsUnavailableError
 from target_loops.ledger import Ledger, LedgerError, TeamIdentityError, describe_url
@@ -56,6 +56,7 @@ from target_loops.settings import (
     config_file_problem,
     load_settings,
     sqlite_ledger_path,
+    without_secrets,
 )
 from target_loops.sinks import LoopsSink, SinkServices
 
@@ -121,10 +122,6 @@ class _InvalidMessage(InputError, InvalidInputLine):
     """A message missing a key the SDK needs, with its line: still the SDK's exception for callers that expect it."""
 
 
-class _NonFinite(str):
-    """``NaN``, ``Infinity`` or ``-Infinity`` as written in the input: JSON has no such numbers."""
-
-
 class LineReader(MsgSpecReader):
     """The SDK's msgspec reader, reading bytes and counting lines, so that every input problem names its line.
 
@@ -132,11 +129,13 @@ class LineReader(MsgSpecReader):
     refuses takes the slow path, which decides per case:
 
     - a byte order mark or a blank line: ignored (with a warning), the run goes on;
-    - a RECORD of a known stream that JSON cannot carry (``NaN``/``Infinity``, bytes that are not UTF-8) and a RECORD
-      whose ``record`` is not an object: that record is rejected (counted, in the rejects file), the run goes on;
-    - anything else (not JSON, not an object, an unknown message type, a RECORD before its SCHEMA, nesting too deep
-      to read): ``InputError`` naming the line. The rest cannot be trusted to be what the tap meant; skipping the
-      line would let a later STATE cover a record that was never delivered.
+    - a RECORD of a known stream that JSON cannot carry (``NaN``/``Infinity``, an integer too long to read, nesting
+      too deep to read, bytes that are not UTF-8) and a RECORD whose ``record`` is not an object: that record is
+      rejected (counted, in the rejects file, cut to size), the run goes on. (Numbers beyond a double and nesting
+      beyond ``limits.MAX_DEPTH`` in records msgspec does read are the sink's check, ``LoopsSink._validate_and_parse``.)
+    - anything else (not JSON, not an object, an unknown message type, a RECORD before its SCHEMA, any other message
+      nested too deep to read): ``InputError`` naming the line. The rest cannot be trusted to be what the tap meant;
+      skipping the line would let a later STATE cover a record that was never delivered.
 
     The target sets the hooks: ``reject_record`` (count and write a rejected record) and ``on_stop`` (called with the
     exception that ends the reading, before it propagates).
@@ -214,10 +213,6 @@ class LineReader(MsgSpecReader):
 
     def _salvage(self, number: int, line: bytes | str, error: Exception) -> dict | None:
         """A line msgspec refused: the message it still is, None to go on without it, or ``InputError``."""
-        if isinstance(error, RecursionError):
-            raise InputError(
-                f"input line {number} nests objects or lists too deep to read; remove or flatten that record"
-            ) from None
         raw = line
         if isinstance(raw, bytes):
             try:
@@ -239,26 +234,42 @@ class LineReader(MsgSpecReader):
             if self.blank_lines == 1:
                 logger.warning("Input line %d is blank; blank lines are ignored", number)
             return None
+        if isinstance(error, RecursionError):
+            self._too_deep(number, text)
+            return None
         try:
-            message = json.loads(text, parse_constant=_NonFinite, parse_float=decimal.Decimal)
+            message = limits.loads(text)
         except (ValueError, RecursionError):
             raise InputError(f"input line {number} is not valid JSON: {error}") from None
-        found = _non_finite(message.get("record") if isinstance(message, dict) else None)
+        found = limits.problem(message.get("record")) if isinstance(message, dict) else None
         if found is not None and self._rejectable(message):
-            self._reject(
-                message,
-                "invalid_number",
-                f"input line {number}: {found} is not a JSON number (JSON has no NaN or Infinity); the record is "
-                "rejected, the run goes on",
-            )
+            text = f"input line {number}: {found.message}; the record is rejected, the run goes on"
+            self._reject(message, found.reason, text)
             return None
         raise InputError(f"input line {number} is not valid JSON: {error}")
+
+    def _too_deep(self, number: int, text: str) -> None:
+        """A line nested deeper than any JSON reader goes: a RECORD is rejected (shown cut at ``limits.MAX_DEPTH``
+        levels of its record), any other message stops the run."""
+        try:
+            message = limits.loads(limits.cut_text(text, limits.MAX_DEPTH + 1))  # the line is a level above the record
+        except (ValueError, RecursionError):
+            message = None
+        if isinstance(message, dict) and self._rejectable(message):
+            found = limits.Problem(limits.TOO_DEEP, "")
+            why = (
+                f"input line {number}: the record's {found.message}; the record is rejected (cut at that depth in the "
+                "rejects file), the run goes on"
+            )
+            self._reject(message, found.reason, why)
+            return
+        raise InputError(f"input line {number} nests objects or lists too deep to read; remove or flatten that record")
 
     def _not_utf8(self, number: int, raw: bytes, exc: UnicodeDecodeError) -> None:
         """Bytes that are not UTF-8: a RECORD of a known stream is rejected (shown with the bad bytes replaced)."""
         problem = f"byte {exc.start + 1} ({raw[exc.start : exc.start + 1]!r}) is not UTF-8"
         try:
-            message = json.loads(raw.decode("utf-8", errors="replace"), parse_float=decimal.Decimal)
+            message = limits.loads(raw.decode("utf-8", errors="replace"))
         except (ValueError, RecursionError):
             message = None
         if isinstance(message, dict) and self._rejectable(message):
@@ -305,20 +316,6 @@ def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     return "number"
-
-
-def _non_finite(value: Any) -> str | None:
-    """The first ``NaN``/``Infinity`` in a parsed record, as written, or None."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, _NonFinite):
-            return str(item)
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return None
 
 
 class TargetLoops(Target):
@@ -368,7 +365,7 @@ class TargetLoops(Target):
             )
         except RuleError as exc:
             problems.append(str(exc))
-        problems = schema_problems + problems
+        problems = without_secrets(schema_problems + problems, self._config)
         report_path = self.settings.report_path
         if report_path and Path(report_path).is_file():
             Path(report_path).unlink()  # a report on disk is this run's or none: never an earlier run's

@@ -121,10 +121,16 @@ def loops_datetime(value: dt.date) -> str:
 
     It is Loops' documented ``YYYY-MM-DDTHH:MM:SS.sss`` with the UTC designator
     (https://loops.so/docs/contacts/properties#dates), JavaScript's ``Date.toISOString()`` form, and it carries no
-    more precision than Loops keeps. ``ValueError`` when the instant has no UTC form.
+    more precision than Loops keeps. The year is always four digits (``0001``-``9999``): ECMA-262's date time
+    string format has exactly four (https://tc39.es/ecma262/#sec-date-time-string-format; other years need the
+    six-digit ``±YYYYYY`` form, which Loops does not document and Python's dates never need). ``strftime("%Y")``
+    writes year 1 as ``1``, which no ECMA-262 reader takes. ``ValueError`` when the instant has no UTC form.
     """
     utc = as_utc(value)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}."
+        f"{utc.microsecond // 1000:03d}Z"
+    )
 
 
 def sort_key(value: Any) -> str | None:

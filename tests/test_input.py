@@ -2,8 +2,9 @@
 
 Every problem is one line naming the input line, never a traceback. A line that cannot be read stops the run after
 delivering and checkpointing what came before it (exit 1, the run report says ``completed: false``); a byte order
-mark and blank lines are ignored; a RECORD of a known stream whose record JSON cannot carry (NaN, bytes that are not
-UTF-8) or that is not an object is a counted rejection of that record alone.
+mark and blank lines are ignored; a RECORD of a known stream whose record JSON cannot carry (NaN, an integer too long
+to read, nesting too deep to read, bytes that are not UTF-8) or that is not an object is a counted rejection of that
+record alone (issue 21, item 7: one record must not stop every run).
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def user_ids(sandbox: Sandbox) -> set[str]:
 STOPPING = {
     "invalid JSON": (b'{"type": "RECORD", "stream": "identifies", "record": {"id": \n', "is not valid JSON"),
     "not UTF-8, not a record": (b'{"type": "STATE", "value": {"a": "\xff"}}\n', "byte 35 (b'\\xff') is not UTF-8"),
-    "nesting 5,000 deep": (
-        b'{"type": "RECORD", "stream": "identifies", "record": {"id": ' + b"[" * 5000 + b"]" * 5000 + b"}}\n",
+    "a STATE nested 5,000 deep": (
+        b'{"type": "STATE", "value": {"at": ' + b"[" * 5000 + b"]" * 5000 + b"}}\n",
         "nests objects or lists too deep",
     ),
     "unknown message type": (b'{"type": "RECORDS", "stream": "identifies"}\n', "unknown message type 'RECORDS'"),
@@ -108,6 +109,14 @@ UNREADABLE_RECORDS = {
     "not UTF-8": (
         b'{"type": "RECORD", "stream": "identifies", "record": {"id": "i9", "plan": "caf\xe9"}}\n',
         "invalid_encoding",
+    ),
+    "nested 5,000 deep": (
+        b'{"type": "RECORD", "stream": "identifies", "record": {"id": ' + b"[" * 5000 + b"]" * 5000 + b"}}\n",
+        "too_deep",
+    ),
+    "an integer of 5,000 digits": (
+        b'{"type": "RECORD", "stream": "identifies", "record": {"id": "i9", "n": ' + b"7" * 5000 + b"}}\n",
+        "invalid_number",
     ),
     "record is a list": (b'{"type": "RECORD", "stream": "identifies", "record": [1, 2]}\n', "invalid_record"),
     "record is null": (b'{"type": "RECORD", "stream": "identifies", "record": null}\n', "invalid_record"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from rule_helpers import (
     reject,
     run,
 )
+from runner import record, run_target, sandbox_config, schema, singer
 
 from target_loops.coercion import CoercionError, coerce
 from target_loops.operations import Operation, Rejection
@@ -291,6 +293,50 @@ def test_loops_datetime_is_the_one_date_form(value: dt.date, expected: str) -> N
 def test_loops_datetime_refuses_an_instant_with_no_utc_form() -> None:
     with pytest.raises(ValueError, match="outside the years 1-9999"):
         loops_datetime(dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5))))
+
+
+#: Years before 1000 went out as ``1-01-01T…``, which is no ECMA-262 date time string (its years are 4 digits,
+#: 0000-9999: https://tc39.es/ecma262/#sec-date-time-string-format) and which Loops refuses.
+EVERY_CENTURY = [
+    (dt.datetime(1, 1, 1), "0001-01-01T00:00:00.000Z"),
+    (dt.datetime(999, 12, 31, 23, 59, 59, 999000), "0999-12-31T23:59:59.999Z"),
+    (dt.date(1000, 1, 1), "1000-01-01T00:00:00.000Z"),
+    (dt.datetime(9999, 12, 31, 23, 59, 59, 999999), "9999-12-31T23:59:59.999Z"),
+    (dt.datetime(1899, 12, 31, 23, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5))), "1900-01-01T04:00:00.000Z"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), EVERY_CENTURY, ids=repr)
+def test_every_year_goes_out_with_four_digits(value: dt.date, expected: str) -> None:
+    assert loops_datetime(value) == expected
+    assert coerce("at", value.isoformat(), "date") == expected  # a date property given ISO text
+    assert (
+        body("e", {"event_text": "E", "email": "a@example.com", "at": value}, event_rule("e"))["eventProperties"]["at"]
+        == expected
+    )
+
+
+def test_epoch_milliseconds_of_year_one_go_out_with_four_digits() -> None:
+    assert coerce("at", -62_135_596_800_000, "date") == "0001-01-01T00:00:00.000Z"
+
+
+def test_dates_of_every_century_reach_loops(make_sandbox: Any, tmp_path: Path) -> None:
+    """Through the CLI: the sandbox reads dates as Loops documents them (ECMA-262), and takes each of these."""
+    sandbox = make_sandbox(properties=[{"key": "signedUpAt", "type": "date"}])
+    texts = ["0001-01-01", "0999-12-31T23:59:59.999Z", "1000-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z",
+             "1899-12-31T23:00:00-05:00"]  # fmt: skip
+    expected = [x for _, x in EVERY_CENTURY]
+    rows = [
+        record("identifies", {"id": f"i{n}", "user_id": f"u{n}", "email": f"u{n}@example.com", "signed_up_at": t})
+        for n, t in enumerate(texts)
+    ]
+    columns = {"id": "string", "user_id": "string", "email": "string",
+               "signed_up_at": {"type": ["string", "null"], "format": "date-time"}}  # fmt: skip
+    run = run_target(sandbox_config(sandbox, tmp_path), singer(schema("identifies", columns, ["id"]), *rows),
+                     tmp_path=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.rejects == []
+    assert [sandbox.store.find(user_id=f"u{n}")["signedUpAt"] for n in range(len(texts))] == expected  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

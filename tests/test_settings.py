@@ -217,6 +217,32 @@ def test_a_key_that_cannot_be_a_loops_key_is_a_config_error(loops: Sandbox, tmp_
     assert key not in run.stderr
 
 
+SECRET = "sk_live_9fQ2xLr7Tq"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "kind"),
+    [
+        ("api_key", [SECRET], "a list"),
+        ("api_key", {"key": SECRET}, "an object"),
+        ("api_key", [[SECRET, 3]], "a list"),
+        ("api_key", 918273645546372819, "a number"),
+        ("ledger_url", [f"postgresql://loader:{SECRET}@db/ledger"], "a list"),
+    ],
+    ids=["list", "object", "nested list", "number", "ledger_url list"],
+)
+def test_a_secret_of_the_wrong_type_is_refused_without_showing_it(
+    loops: Sandbox, tmp_path: Path, setting: str, value: Any, kind: str
+) -> None:
+    """The SDK's schema message echoed the value (``['sk_live_…'] is not of type 'string'``). Through the CLI: the
+    error names the setting and the type, and no output of the run holds the secret."""
+    run = run_target(sandbox_config(loops, tmp_path, **{setting: value}), INPUT, tmp_path=tmp_path)
+    errors = refused(run, loops)
+    assert any(e.startswith(f"{setting} must be a string, not {kind}") for e in errors), errors
+    for text in (SECRET, str(value), json.dumps(value)):
+        assert text not in run.stderr and text not in run.stdout
+
+
 # --- item 12: the files a run writes
 
 

@@ -645,3 +645,105 @@ def test_meltano_segment_archive_sync_into_the_sandbox(tmp_path: Path, meltano_b
     assert "files read 0 (already read before 3" in second.stdout + second.stderr
     assert len([r for r in sandbox.store.requests() if r.get("method") != "GET"]) == writes_before
     assert collections.Counter((e["eventName"], e["userId"]) for e in sandbox.store.events()) == events
+
+
+# --- lines and files that cannot be read whole (issue 21, items 7 and 8)
+
+
+def _nested(levels: int) -> str:
+    return '{"a": ' * levels + "1" + "}" * levels
+
+
+#: (the bad line, the reason the tap counts it under)
+POISON_LINES = [
+    ('{"type": "track", "messageId": "p1", "event": "E", "properties": {"amount": 1e5000}}', "number out of range"),
+    ('{"type": "identify", "messageId": "p2", "traits": {"n": 1e100000000}}', "number out of range"),
+    ('{"type": "identify", "messageId": "p3", "traits": {"n": ' + ("7" * 5000) + "}}", "number out of range"),
+    ('{"type": "identify", "messageId": "p4", "traits": {"n": ' + ("7" * 400) + "}}", "number out of range"),
+    ('{"type": "identify", "messageId": "p5", "userId": -1.8E+308}', "number out of range"),
+    ('{"type": "identify", "messageId": "p6", "traits": ' + _nested(40) + "}", "nested too deep"),
+    ('{"type": "track", "messageId": "p7", "properties": ' + _nested(990) + "}", "nested too deep"),
+    ('{"type": "track", "messageId": "p8", "properties": ' + ("[" * 100_000 + "]" * 100_000) + "}", "nested too deep"),
+]
+
+
+@pytest.mark.e2e  # the tap's CLI in a subprocess
+def test_a_poison_line_is_a_bad_line_and_the_rest_is_emitted(tmp_path: Path) -> None:
+    """A line the target could only reject (a number beyond a double, nesting beyond limits.MAX_DEPTH) is counted
+    as a bad line with a warning naming file and line; the tap goes on, exit 0. Numbers a double holds, hex ids
+    that look like exponents and ordinary nesting are emitted as written."""
+    day = tmp_path / "segment-logs" / SOURCE / DAY1
+    day.mkdir(parents=True)
+    good = [
+        '{"type": "identify", "messageId": "g1", "userId": "u1", "traits": {"n": 1.7976931348623157e308}}',
+        '{"type": "track", "messageId": "g2e1000", "event": "E", "properties": {"id": "9e123", "n": '
+        + ("9" * 300)
+        + "}}",
+        '{"type": "track", "messageId": "g3", "event": "E", "properties": ' + _nested(20) + "}",
+    ]
+    lines = [good[0], *(line for line, _ in POISON_LINES), good[1], good[2]]
+    path = day / "1793494800.poison.gz"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    run = run_tap(tmp_path, {"paths": [str(tmp_path / "segment-logs")]})
+    assert [r["messageId"] for _, r in run.records] == ["g1", "g2e1000", "g3"]
+    assert run.raw_records[0].endswith(good[0].encode() + b"}")  # as written, not re-encoded
+    for number, (_, reason) in enumerate(POISON_LINES, start=2):
+        assert f"{path} line {number}: {reason}" in run.stderr, (number, run.stderr[-3000:])
+    assert "bad lines: number out of range 5, nested too deep 3" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.bookmark["folders"][str(day)]["done"] == [path.name]
+
+
+def _archive_with(tmp_path: Path, name: str, data: bytes) -> tuple[Path, Path]:
+    """A day folder holding a good file (read first) and ``name`` with ``data``."""
+    day = tmp_path / "segment-logs" / SOURCE / DAY1
+    day.mkdir(parents=True)
+    gz_lines(day / "1793490000.good.gz", [{"type": "track", "messageId": "ok1", "event": "E"}])
+    bad = day / name
+    bad.write_bytes(data)
+    return day, bad
+
+
+def _big_gzip(lines: int) -> tuple[bytes, list[str]]:
+    ids = [f"t{i:06d}-{os.urandom(6).hex()}" for i in range(lines)]
+    text = "".join(json.dumps({"type": "track", "messageId": i, "event": "E"}) + "\n" for i in ids)
+    return gzip.compress(text.encode()), ids
+
+
+@pytest.mark.e2e  # the tap's CLI in a subprocess
+@pytest.mark.parametrize("kind", ["truncated", "not gzip", "corrupt"])
+def test_a_gzip_that_cannot_be_read_whole_stops_naming_the_file(tmp_path: Path, kind: str) -> None:
+    """One clear line naming the file and what to do, exit 1, no traceback (nor click's bare "Aborted!"), and no
+    STATE covers a line that was not emitted: the file is not marked done, ``reading`` stays within what was
+    written."""
+    data, ids = _big_gzip(30_000)
+    if kind == "truncated":
+        data = data[: len(data) // 2]
+    elif kind == "not gzip":
+        data = b'{"type": "track", "messageId": "plain", "event": "E"}\n'
+    else:
+        middle = len(data) // 2
+        data = data[:middle] + bytes(b ^ 0x5A for b in data[middle : middle + 64]) + data[middle + 64 :]
+    day, bad = _archive_with(tmp_path, "1793500000.bad.gz", data)
+    command = write_inputs(
+        tmp_path, {"paths": [str(tmp_path / "segment-logs")], "state_interval_lines": 1000}, None, kind
+    )
+    proc = subprocess.run(command, capture_output=True, timeout=120, cwd=tmp_path, check=False)
+    stderr = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr and "Aborted!" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and str(bad) in errors[0], stderr[-3000:]
+    assert "gzip" in errors[0] and "run again" in errors[0]
+    messages, _ = parse(proc.stdout)
+    emitted = [m["record"]["messageId"] for m in messages if m["type"] == "RECORD"]
+    assert emitted[0] == "ok1"
+    from_bad = emitted[1:]
+    assert from_bad == ids[: len(from_bad)], "what was emitted of the bad file is its first lines, in order"
+    bookmark = [m["value"] for m in messages if m["type"] == "STATE"][-1]["bookmarks"]["segment_archive"]
+    assert bad.name not in bookmark["folders"].get(str(day), {}).get("done", [])
+    reading = bookmark["reading"]
+    # Damaged data may decode into a few garbage lines before gzip notices: they are lines read (bad lines), not
+    # records. Truncated or not gzip, every line read was a record.
+    lines_read = len(from_bad) if kind != "corrupt" else len(ids) - 1
+    assert reading is None or (reading[0] == str(bad) and reading[1] <= lines_read)
