@@ -185,7 +185,7 @@ def _within(timeout: Any, remaining: float) -> float:
 
 
 class _WatchedHTTPConnection(HTTPConnection):
-    """urllib3's connection, telling the current attempt which socket it uses."""
+    """urllib3's connection, telling the current attempt which socket it uses (for TLS, the wrapped one)."""
 
     def _new_conn(self) -> socket.socket:
         return _connect_within(self, super()._new_conn)
@@ -199,19 +199,8 @@ class _WatchedHTTPConnection(HTTPConnection):
         super().request(method, url, body, headers, **options)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    """urllib3's TLS connection, telling the current attempt which socket it uses (the TLS one once wrapped)."""
-
-    def _new_conn(self) -> socket.socket:
-        return _connect_within(self, super()._new_conn)
-
-    def connect(self) -> None:
-        super().connect()
-        _note(self.sock)
-
-    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **options: Any) -> None:
-        _note(self.sock)
-        super().request(method, url, body, headers, **options)
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    """urllib3's TLS connection, watched the same way (its ``connect`` wraps the socket before ours notes it)."""
 
 
 def _released() -> None:

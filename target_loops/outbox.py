@@ -419,10 +419,13 @@ class Outbox:
         members = person.members
         known = person.known
         if known is not None and known.seen_at is not None:
-            if known.fingerprint == DELETED:
-                members = self._after_delete(members, known.seen_at)
-            else:
-                members = self._before_known(members, known.seen_at)
+            # After a delete, records older than it would bring the contact back; otherwise, a delete older than
+            # what Loops holds (a deletes table sent after a newer identify) would undo the newer record.
+            deleted = known.fingerprint == DELETED
+            if deleted or any(h.op.action is Action.DELETE_CONTACT for h in members):
+                members, older = _split_older(members, known.seen_at, deletes=not deleted)
+                for stale in older:
+                    self._count(stale.stream, "unchanged")  # Loops holds something newer
         if len(members) == 1 and members[0].op.action is Action.UPSERT_CONTACT:
             # One row per person and run (a warehouse table re-sent nightly): the same steps, minus the walking.
             return self._part(person, members, known, delivered, seen_keys)
@@ -438,28 +441,6 @@ class Outbox:
                 chain.append(self._delete_step(person, h))
                 known = None  # after a delete, Loops holds nothing of this contact
         return chain
-
-    def _after_delete(self, members: list[Held], deleted_at: str) -> list[Held]:
-        """The records not older than the person's delete: an older update or event arriving after it (a table
-        sent after the deletes table, a replay) would bring a deleted contact back."""
-        kept = []
-        for h in members:
-            if h.at is not None and not h.clamped and h.at < deleted_at and h.op.action is not Action.DELETE_CONTACT:
-                self._count(h.stream, "unchanged")  # Loops holds something newer: the person's deletion
-            else:
-                kept.append(h)
-        return kept
-
-    def _before_known(self, members: list[Held], seen_at: str) -> list[Held]:
-        """Without the deletes older than what Loops holds of the person (a deletes table sent after a newer
-        identify): the person was recreated after that delete, and deleting now would undo the newer record."""
-        kept = []
-        for h in members:
-            if h.op.action is Action.DELETE_CONTACT and h.at is not None and not h.clamped and h.at < seen_at:
-                self._count(h.stream, "unchanged")
-            else:
-                kept.append(h)
-        return kept
 
     def _part(
         self, person: Person, part: list[Held], known: ContactState | None, delivered: set[str], seen: set[str]
@@ -644,7 +625,10 @@ class Outbox:
                     return
                 sent = self._send_step(step, waited)
                 if sent and waited and step.action is Action.DELETE_CONTACT:
-                    waited = self._after_delete(waited, step.lead.at) if step.lead.at and not step.lead.clamped else []
+                    waited, older = _split_older(waited, step.lead.at, deletes=False) if step.lead.at else ([], waited)
+                    with self._settle_lock:  # what waited is older than the person's deletion: never sent
+                        for h in older:
+                            self.counters(h.stream).unchanged += 1
                 if sent and waited and person.identity not in self._waiting_people:
                     again, waited = waited, []
                     sent = all(self._send_again(person, h, waited) for h in again)
@@ -844,6 +828,20 @@ class Outbox:
     def _count(self, stream: str, name: str) -> None:
         """Count what planning decided (unchanged, coalesced, duplicates); ``_plan`` adds them up at its end."""
         self._planned_counts[stream, name] += 1
+
+
+def _split_older(members: list[Held], at: str, *, deletes: bool) -> tuple[list[Held], list[Held]]:
+    """``members`` split into (kept, older than ``at``): only deletes when ``deletes``, else everything but deletes.
+    A record without a time of its own (none, or clamped) is never older."""
+    kept: list[Held] = []
+    older: list[Held] = []
+    for h in members:
+        is_delete = h.op.action is Action.DELETE_CONTACT
+        if is_delete is deletes and h.at is not None and not h.clamped and h.at < at:
+            older.append(h)
+        else:
+            kept.append(h)
+    return kept, older
 
 
 def _exists(known: ContactState | None) -> bool:
