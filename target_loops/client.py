@@ -595,6 +595,10 @@ class LoopsClient:
         self._recent_429: collections.deque[float] = collections.deque()
         #: Called with each finished request's outcome, from the sending thread (progress reporting).
         self.listener: Callable[[Outcome], None] | None = None
+        #: Asked between attempts and during waits: True once the run was told to stop. A signal handler cannot
+        #: call ``abort()`` (it takes a lock the interrupted thread may hold), so the target sets this instead, and
+        #: the start-of-run reads on the main thread stop at once rather than after their retries.
+        self.stopping: Callable[[], bool] = lambda: False
 
     # --- public
 
@@ -707,6 +711,8 @@ class LoopsClient:
         headers = {"Idempotency-Key": request.idempotency_key} if request.idempotency_key else None
         url = self.base_url + request.path
         while True:
+            if self.stopping():
+                self.abort()
             if self._stop.is_set():
                 outcome.kind = OutcomeKind.ABORTED
                 outcome.message = self._stopping_message(outcome)
@@ -859,8 +865,13 @@ class LoopsClient:
             self._counts[name] += 1
 
     def _wait(self, seconds: float) -> None:
-        if seconds > 0:
-            self._stop.wait(seconds)
+        """Back off for ``seconds``, or less once the run stops (``abort()`` or ``stopping``)."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and not self.stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, 0.1))
 
 
 def _int_header(response: requests.Response, name: str) -> int | None:

@@ -521,6 +521,7 @@ class TargetLoops(Target):
         if settings.api_key:
             self.client = LoopsClient(settings.client_settings())
             self.client.listener = self.progress.note
+            self.client.stopping = self._stop_requested
             team_name = self.client.check_api_key()
             self.logger.info("Connected to Loops team %r at %s", team_name, base_url)
         self.preflight = Preflight(

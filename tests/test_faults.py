@@ -287,3 +287,19 @@ def test_after_a_stop_the_summary_counts_the_time_spent_sending(
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["completed"] is False
     assert report["totals"]["sending_seconds"] > 0
+
+
+def test_sigterm_during_the_start_of_run_reads_does_not_wait_out_their_retries(
+    make_sandbox: Any, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch, restore_signals: None
+) -> None:
+    """Loops answers 500 to everything and each retry waits 20 s: the key check alone would take a minute. A signal
+    during it stops the run within seconds, before anything is read or sent."""
+    from target_loops.client import LoopsClient
+
+    sandbox = make_sandbox(fail_500=1.0, seed=1)
+    cfg = {**config(sandbox, tmp_path), "retry_backoff_seconds": 20, "max_retries": 3}
+    when = stop_at(monkeypatch, LoopsClient, "get_json", after=1)
+    code, states = run(cfg, singer(*messages()), capsys)
+    assert code == 143 and states == []
+    assert time.monotonic() - when["signal"] < 5
+    assert len(sandbox.store.requests()) <= 1
