@@ -17,9 +17,7 @@ one, and what to do.
 
 from __future__ import annotations
 
-import decimal
 import gzip
-import json
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,6 +28,8 @@ from urllib.request import url2pathname
 import fsspec
 import msgspec
 from singer_sdk.contrib.msgspec import decoder as msgspec_decoder
+
+from target_loops import limits
 
 __all__ = ["BatchFileError", "UnreadableRow", "batch_manifest", "display_url", "read_rows"]
 
@@ -175,16 +175,14 @@ def _scrub(text: str, url: str) -> str:
 
 def _salvage(shown: str, number: int, line: bytes, error: Exception) -> Any:
     """A row msgspec refused: the row it still is, an ``UnreadableRow``, None for a blank line, or
-    ``BatchFileError``. The same decisions as for a RECORD line (``LineReader``)."""
+    ``BatchFileError``. The same decisions as for a RECORD line (``LineReader``), through the same ``limits``."""
     where = f"batch file {shown} row {number}"
-    if isinstance(error, RecursionError):
-        raise BatchFileError(f"{where} nests objects or lists too deep to read; remove or flatten that row") from None
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         problem = f"byte {exc.start + 1} ({line[exc.start : exc.start + 1]!r}) is not UTF-8"
         try:
-            row = json.loads(line.decode("utf-8", errors="replace"), parse_float=decimal.Decimal)
+            row = limits.loads(line.decode("utf-8", errors="replace"))
         except (ValueError, RecursionError):
             raise BatchFileError(f"{where}: {problem} (rows are UTF-8 JSON); {_AGAIN}") from None
         return UnreadableRow(row, "invalid_encoding", f"{problem} (shown here with each bad byte as U+FFFD)")
@@ -195,29 +193,17 @@ def _salvage(shown: str, number: int, line: bytes, error: Exception) -> Any:
             return _salvage(shown, number, text[1:].encode(), exc)
     if not text.strip():
         return None
+    if isinstance(error, RecursionError):
+        try:  # shown cut at the depth the target reads
+            row = limits.loads(limits.cut_text(text, limits.MAX_DEPTH))
+        except (ValueError, RecursionError):
+            raise BatchFileError(f"{where} is not valid JSON: {error}; fix or re-create the file ({_AGAIN})") from None
+        return UnreadableRow(row, limits.TOO_DEEP, limits.Problem(limits.TOO_DEEP, "").message)
     try:
-        row = json.loads(text, parse_constant=_NonFinite, parse_float=decimal.Decimal)
+        row = limits.loads(text)
     except (ValueError, RecursionError):
         raise BatchFileError(f"{where} is not valid JSON: {error}; fix or re-create the file ({_AGAIN})") from None
-    found = _non_finite(row)
+    found = limits.problem(row)
     if found is None:
         raise BatchFileError(f"{where} is not valid JSON: {error}; fix or re-create the file ({_AGAIN})")
-    return UnreadableRow(row, "invalid_number", f"{found} is not a JSON number (JSON has no NaN or Infinity)")
-
-
-class _NonFinite(str):
-    """``NaN``, ``Infinity`` or ``-Infinity`` as written in the row: JSON has no such numbers."""
-
-
-def _non_finite(value: Any) -> str | None:
-    """The first ``NaN``/``Infinity`` in a parsed row, as written, or None."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, _NonFinite):
-            return str(item)
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return None
+    return UnreadableRow(row, found.reason, found.message)

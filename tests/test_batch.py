@@ -330,8 +330,9 @@ def test_tap_segment_archive_refuses_a_batch_format_it_cannot_write(tmp_path: Pa
 
 
 def test_a_bad_row_is_rejected_alone_naming_file_and_row(loops: Sandbox, tmp_path: Path) -> None:
-    """Row 2 breaks the SCHEMA, row 4 is a list, row 5 holds NaN (JSON has none), row 6 is not UTF-8: each is
-    rejected alone (in the rejects file, named by file and row), the other rows are delivered, STATE after."""
+    """Row 2 breaks the SCHEMA, row 4 is a list, row 5 holds NaN (JSON has none), row 6 is not UTF-8, rows 8-10 are
+    poison (a number beyond a double, an integer of 5,000 digits, 3,000 levels of nesting): each is rejected alone
+    (in the rejects file, named by file and row), the other rows are delivered, STATE after."""
     bad_schema = {**contact_row(2), "plan": 42}
     lines = [
         json.dumps(contact_row(1)).encode(),
@@ -341,20 +342,27 @@ def test_a_bad_row_is_rejected_alone_naming_file_and_row(loops: Sandbox, tmp_pat
         b'{"id": "i5", "user_id": "u5", "email": "u5@example.com", "plan": NaN}',
         b'{"id": "i6", "user_id": "u6", "email": "u6@example.com", "plan": "caf\xe9"}',
         json.dumps(contact_row(7)).encode(),
+        b'{"id": "i8", "user_id": "u8", "email": "u8@example.com", "plan": "x", "score": 1e5000}',
+        b'{"id": "i9", "user_id": "u9", "email": "u9@example.com", "n": ' + b"9" * 5000 + b"}",
+        b'{"id": "i10", "user_id": "u10", "email": "u10@example.com", "deep": ' + b"[" * 3000 + b"]" * 3000 + b"}",
     ]
     url = write_file(tmp_path / "identifies.json.gz", lines)
     result = run(loops, tmp_path, *schemas(), batch("identifies", [url]), state({"at": 1}))
     assert result.returncode == 0, result.stderr
     assert user_ids(loops) == ["u1", "u3", "u7"]
     assert result.final_state == {"at": 1}
-    by_reason = {r["reason"]: r for r in result.rejects}
-    assert set(by_reason) == {"schema_invalid", "invalid_record", "invalid_number", "invalid_encoding"}
+    by_reason: dict[str, dict[str, Any]] = {}
+    for line in result.rejects:
+        by_reason.setdefault(line["reason"], line)  # the first of each reason
+    assert set(by_reason) == {"schema_invalid", "invalid_record", "invalid_number", "invalid_encoding", "too_deep"}
     assert by_reason["schema_invalid"]["record"] == bad_schema
     assert by_reason["invalid_record"]["record"] == [1, 2]
-    for reason, row in (("schema_invalid", 2), ("invalid_record", 4), ("invalid_number", 5), ("invalid_encoding", 6)):
+    for reason, row in (("schema_invalid", 2), ("invalid_record", 4), ("invalid_number", 5), ("invalid_encoding", 6),
+                        ("too_deep", 10)):  # fmt: skip
         assert f"batch file {url} row {row}:" in by_reason[reason]["message"], by_reason[reason]
     assert all(r["stream"] == "identifies" for r in result.rejects)
-    assert result.stream("identifies")["rejected"] == 4
+    assert sorted(r["reason"] for r in result.rejects).count("invalid_number") == 3  # NaN, 1e5000, 5,000 digits
+    assert result.stream("identifies")["rejected"] == 7
 
 
 # --- a file that cannot be read stops the run
