@@ -474,9 +474,11 @@ class Outbox:
             while not slots[j][0] and j > 0 and _agrees(body, slots[j - 1][1].op.request.body):  # type: ignore[union-attr]
                 j -= 1
             group, event = slots[j]
-            if group and not _same_email(body, group):
-                # An email change is not merged into the updates before it: while Loops may not know the userId
-                # yet, the earlier email is what ties the contact to it, and only then can the email change.
+            if group and not _exists(known) and _timed(h, group) and not _same_email(body, group):
+                # An email change is not merged into the updates before it while Loops may not know the userId yet:
+                # the earlier email is what ties the contact to it (a contact a form created, say), and only then
+                # can the email change. Once the ledger knows the contact, its userId finds it whatever the email;
+                # and rows without a time of their own (a users table) are in input order, not history: merged.
                 slots[j] = (group, None)
                 slots.insert(j + 1, ([h], event))
             else:
@@ -891,6 +893,11 @@ def _agrees(update: dict[str, Any], event: dict[str, Any]) -> bool:
         elif other != value:
             return False
     return True
+
+
+def _timed(h: Held, group: list[Held]) -> bool:
+    """True when ``h`` and every record of ``group`` carry a time of their own (their order is their history)."""
+    return h.at is not None and not h.clamped and all(g.at is not None and not g.clamped for g in group)
 
 
 def _same_email(body: dict[str, Any], group: list[Held]) -> bool:

@@ -208,12 +208,14 @@ def test_delete_contact_prefers_user_id_counts_404_as_done_and_forgets(loops: Sa
     run = run_target(config_for(loops, tmp_path, mappings=rules), deletes, tmp_path=tmp_path)
     assert run.returncode == 0, run.stderr
     sent = [r for r in loops.store.requests() if r["path"] == "/api/v1/contacts/delete"]
-    # A userId Loops does not know is tried by email before the delete counts as done.
+    # A userId Loops does not know is looked up by email before the delete counts as done: nobody has that email,
+    # so nothing is deleted by email (only a contact without a userId, or with this one, would be).
     assert sorted((json.dumps(r["body"]), r["status"]) for r in sent) == [
-        ('{"email": "ghost@example.com"}', 404),
         ('{"userId": "ghost"}', 404),
         ('{"userId": "u1"}', 200),
     ]
+    finds = [r for r in loops.store.requests() if r["path"] == "/api/v1/contacts/find"]
+    assert [(r["query"], r["status"]) for r in finds] == [({"email": "ghost@example.com"}, 200)]
     assert run.rejects == []
     assert loops.store.find(user_id="u1") is None
     # The ledger forgot u1: the same identify is sent again, the others stay unchanged.

@@ -20,6 +20,7 @@ import fcntl
 import gzip
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -704,10 +705,12 @@ def _archive_with(tmp_path: Path, name: str, data: bytes) -> tuple[Path, Path]:
     return day, bad
 
 
-def _big_gzip(lines: int) -> tuple[bytes, list[str]]:
-    ids = [f"t{i:06d}-{os.urandom(6).hex()}" for i in range(lines)]
+def _big_gzip(lines: int) -> bytes:
+    # Seeded: with these ids, the damaged data of the "corrupt" case decodes into mangled lines before gzip notices.
+    rng = random.Random(21)
+    ids = [f"t{i:06d}-{rng.randbytes(6).hex()}" for i in range(lines)]
     text = "".join(json.dumps({"type": "track", "messageId": i, "event": "E"}) + "\n" for i in ids)
-    return gzip.compress(text.encode()), ids
+    return gzip.compress(text.encode())
 
 
 @pytest.mark.e2e  # the tap's CLI in a subprocess
@@ -716,7 +719,7 @@ def test_a_gzip_that_cannot_be_read_whole_stops_naming_the_file(tmp_path: Path, 
     """One clear line naming the file and what to do, exit 1, no traceback (nor click's bare "Aborted!"), and no
     STATE covers a line that was not emitted: the file is not marked done, ``reading`` stays within what was
     written."""
-    data, ids = _big_gzip(30_000)
+    data = _big_gzip(30_000)
     if kind == "truncated":
         data = data[: len(data) // 2]
     elif kind == "not gzip":
@@ -738,12 +741,10 @@ def test_a_gzip_that_cannot_be_read_whole_stops_naming_the_file(tmp_path: Path, 
     messages, _ = parse(proc.stdout)
     emitted = [m["record"]["messageId"] for m in messages if m["type"] == "RECORD"]
     assert emitted[0] == "ok1"
-    from_bad = emitted[1:]
-    assert from_bad == ids[: len(from_bad)], "what was emitted of the bad file is its first lines, in order"
+    # Damaged deflate data can decode into lines never written (mangled messageIds) before gzip's CRC check at the
+    # end notices: nothing of a gzip file is emitted before all of it was read.
+    assert emitted[1:] == [], "nothing of a damaged gzip file is emitted"
     bookmark = [m["value"] for m in messages if m["type"] == "STATE"][-1]["bookmarks"]["segment_archive"]
     assert bad.name not in bookmark["folders"].get(str(day), {}).get("done", [])
     reading = bookmark["reading"]
-    # Damaged data may decode into a few garbage lines before gzip notices: they are lines read (bad lines), not
-    # records. Truncated or not gzip, every line read was a record.
-    lines_read = len(from_bad) if kind != "corrupt" else len(ids) - 1
-    assert reading is None or (reading[0] == str(bad) and reading[1] <= lines_read)
+    assert reading is None or (reading[0] == str(bad) and reading[1] == 0)
