@@ -550,10 +550,12 @@ def test_warehouse_sync_then_only_new_and_changed_work(loops: Sandbox, make_job:
     # is refused by Loops. Katherine's update rode on "Clicked: Upgrade", which the strict sandbox refuses (':'),
     # so both were sent again, each on its own: the update (accepted) and the event (refused again). The two events
     # refused by userId alone each wait for an upsert of their person and are tried once more at the end of the input.
-    assert collections.Counter(path for _, path, _, _ in sent) == {
-        "/api/v1/contacts/update": 1,
-        "/api/v1/events/send": 11,
-    }
+    # Grace's email change (two timed identifies, Loops not knowing her yet) is an update of its own unless the
+    # users table's row for her (no time of its own: merged in input order) falls in the same window; where the
+    # windows fall depends on when Meltano's checkpoints come, so that one update is 1 or 2.
+    counts = collections.Counter(path for _, path, _, _ in sent)
+    assert counts["/api/v1/events/send"] == 11 and counts["/api/v1/contacts/update"] in (1, 2), counts
+    assert set(counts) == {"/api/v1/events/send", "/api/v1/contacts/update"}
     # The ephemeral-runner setup: the ledger and Meltano's state are in PostgreSQL, next to the warehouse.
     assert ledger_events(warehouse_url) == len(DAY1_EVENTS)
     assert bookmarks(meltano_state(warehouse_url)) == normal(
