@@ -9,10 +9,20 @@ Loops' rules, from its API reference (https://loops.so/docs/api-reference/intro)
 
 - 200 with ``{"success": true, ...}`` is the only success; errors are ``{"success": false, "message": ...}`` (older
   answers carry ``error``), so the status decides and ``message`` (else ``error``) explains;
-- 401/403: the key is wrong or revoked; 429: over the team's rate limit (10 requests/s, announced in
-  ``x-ratelimit-limit`` / ``x-ratelimit-remaining``); 5xx: Loops' side;
-- Loops never redirects and never answers HTML: a redirect or a 200 that is not Loops' JSON means ``base_url`` points
-  at something else (a proxy's login page, a web server) and nothing was delivered.
+- 401: the key is wrong or revoked; 429: over the team's rate limit (10 requests/s, announced in
+  ``x-ratelimit-limit`` / ``x-ratelimit-remaining``); 5xx: Loops' side; 405: wrong method, declared without a body
+  in Loops' OpenAPI (https://loops.so/docs/api-reference/intro lists the statuses).
+
+This project's own choices where Loops' documents say nothing (each is marked where it is made):
+
+- a redirect is never followed and stops the run: Loops documents no 3xx answer, and requests would turn a
+  redirected PUT/POST into a GET that "succeeds";
+- 403 stops the run like 401: no Loops page documents it, and a refusal of the credential (by Loops or a gateway in
+  front of it) would refuse every record alike;
+- 408 is retried like a 5xx: by its definition the server did not process the request
+  (https://www.rfc-editor.org/rfc/rfc9110#status.408), so sending it again cannot do the work twice;
+- a 200 that is not Loops' JSON means ``base_url`` points at something else (a proxy's login page, a web server) and
+  nothing was delivered (Loops' success bodies: https://loops.so/docs/api-reference).
 """
 
 from __future__ import annotations
@@ -232,12 +242,17 @@ def classify(
     exception: BaseException | None = None,
     *,
     location: str | None = None,
+    empty: bool = False,
 ) -> Verdict:
     """The meaning of one answer (or of the exception that replaced it); pure, no I/O.
 
-    ``body`` is the parsed JSON body or None when the body is not JSON. Status table:
-    https://loops.so/docs/api-reference/intro (200 success; 400 invalid request; 401 bad key; 404 not found;
-    405 wrong method; 409 idempotency key already used; 429 rate limited; 5xx Loops' side).
+    ``body`` is the parsed JSON body or None when the body is not JSON; ``empty`` says the answer had no body at all.
+    Status table: https://loops.so/docs/api-reference/intro (200 success; 400 invalid request; 401 bad key; 404 not
+    found; 405 wrong method; 409 idempotency key already used; 429 rate limited; 5xx Loops' side).
+
+    The status decides first where Loops documents no body: a 405 (declared without one in Loops' OpenAPI) is a
+    refusal of the request whatever its body, and so is a 404 without a body. Only a 404 that carries a page that
+    is not JSON (a web server's "Not Found") means ``base_url`` is not Loops.
     """
     what = f"{request.method} {request.path}"
     if exception is not None:
@@ -254,13 +269,14 @@ def classify(
     assert status is not None, "an answer has a status"
     got = _content_label(content_type)
     if 300 <= status < 400:
-        # Loops never redirects; requests would turn a redirected PUT/POST into a GET that "succeeds".
+        # This project's choice: Loops documents no redirect, and requests would turn a redirected PUT/POST into a GET
+        # that "succeeds".
         target = f" to {_redact_url(location)}" if location else ""
         return Verdict(
             Decision.FATAL,
             error=NotLoopsError(
                 f"does not look like the Loops API: {what} was answered with a redirect (HTTP {status}{target}); "
-                "Loops never redirects, so base_url points elsewhere (use https://app.loops.so/api)"
+                "Loops documents no redirect, so base_url points elsewhere (use https://app.loops.so/api)"
             ),
         )
     if status == 200:
@@ -287,6 +303,7 @@ def classify(
         if status == also_status and isinstance(body, dict):
             return Verdict(Decision.DONE, _message(body), kind=also_kind)
     message = _message(body) or f"HTTP {status} ({got})"
+    # 401 is Loops' bad key (https://loops.so/docs/api-reference/intro); 403 is this project's choice (module doc).
     if status in (401, 403):
         return Verdict(
             Decision.FATAL,
@@ -298,7 +315,7 @@ def classify(
         )
     if status == 429:
         return Verdict(Decision.RATE_LIMITED, message)
-    if status >= 500 or status == 408:
+    if status >= 500 or status == 408:  # 408: this project's choice (module docstring)
         return Verdict(Decision.RETRY, f"HTTP {status}: {message}")
     if 200 < status < 300:
         return Verdict(
@@ -308,8 +325,9 @@ def classify(
                 f"does not look like the Loops API: {what} answered HTTP {status} ({got}); Loops answers 200"
             ),
         )
-    if body is None and status in (404, 405):
-        # Loops answers its 404/405 in JSON; an HTML "Not Found" is a web server at the wrong address.
+    if body is None and status == 404 and not empty:
+        # Loops answers its 404s in JSON (or, where undocumented, without a body); an HTML "Not Found" is a web server
+        # at the wrong address. A 405 is decided by its status alone: Loops' OpenAPI declares it without a body.
         return Verdict(
             Decision.FATAL,
             message,
@@ -621,10 +639,24 @@ class LoopsClient:
 
         Raises ``LoopsAuthError``, ``NotLoopsError`` or ``LoopsUnavailableError`` on anything but Loops' 200.
         """
+        outcome = self.read(path)
+        if outcome.kind is OutcomeKind.DELIVERED:
+            return outcome.body
+        raise LoopsUnavailableError(f"GET {path} answered HTTP {outcome.status}: {outcome.message}")
+
+    def read(self, path: str) -> Outcome:
+        """A read-only GET whose refusal is an answer too: DELIVERED with the JSON body, or REJECTED with the status
+        and Loops' message (a 404 for an event Loops has no definition of, a 405 from an API without the route).
+
+        Raises ``LoopsAuthError``, ``NotLoopsError`` or ``LoopsUnavailableError`` when there is no such answer.
+        """
         request = LoopsRequest("GET", path, {})
         outcome, verdict, data = self._exchange(request, max_retries=min(self.settings.max_retries, START_RETRIES))
         if verdict is not None and verdict.decision is Decision.DONE:
-            return data
+            outcome.body = data
+            return outcome
+        if verdict is not None and verdict.decision is Decision.REJECTED:
+            return outcome
         if outcome.kind is OutcomeKind.ABORTED:
             self.raise_if_fatal()
             raise LoopsUnavailableError(f"GET {path} was not sent: the run is stopping")
@@ -756,6 +788,7 @@ class LoopsClient:
                     data,
                     response.headers.get("Content-Type"),
                     location=response.headers.get("Location"),
+                    empty=not response.content,
                 )
                 outcome.status = response.status_code
             else:

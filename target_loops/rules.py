@@ -306,8 +306,14 @@ class StreamMapper:
         name = identifier(plan.fields["event_name"][1].get(record), "event name", "invalid_event_name")
         if name is None:
             raise ValueRejected("no_event_name", f"no event name in {plan.fields['event_name'][1].describe()}")
-        # No other local rule on the name: none has a public source that we could confirm (a ':' was once refused
-        # here). If Loops refuses a name, its 400 and message go to the rejects file like any refusal.
+        if ":" in name:
+            # "Custom event names can not contain colon characters (:)" (https://loops.so/docs/events, "Creating
+            # events"): refused here, never sent.
+            raise ValueRejected(
+                "invalid_event_name",
+                f"event name {name!r} contains ':', which Loops does not allow in event names "
+                "(https://loops.so/docs/events); rename the event at the source or with stream_maps",
+            )
         check_length("eventName", name)
         if plan.properties is not None:
             send_nulls = self.rule.options.get("send_nulls", False)

@@ -1477,10 +1477,12 @@ def test_created_at_is_written(stream: str, record: dict[str, Any], rules: Any) 
     assert op.skipped_keys == ()
 
 
-def test_a_colon_in_an_event_name_is_sent_not_refused_locally() -> None:
-    """No public Loops document we could confirm forbids it: Loops decides (a 400 lands in the rejects file)."""
-    op = run("tracks", {"user_id": "1", "event_text": "Plan:Upgraded"})
-    assert op.request.body["eventName"] == "Plan:Upgraded"
+@pytest.mark.parametrize("name", ["Plan: Upgraded", "Plan:Upgraded", ":", "a:b:c"])
+def test_a_colon_in_an_event_name_is_refused_locally(name: str) -> None:
+    """ "Custom event names can not contain colon characters" (https://loops.so/docs/events): nothing is sent."""
+    result = reject("tracks", {"user_id": "1", "event_text": name})
+    assert result.reason == "invalid_event_name"
+    assert "https://loops.so/docs/events" in result.message and repr(name) in result.message
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,8 @@ class SandboxConfig:
     lenient: bool = False
     properties: list[dict[str, Any]] = field(default_factory=list)
     lists: list[dict[str, Any]] = field(default_factory=list)
+    #: Event definitions served by ``GET /v1/event-patterns/by-name/{eventName}`` (see ``store.normalize_event_pattern``).
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """Refuse nonsense at construction, so a bad test setup fails loudly instead of behaving oddly."""
@@ -464,6 +466,7 @@ class SandboxApp:
             ("/api/v1/contacts/properties", ["GET", "POST"], "properties"),
             ("/api/v1/lists", ["GET"], "lists"),
             ("/api/v1/events/send", ["POST"], "send_event"),
+            ("/api/v1/event-patterns/by-name/<path:event_name>", ["GET"], "event_pattern"),
         ]
         return [Rule(path, methods=methods, endpoint=endpoint) for path, methods, endpoint in routes]
 
@@ -493,6 +496,10 @@ class SandboxApp:
 
     def _op_lists(self, request: Request, body: Any, strict: bool) -> tuple[int, Any]:
         return 200, self.store.lists()
+
+    def _op_event_pattern(self, request: Request, body: Any, strict: bool) -> tuple[int, Any]:
+        name = request.path.split("/v1/event-patterns/by-name/", 1)[1]
+        return 200, self.store.event_pattern(name)
 
     def _op_send_event(self, request: Request, body: Any, strict: bool) -> tuple[int, Any]:
         key = request.headers.get("Idempotency-Key") or None

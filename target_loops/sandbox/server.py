@@ -57,7 +57,7 @@ class Sandbox:
         config = config or SandboxConfig()
         self.host = host
         self.verbose = verbose
-        self.store = Store(config.properties, config.lists)
+        self.store = Store(config.properties, config.lists, config.events)
         self.app = SandboxApp(self.store, config)
         self._requested_port = port
         self._server: BaseWSGIServer | None = None
@@ -120,10 +120,10 @@ class Sandbox:
         self.app.inject(kind, count=count, path=path)
 
     def configure(self, **fields: Any) -> SandboxConfig:
-        """Change config fields at runtime; ``properties``/``lists`` re-seed the store's team schema."""
+        """Change config fields at runtime; ``properties``/``lists``/``events`` re-seed the store's team schema."""
         config = self.app.configure(**fields)
-        if "properties" in fields or "lists" in fields:
-            self.store.configure_team(fields.get("properties"), fields.get("lists"))
+        if "properties" in fields or "lists" in fields or "events" in fields:
+            self.store.configure_team(fields.get("properties"), fields.get("lists"), fields.get("events"))
         return config
 
     def __enter__(self) -> Sandbox:
@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--team-file",
         metavar="PATH",
         type=Path,
-        help='JSON {"teamName": ..., "properties": [...], "lists": [...]} (default: none, no custom properties)',
+        help='JSON {"teamName": ..., "properties": [...], "lists": [...], "events": [{"eventName": ..., '
+        '"eventProperties": [{"name": ..., "type": ...}]}]} (default: none, no custom properties)',
     )
     parser.add_argument(
         "--property",
@@ -298,6 +299,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         lenient=args.lenient,
         properties=list(team.get("properties", [])) + [parse_property(text) for text in args.property],
         lists=list(team.get("lists", [])) + [parse_list(text) for text in args.list],
+        events=list(team.get("events", [])),
     )
 
 

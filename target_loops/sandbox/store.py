@@ -86,6 +86,10 @@ _ECMA_DATE_RE = re.compile(
 )
 
 
+MULTIPLE_CONTACTS = "Multiple contacts found for the given criteria"
+"""Loops' message (a 400) when a body's email and userId match two different contacts."""
+
+
 class LoopsError(Exception):
     """A request Loops would refuse: carries the HTTP status and the message of the error body."""
 
@@ -236,8 +240,43 @@ def normalize_list(spec: Mapping[str, Any]) -> dict[str, Any]:
         "name": str(spec.get("name") or list_id),
         # Loops answers null for a list without a description (https://loops.so/docs/api-reference/list-mailing-lists)
         "description": str(spec["description"]) if spec.get("description") else None,
-        "isPublic": bool(spec.get("isPublic", True)),
+        # "By default lists are private" (https://loops.so/docs/contacts/mailing-lists, "List types").
+        "isPublic": bool(spec.get("isPublic", False)),
     }
+
+
+def normalize_event_pattern(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """One configured event definition, in the shape ``GET /v1/event-patterns/by-name/{eventName}`` answers
+    (https://loops.so/docs/api-reference/get-event-pattern-by-name): ``{"eventName": "Signed Up",
+    "eventProperties": [{"name": "plan", "type": "string"}]}`` in a team file; ``id`` is filled in."""
+    name = spec.get("eventName")
+    if not isinstance(name, str) or not name.strip() or ":" in name:
+        raise ValueError(f"event pattern needs an 'eventName' without ':': {dict(spec)!r}")
+    properties = spec.get("eventProperties", [])
+    if not isinstance(properties, list):
+        raise ValueError(f"event {name!r}: 'eventProperties' must be a list of {{name, type}}")
+    seen: list[dict[str, str]] = []
+    for item in properties:
+        prop = item.get("name") if isinstance(item, Mapping) else None
+        type_name = item.get("type", "string") if isinstance(item, Mapping) else None
+        if not isinstance(prop, str) or not prop or type_name not in PROPERTY_TYPES:
+            raise ValueError(
+                f"event {name!r}: each event property is {{'name': ..., 'type': one of {sorted(PROPERTY_TYPES)}}}, "
+                f"not {item!r}"
+            )
+        if any(p["name"] == prop for p in seen):  # "unique names within the same event" (docs/events/properties)
+            raise ValueError(f"event {name!r}: event property {prop!r} is declared twice")
+        seen.append({"name": prop, "type": type_name})
+    return {"id": new_contact_id(), "eventName": name, "eventProperties": seen, "incomingWebhookPlatform": None}
+
+
+def _event_property_type(value: Any) -> str:
+    """The type Loops gives an event property it creates from a sent value (a sandbox choice: Loops does not say)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if is_number(value):
+        return "number"
+    return "string"
 
 
 class Store:
@@ -247,6 +286,7 @@ class Store:
         self,
         properties: Iterable[Mapping[str, Any]] = (),
         lists: Iterable[Mapping[str, Any]] = (),
+        events: Iterable[Mapping[str, Any]] = (),
     ) -> None:
         self._lock = threading.RLock()
         self._clock_offset = 0.0
@@ -259,7 +299,9 @@ class Store:
         self._events: list[dict[str, Any]] = []
         self._requests: list[dict[str, Any]] = []
         self._idempotency: dict[str, float] = {}
-        self.configure_team(properties, lists)
+        self._seed_patterns: dict[str, dict[str, Any]] = {}
+        self._patterns: dict[str, dict[str, Any]] = {}
+        self.configure_team(properties, lists, events)
 
     # ----- configuration, clock, inspection -------------------------------------------------------------
 
@@ -267,8 +309,10 @@ class Store:
         self,
         properties: Iterable[Mapping[str, Any]] | None = None,
         lists: Iterable[Mapping[str, Any]] | None = None,
+        events: Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
-        """Replace the team's seeded custom properties and/or mailing lists (``None`` leaves one as it is)."""
+        """Replace the team's seeded custom properties, mailing lists and/or event definitions (``None`` leaves one
+        as it is)."""
         with self._lock:
             if properties is not None:
                 seeded = [normalize_property(spec) for spec in properties]
@@ -279,6 +323,12 @@ class Store:
                 self._properties = copy.deepcopy(seeded)
             if lists is not None:
                 self._lists = [normalize_list(spec) for spec in lists]
+            if events is not None:
+                patterns = [normalize_event_pattern(spec) for spec in events]
+                self._seed_patterns = {p["eventName"]: p for p in patterns}
+                if len(self._seed_patterns) != len(patterns):
+                    raise ValueError("an event is declared twice in the team's events")
+                self._patterns = copy.deepcopy(self._seed_patterns)
 
     def now(self) -> float:
         """The store clock in epoch seconds: real time plus whatever :meth:`advance_clock` added."""
@@ -302,6 +352,7 @@ class Store:
             self._requests.clear()
             self._idempotency.clear()
             self._properties = copy.deepcopy(self._seed_properties)
+            self._patterns = copy.deepcopy(self._seed_patterns)
 
     def contacts(self) -> list[dict[str, Any]]:
         """Every contact (deep copies, so callers cannot corrupt the store), in creation order."""
@@ -337,6 +388,20 @@ class Store:
         defaults = [{"key": key, "label": label, "type": type_} for key, label, type_ in DEFAULT_PROPERTIES]
         return defaults + custom
 
+    def event_pattern(self, name: str) -> dict[str, Any]:
+        """``GET /v1/event-patterns/by-name/{eventName}`` (https://loops.so/docs/api-reference/get-event-pattern-by-name):
+        the event's definition; 404 for a name the team has no event for (names are case-sensitive)."""
+        with self._lock:
+            found = self._patterns.get(name)
+            if found is None:
+                raise LoopsError(404, "Event pattern not found.")
+            return copy.deepcopy(found)
+
+    def event_patterns(self) -> list[dict[str, Any]]:
+        """Every event definition, for the views."""
+        with self._lock:
+            return copy.deepcopy(list(self._patterns.values()))
+
     def lists(self) -> list[dict[str, Any]]:
         """The team's mailing lists as ``GET /v1/lists`` answers them."""
         with self._lock:
@@ -351,6 +416,7 @@ class Store:
                 "requests": self.requests(),
                 "properties": self.properties("all"),
                 "lists": self.lists(),
+                "eventPatterns": self.event_patterns(),
             }
 
     def log_request(self, entry: Mapping[str, Any]) -> None:
@@ -438,7 +504,7 @@ class Store:
                     )
             if not isinstance(body, dict):
                 raise bad_request("The request body must be a JSON object.")
-            event_name = self._event_name(body.get("eventName"), strict=strict)
+            event_name = self._event_name(body.get("eventName"))
             event_properties = self._event_properties(body.get("eventProperties"), strict=strict)
             contact_body = {key: value for key, value in body.items() if key not in EVENT_BODY_KEYS}
             change = self._contact_change(contact_body, strict=strict)
@@ -458,6 +524,20 @@ class Store:
             )
             if idempotency_key is not None:
                 self._idempotency[idempotency_key] = now
+            if event_name not in self._patterns:
+                # "You can create an event by sending an event with a new event name", its properties with it
+                # (https://loops.so/docs/events, "Creating events"). An existing event keeps its definition: properties
+                # it lacks are accepted but "not available when sending emails".
+                self._patterns[event_name] = normalize_event_pattern(
+                    {
+                        "eventName": event_name,
+                        "eventProperties": [
+                            {"name": k, "type": _event_property_type(v)}
+                            for k, v in event_properties.items()
+                            if v is not None
+                        ],
+                    }
+                )
 
     # ----- validation -----------------------------------------------------------------------------------
 
@@ -550,13 +630,13 @@ class Store:
         return None
 
     @staticmethod
-    def _event_name(value: Any, *, strict: bool = True) -> str:
-        """``eventName`` is required (https://loops.so/docs/api-reference/send-event) and a non-empty string. When
-        strict, a ``:`` in it is refused: a deliberate choice (listed in the README), so that a sync rehearsed here
-        shows what happens if Loops refuses a name (its 400 and message in the rejects file)."""
+    def _event_name(value: Any) -> str:
+        """``eventName`` is required (https://loops.so/docs/api-reference/send-event) and a non-empty string with no
+        ``:`` ("Custom event names can not contain colon characters": https://loops.so/docs/events), in strict and
+        lenient mode alike: that is Loops' documented rule, not a sandbox choice."""
         if not isinstance(value, str) or not value.strip():
             raise bad_request("'eventName' is required.")
-        if strict and ":" in value:
+        if ":" in value:
             raise bad_request(f"Invalid eventName '{value}': it cannot contain ':'.")
         check_length("'eventName'", value)
         return value
@@ -610,7 +690,8 @@ class Store:
                 )
             return by_user_id
         if by_email is not None and by_user_id is not None and by_email["id"] != by_user_id["id"]:
-            raise bad_request(f"Email '{change.email}' and userId '{change.user_id}' belong to two different contacts.")
+            # Loops' live answer, word for word (its documents do not describe this case).
+            raise bad_request(MULTIPLE_CONTACTS)
         return by_user_id or by_email
 
     def _apply_upsert(self, change: ContactChange) -> dict[str, Any]:
