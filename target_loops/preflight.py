@@ -23,11 +23,14 @@ import logging
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from target_loops.coercion import CoercionError, coerce
 from target_loops.operations import LoopsRequest, OutcomeKind
 from target_loops.values import camel_case
+
+if TYPE_CHECKING:
+    from target_loops.event_patterns import EventPatterns
 
 logger = logging.getLogger(__name__)
 #: Team properties one run may create unless the settings say otherwise (``max_new_properties``).
@@ -93,9 +96,17 @@ class Preflight:
     """The team's schema and what this run did about it. Thread-safe: sinks of several streams use it at once."""
 
     def __init__(
-        self, client: Any, *, mode: str = "create", dry_run: bool = False, max_new: int = MAX_NEW_PROPERTIES
+        self,
+        client: Any,
+        *,
+        mode: str = "create",
+        dry_run: bool = False,
+        max_new: int = MAX_NEW_PROPERTIES,
+        events: EventPatterns | None = None,
     ) -> None:
         self.client = client
+        #: Loops' event definitions, read once per event name (``event_patterns.py``); None: not checked.
+        self.events = events
         self.mode = mode
         self.dry_run = dry_run
         #: At most this many properties are created in one run (a dry run counts those it would create).
@@ -331,13 +342,16 @@ class Preflight:
         ``LoopsRequest`` is frozen (its fields cannot be re-bound) but its body dict is not, and the sink fits it here
         before handing the request on, so nothing else holds it yet.
 
-        Raises ``CoercionError`` (the record is rejected) for a value that cannot fit its property's type, and its
-        subclass ``UnknownPropertyError`` for a key the data revealed that ``unknown_properties`` refuses (``error``),
+        Raises ``CoercionError`` (the record is rejected) for a value that cannot fit its property's type, its
+        subclass ``UnknownEventPropertyError`` for event properties ``unknown_event_properties: error`` refuses, and
+        ``UnknownPropertyError`` for a key the data revealed that ``unknown_properties`` refuses (``error``),
         that cannot be created, or that would pass ``max_new``. Nothing else: one record never stops the run (but
         Loops unreachable while creating a property does, as for any request).
         """
         if not self.loaded:
             return
+        if self.events is not None and "eventName" in body:
+            self.events.check(body, f"stream {stream}")
         if self.drop:
             for key in [k for k in body if k in self.drop]:
                 del body[key]

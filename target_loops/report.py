@@ -168,21 +168,51 @@ def render_plan(report: Mapping[str, Any], rate: float) -> list[str]:
             f"{plural(len(created), 'contact property', 'contact properties')} to create: "
             + ", ".join(f"{k} ({v})" for k, v in created.items())
         )
-    lines += event_property_lines(report["event_properties"])
+    lines += event_property_lines(report["event_properties"], report.get("event_definitions"))
     total = report["totals"]["planned"]
     lines.append(f"{plural(total, 'request')} at {rate:g}/s: about {human_duration(total / rate if rate else 0)}")
     return lines
 
 
-def event_property_lines(event_properties: Mapping[str, Mapping[str, str]]) -> list[str]:
-    """Per event name, the event properties sent and their types: Loops wants them added in its Events settings
-    before they are used (https://loops.so/docs/events/properties); no API lists or creates them."""
-    if not event_properties:
+def event_property_lines(
+    event_properties: Mapping[str, Mapping[str, str]],
+    definitions: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[str]:
+    """Per event name, the event properties sent and their types, against Loops' definition of the event where
+    Loops gave one (``event_patterns.py``): which it defines, which the data sends that it lacks (with the type to
+    create), which types disagree. Loops wants them added in its Events settings before they are used
+    (https://loops.so/docs/events/properties); no API creates them."""
+    definitions = definitions or {}
+    names = sorted(set(event_properties) | {n for n, d in definitions.items() if d.get("sent")})
+    if not names:
         return []
-    lines = ["event properties sent (add them in Loops → Settings → Events before the first real run):"]
-    for name, props in sorted(event_properties.items()):
-        listing = ", ".join(f"{k} ({v})" for k, v in sorted(props.items())) or "none"
-        lines.append(f"  {name}: {listing}")
+    lines = ["event properties per event name (add missing ones in Loops → Settings → Events):"]
+    for name in names:
+        found = definitions.get(name)
+        sent = dict(event_properties.get(name) or {})
+        if found is None or found.get("defined") is None:
+            sent.update((found or {}).get("sent") or {})
+            listing = ", ".join(f"{k} ({v})" for k, v in sorted(sent.items())) or "none"
+            why = ""
+            if found is not None and found.get("loops") == "not_defined":
+                why = " (Loops has no definition of this event yet: its first send creates it with these)"
+            lines.append(f"  {name}: sends {listing}{why}")
+            continue
+        defined = ", ".join(f"{k} ({v})" for k, v in found["defined"].items()) or "no properties"
+        lines.append(f"  {name}: Loops defines {defined}")
+        if found.get("missing"):
+            missing = ", ".join(f"{k} ({v})" for k, v in found["missing"].items())
+            lines.append(f"    sent but not defined in Loops (create with these types): {missing}")
+        if found.get("type_mismatches"):
+            wrong = ", ".join(
+                f"{k} (Loops {v['loops']}, sent {v['sent']})" for k, v in found["type_mismatches"].items()
+            )
+            lines.append(f"    types that disagree: {wrong}")
+        if found.get("dropped"):
+            dropped = ", ".join(f"{k} from {plural(v, 'event')}" for k, v in found["dropped"].items())
+            lines.append(f"    left out (unknown_event_properties: drop): {dropped}")
+        if found.get("rejected"):
+            lines.append(f"    rejected (unknown_event_properties: error): {plural(found['rejected'], 'record')}")
     return lines
 
 

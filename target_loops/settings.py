@@ -185,6 +185,14 @@ class Settings:
         "one). Properties a SCHEMA declares past it stop the run before any write, listing them; a record whose "
         "data would pass it is rejected (unknown_property) and the run goes on.",
     )
+    unknown_event_properties: str = _setting(
+        "warn",
+        th.StringType(allowed_values=["warn", "drop", "error"]),
+        "An event property the data sends that its event's definition in Loops lacks (GET "
+        "/v1/event-patterns/by-name, read once per event name): warn (send it, name it in the log, plan and report), "
+        "drop (leave it out of the event, counted in the report) or error (reject the record: "
+        "unknown_event_property). Applies only when Loops answered with a definition.",
+    )
     report_path: str | None = _setting(
         None,
         th.StringType(),

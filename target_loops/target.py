@@ -33,6 +33,7 @@ from singer_sdk.target_base import Target
 from target_loops import limits
 from target_loops.batch_files import BatchFileError, UnreadableRow, batch_manifest, display_url, read_rows
 from target_loops.client import BaseUrlError, LoopsAuthError, LoopsClient, LoopsUnavailableError
+from target_loops.event_patterns import EventPatterns
 from target_loops.ledger import Ledger, LedgerError, TeamIdentityError, describe_url
 from target_loops.operations import LoopsRequest, Outcome, OutcomeKind
 from target_loops.outbox import Outbox, OutboxSettings, UndeliveredError
@@ -529,6 +530,7 @@ class TargetLoops(Target):
             mode=settings.unknown_properties,
             dry_run=self.dry_run,
             max_new=settings.max_new_properties,
+            events=EventPatterns(self.client, mode=settings.unknown_event_properties),
         )
         self.services.preflight = self.preflight
         self.preflight.load()
@@ -786,7 +788,7 @@ class TargetLoops(Target):
         if self.dry_run:
             lines += render_plan(report, float(self.settings.requests_per_second))
         else:
-            lines += event_property_lines(report["event_properties"])
+            lines += event_property_lines(report["event_properties"], report["event_definitions"])
             if self.preflight.created:
                 created = ", ".join(f"{k} ({v})" for k, v in self.preflight.created.items())
                 lines.append(f"contact properties created: {created}")
@@ -835,6 +837,7 @@ class TargetLoops(Target):
             "totals": run_totals(streams, sending),
             "http": dict(http_stats()) if callable(http_stats) else {},
             "event_properties": self.outbox.event_properties if self.outbox is not None else {},
+            "event_definitions": self.preflight.events.report() if self.preflight.events is not None else {},
             "properties": {
                 "created" if not self.dry_run else "would_create": self.preflight.created,
                 "dropped": dict(self.preflight.dropped),

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from target_loops.client import ClientSettings, LoopsAuthError, LoopsClient
+from target_loops.client import ClientSettings, LoopsAuthError, LoopsClient, NotLoopsError
+from target_loops.event_patterns import EventPatterns
 from target_loops.operations import LoopsRequest, OutcomeKind
 
 #: An answer: (status, content type or None, body bytes).
@@ -28,15 +29,21 @@ def js(status: int, payload: Any) -> Answer:
     return status, JSON, json.dumps(payload).encode()
 
 
+#: The paths each test server was asked for, by the client pointed at it.
+SEEN: dict[int, list[str]] = {}
+
+
 @pytest.fixture
 def serve() -> Iterator[Callable[[list[Answer]], LoopsClient]]:
-    """A stdlib server answering the given answers in turn (the last one repeats), and a client pointed at it."""
+    """A stdlib server answering the given answers in turn (the last one repeats), and a client pointed at it
+    (``SEEN[id(client)]``: the paths asked for)."""
     servers: list[ThreadingHTTPServer] = []
     clients: list[LoopsClient] = []
 
     def start(answers: list[Answer]) -> LoopsClient:
         queue = list(answers)
         lock = threading.Lock()
+        seen: list[str] = []
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -47,6 +54,7 @@ def serve() -> Iterator[Callable[[list[Answer]], LoopsClient]]:
             def _any(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with lock:
+                    seen.append(self.path)
                     status, content_type, body = queue.pop(0) if len(queue) > 1 else queue[0]
                 self.send_response(status)
                 if content_type:
@@ -73,6 +81,7 @@ def serve() -> Iterator[Callable[[list[Answer]], LoopsClient]]:
             )
         )
         clients.append(client)
+        SEEN[id(client)] = seen
         return client
 
     yield start
@@ -221,3 +230,29 @@ def test_an_html_404_is_still_not_loops(serve: Callable[[list[Answer]], LoopsCli
     outcome = client.send(UPDATE)
     assert outcome.kind is OutcomeKind.ABORTED and client.fatal is not None
     assert "does not look like the Loops API" in str(client.fatal)
+
+
+def test_an_api_without_event_patterns_is_asked_once_and_nothing_changes(
+    serve: Callable[[list[Answer]], LoopsClient],
+) -> None:
+    """A 405 (an API that predates the route) falls back quietly to sending what the data has: no other name is
+    asked, no property is dropped even with ``drop``."""
+    client = serve([(405, None, b"")])
+    patterns = EventPatterns(client, mode="drop")
+    first = {"eventName": "Signed Up", "eventProperties": {"plan": "pro"}}
+    second = {"eventName": "Logged In", "eventProperties": {"via": "sso"}}
+    patterns.check(first, "stream tracks")
+    patterns.check(second, "stream tracks")
+    assert SEEN[id(client)] == ["/api/v1/event-patterns/by-name/Signed%20Up"]
+    assert first["eventProperties"] == {"plan": "pro"} and second["eventProperties"] == {"via": "sso"}
+    assert {name: c["loops"] for name, c in patterns.report().items()} == {
+        "Logged In": "unavailable",
+        "Signed Up": "unavailable",
+    }
+    assert client.fatal is None
+
+
+def test_an_event_pattern_answer_of_another_shape_is_not_loops(serve: Callable[[list[Answer]], LoopsClient]) -> None:
+    client = serve([js(200, {"eventName": "Signed Up", "properties": {"plan": "string"}})])
+    with pytest.raises(NotLoopsError, match="eventProperties"):
+        EventPatterns(client).check({"eventName": "Signed Up", "eventProperties": {"plan": "pro"}}, "stream tracks")

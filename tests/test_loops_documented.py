@@ -124,3 +124,100 @@ def test_an_event_name_with_a_colon_is_refused_locally_and_the_next_event_is_del
     assert "https://loops.so/docs/events" in line["message"] and line["request"] is None
     assert all("Plan: Upgraded" not in json.dumps(entry) for entry in sandbox.store.requests())
     assert [e["eventName"] for e in sandbox.store.events()] == ["Plan Upgraded"]
+
+
+# --- event properties against Loops' definitions
+
+TRACK_SCHEMA = schema(
+    "tracks",
+    {
+        "type": "string",
+        "messageId": "string",
+        "userId": "string",
+        "event": "string",
+        "timestamp": "string",
+        "context": {"type": ["object", "null"]},
+        "properties": {"type": ["object", "null"]},
+    },
+)
+
+
+def track(message_id: str, name: str, props: dict[str, Any], email: str = "a@x.io") -> dict[str, Any]:
+    return record(
+        "tracks",
+        {
+            "type": "track",
+            "messageId": message_id,
+            "event": name,
+            "timestamp": "2026-11-01T10:00:00Z",
+            "context": {"traits": {"email": email}},
+            "properties": props,
+        },
+    )
+
+
+EVENTS_INPUT = singer(
+    TRACK_SCHEMA,
+    track("m1", "Signed Up", {"plan": "pro", "trialDays": "14", "coupon": "X"}),
+    track("m2", "Signed Up", {"plan": "free", "trialDays": 7}, email="b@x.io"),
+    track("m3", "Order Completed", {"orderId": "o-1", "revenue": 9.5}),
+)
+
+
+def pattern_reads(sb: Sandbox) -> list[str]:
+    return [r["path"] for r in sb.store.requests() if "/event-patterns/" in r["path"]]
+
+
+def test_the_plan_names_per_event_what_loops_defines_lacks_and_types_that_disagree(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    sb = make_sandbox(events=[SIGNED_UP])
+    plan = tmp_path / "plan.jsonl"
+    config = sandbox_config(sb, tmp_path, dry_run=True, dry_run_path=str(plan))
+    run = run_target(config, EVENTS_INPUT, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    # Read only, once per event name, whatever the number of records.
+    assert sorted(pattern_reads(sb)) == [
+        "/api/v1/event-patterns/by-name/Order Completed",
+        "/api/v1/event-patterns/by-name/Signed Up",
+    ]
+    assert all(r["method"] == "GET" for r in sb.store.requests())
+    signed_up = run.report["event_definitions"]["Signed Up"]
+    assert signed_up["loops"] == "defined"
+    assert signed_up["defined"] == {"plan": "string", "trialDays": "number"}
+    assert signed_up["missing"] == {"coupon": "string"}
+    assert signed_up["type_mismatches"] == {"trialDays": {"loops": "number", "sent": "string"}}
+    assert run.report["event_definitions"]["Order Completed"]["loops"] == "not_defined"
+    assert "Signed Up: Loops defines plan (string), trialDays (number)" in run.stderr
+    assert "sent but not defined in Loops (create with these types): coupon (string)" in run.stderr
+    assert "types that disagree: trialDays (Loops number, sent string)" in run.stderr
+    assert "Order Completed: sends orderId (string), revenue (number) (Loops has no definition" in run.stderr
+    # The log says it at once, too; warn (the default) still plans the property.
+    assert "property coupon (string) is not defined on this event in Loops" in run.stderr
+    bodies = [json.loads(line)["body"] for line in plan.read_text().splitlines()]
+    assert any(b.get("eventProperties", {}).get("coupon") == "X" for b in bodies)
+
+
+def test_drop_leaves_undefined_event_properties_out_and_says_so(make_sandbox: Any, tmp_path: Path) -> None:
+    sb = make_sandbox(events=[SIGNED_UP])
+    run = run_target(sandbox_config(sb, tmp_path, unknown_event_properties="drop"), EVENTS_INPUT, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    sent = {e["email"]: e["eventProperties"] for e in sb.store.events() if e["eventName"] == "Signed Up"}
+    assert sent == {"a@x.io": {"plan": "pro", "trialDays": "14"}, "b@x.io": {"plan": "free", "trialDays": 7}}
+    # No definition for "Order Completed": nothing is dropped there (its first send defines it).
+    (order,) = [e for e in sb.store.events() if e["eventName"] == "Order Completed"]
+    assert order["eventProperties"] == {"orderId": "o-1", "revenue": 9.5}
+    assert run.report["event_definitions"]["Signed Up"]["dropped"] == {"coupon": 1}
+    assert "left out (unknown_event_properties: drop): coupon from 1 event" in run.stderr
+    assert run.rejects == []
+
+
+def test_error_rejects_records_with_undefined_event_properties(make_sandbox: Any, tmp_path: Path) -> None:
+    sb = make_sandbox(events=[SIGNED_UP])
+    run = run_target(sandbox_config(sb, tmp_path, unknown_event_properties="error"), EVENTS_INPUT, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    (line,) = run.rejects
+    assert line["reason"] == "unknown_event_property" and line["record"]["messageId"] == "m1"
+    assert "'Signed Up'" in line["message"] and "coupon (string)" in line["message"]
+    assert sorted(e["email"] for e in sb.store.events()) == ["a@x.io", "b@x.io"]  # m2, and m3 (no definition)
+    assert run.report["event_definitions"]["Signed Up"]["rejected"] == 1

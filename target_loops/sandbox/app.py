@@ -70,7 +70,7 @@ class SandboxConfig:
     lenient: bool = False
     properties: list[dict[str, Any]] = field(default_factory=list)
     lists: list[dict[str, Any]] = field(default_factory=list)
-    #: Event definitions served by ``GET /v1/event-patterns/by-name/{eventName}`` (see ``store.normalize_event_pattern``).
+    #: Event definitions served by ``GET /v1/event-patterns/by-name/{eventName}`` (``store.normalize_event_pattern``).
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
