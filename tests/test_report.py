@@ -79,7 +79,7 @@ def test_the_end_of_run_table_agrees_with_the_report_and_the_sandbox(make_sandbo
         "orderId": "string",
         "revenue": "number",
     }
-    assert "Order Completed: currency (string), orderId (string), revenue (number)" in run.stderr
+    assert "Order Completed: sends currency (string), orderId (string), revenue (number)" in run.stderr
     # Plain lines: the table has no log prefix.
     assert not any("| INFO" in line for line in run.stderr.splitlines() if line.startswith(("identify ", "track ")))
 
@@ -131,7 +131,8 @@ def test_the_run_report_schema(make_sandbox: Any, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     data = json.loads(report.read_text())
     assert set(data) == {"run_id", "started_at", "finished_at", "elapsed_seconds", "completed", "dry_run", "streams",
-                         "totals", "http", "event_properties", "properties", "rejects", "max_rejects"}  # fmt: skip
+                         "totals", "http", "event_properties", "event_definitions", "properties", "rejects",
+                         "max_rejects"}  # fmt: skip
     (stream,) = data["streams"]
     assert set(stream) == {
         "stream", "action", "read", "sent", "planned", "unchanged", "coalesced", "folded", "duplicates", "rejected",

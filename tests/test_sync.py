@@ -122,8 +122,8 @@ def test_segment_export_end_to_end(team_sandbox: Sandbox, tmp_path: Path) -> Non
         ("identify", "invalid_email", False),
         ("identify", "nested_value", True),  # a partial line: `address` left out, the contact sent
         ("identify", "no_identifier", False),
-        ("track", "http_400", False),  # "Plan:Upgraded": the target sends it; the strict sandbox refuses a ':'
-        ("track", "http_400", False),
+        ("track", "http_400", False),  # u_9999: Loops has no contact with that userId
+        ("track", "invalid_event_name", False),  # "Plan:Upgraded": refused locally (https://loops.so/docs/events)
         ("track", "nested_value", True),
     ]
     assert run.final_state == last_state_in(SAMPLES / "segment_export.singer")
@@ -298,14 +298,13 @@ def test_dry_run_plans_without_a_key_and_sends_nothing(sandbox: Sandbox, tmp_pat
     assert run.returncode == 0, run.stderr
     assert sandbox.store.requests() == []
     lines = [json.loads(line) for line in plan.read_text().splitlines()]
-    # Four contact updates (one per user; those with an event ride on it) and six events (the replay is
-    # dropped; u_9999 and "Plan:Upgraded" are only refused by Loops itself).
+    # Four contact updates (one per user; those with an event ride on it) and five events (the replay is
+    # dropped, "Plan:Upgraded" refused locally; u_9999 is only refused by Loops itself).
     assert sum(1 for x in lines if carries_update(x["body"])) == 4
     assert {x["idempotency_key"] for x in lines if x["idempotency_key"]} == {
         key("Signed Up", "ajs-trk-001"),
         key("Order Completed", "ajs-trk-002"),
         key("Viewed Pricing", "ajs-trk-003"),
-        key("Plan:Upgraded", "ajs-trk-004"),
         key("Cart Viewed", "ajs-trk-005"),
         key("Logged In", "ajs-trk-006"),
     }
@@ -321,14 +320,20 @@ def test_rerun_never_sends_an_event_twice(team_sandbox: Sandbox, tmp_path: Path)
     assert len(team_sandbox.store.events()) == 4
     assert second.stream("track")["read"] == 7
     assert second.stream("track")["duplicates"] == 5  # the in-run replay + four the ledger knows were delivered
-    second_run = team_sandbox.store.requests()[len(first_requests) :]
-    # Only the preflight reads and the two events Loops refused (fixed data may pass now) are sent again; both go by
-    # userId alone, so each 400 first waits for an upsert of its person and is tried once more at the end of the input.
-    assert [(r["method"], r["path"]) for r in second_run] == [
+    second_run = [(r["method"], r["path"]) for r in team_sandbox.store.requests()[len(first_requests) :]]
+    # Only the preflight reads (each event name's definition once) and the event Loops refused (fixed data may pass
+    # now) are sent again; it goes by userId alone, so its 400 first waits for an upsert of its person and is tried
+    # once more at the end of the input. "Plan:Upgraded" is refused locally again, never read nor sent.
+    patterns = [p for _, p in second_run if "/event-patterns/" in p]
+    assert sorted(patterns) == [
+        f"/api/v1/event-patterns/by-name/{name}"
+        for name in ("Cart Viewed", "Logged In", "Order Completed", "Signed Up", "Viewed Pricing")
+    ]
+    assert [r for r in second_run if "/event-patterns/" not in r[1]] == [
         ("GET", "/api/v1/api-key"),
         ("GET", "/api/v1/contacts/properties"),
         ("GET", "/api/v1/lists"),
-        *[("POST", "/api/v1/events/send")] * 4,
+        *[("POST", "/api/v1/events/send")] * 2,
     ]
     assert len(second.rejects) == len(first.rejects)
 
