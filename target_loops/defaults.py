@@ -64,6 +64,12 @@ RESERVED_NAMES = frozenset(
     {"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "eventName", "eventProperties"}
 )
 
+#: Where an event rule that does not map ``email`` finds an email when the record has no user id and no context email
+#: (Segment's own destination reads ``properties.email`` first: an "Invite Sent" event whose ``properties.email`` is
+#: the invitee would then write the invitee's address onto the inviter's contact, found by userId). This project's
+#: choice: the event's properties address the event only when nothing else says who it is for.
+EVENT_EMAIL_WITHOUT_USER_ID = {NESTED: "properties.email", FLAT: "email"}
+
 #: Segment call types with no Loops equivalent, and the warehouse table of each.
 SKIPPED_CALLS = ("page", "screen", "group", "alias")
 SKIPPED_TABLES = {"page": "pages", "screen": "screens", "group": "groups", "alias": "aliases"}

@@ -121,6 +121,8 @@ class _Plan:
     #: The contact fields, lists and subscription of an upsert as (kind, Loops key, spec): what it reads besides who
     #: it is for.
     contact_fields: tuple[tuple[Kind, str, FieldSpec], ...] = ()
+    #: An event rule's email when the record has no user id and no other (``defaults.EVENT_EMAIL_WITHOUT_USER_ID``).
+    email_fallback: FieldSpec | None = None
 
 
 @dataclass
@@ -223,8 +225,12 @@ class StreamMapper:
             )
 
         sets = {row.name: row for row in fields_of(rule.action, Kind.PROPERTIES)}
-        # order_by too: the column that orders updates is bookkeeping, not a property.
-        specs = [spec for _, spec in fields.values()] + [s for s in (idem, order_by) if s is not None]
+        fallback = None
+        if rule.action is Action.SEND_EVENT and "email" not in rule.fields:
+            fallback = FieldSpec(paths=(defaults.EVENT_EMAIL_WITHOUT_USER_ID[shape],))
+        # order_by too: the column that orders updates is bookkeeping, not a property; and the fallback email, which
+        # is never sent as an event property either (as when it was read first).
+        specs = [spec for _, spec in fields.values()] + [s for s in (idem, order_by, fallback) if s is not None]
         contact_kinds = {row.name: row.kind for row in fields_of(rule.action, *CONTACT_KINDS)}
         plan = _Plan(
             fields=fields,
@@ -237,6 +243,7 @@ class StreamMapper:
             used_paths=frozenset(p for spec in specs for p in spec.paths),
             nested=shape == NESTED,
             contact_fields=tuple((contact_kinds[n], k, spec) for n, (k, spec) in fields.items() if n in contact_kinds),
+            email_fallback=fallback,
         )
         self._plans[shape] = plan
         return plan
@@ -246,10 +253,15 @@ class StreamMapper:
     def _identity(self, plan: _Plan, record: dict[str, Any], body: dict[str, Any]) -> str:
         email = identifier(plan.fields["email"][1].get(record), "email", "invalid_email")
         user_id = identifier(plan.fields["user_id"][1].get(record), "user id", "invalid_user_id")
+        if email is None and user_id is None and plan.email_fallback is not None:
+            email = identifier(plan.email_fallback.get(record), "email", "invalid_email")
         if email is None and user_id is None:
+            where = plan.fields["email"][1].describe()
+            if plan.email_fallback is not None:
+                where += f" or {plan.email_fallback.describe()}"
             raise ValueRejected(
                 "no_identifier",
-                f"no email and no user id: looked for the email in {plan.fields['email'][1].describe()} and the "
+                f"no email and no user id: looked for the email in {where} and the "
                 f'user id in {plan.fields["user_id"][1].describe()}; map "email" or "user_id" in the rule',
             )
         if email is not None:

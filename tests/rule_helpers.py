@@ -183,7 +183,7 @@ NESTED_TRACK: dict[str, Any] = {
     "context": {"traits": {"email": "ctx@example.com"}, "ip": "203.0.113.7"},
 }
 NESTED_TRACK_BODY = {
-    "email": "buyer@example.com",
+    "email": "ctx@example.com",  # the context's email: properties.email is read only without a userId
     "userId": "u_1001",
     "eventName": "Order Completed",
     "eventProperties": {"total": 49.9, "items": 2, "currency": "EUR"},

@@ -409,7 +409,9 @@ SYSTEM_COLUMNS = [
 @pytest.mark.parametrize("column", SYSTEM_COLUMNS)
 @pytest.mark.parametrize("action", ["upsert_contact", "send_event"])
 def test_system_columns_never_become_properties(column: str, action: str) -> None:
-    record = {"email": "a@example.com", "what": "Signed Up", "plan": "pro", column: "system-value"}
+    # An event reads context_traits_email as its email (a value that is one, so the record is not rejected).
+    value = "system-value@example.com" if column == "context_traits_email" else "system-value"
+    record = {"email": "a@example.com", "what": "Signed Up", "plan": "pro", column: value}
     rule: dict[str, Any] = {"stream": "accounts", "action": action, "properties": "*"}
     if action == "send_event":
         rule["event_name"] = "what"
@@ -419,7 +421,7 @@ def test_system_columns_never_become_properties(column: str, action: str) -> Non
     props.append({k: v for k, v in b.items() if k not in {"email", "userId", "eventName", "eventProperties"}})
     for found in props:
         assert found.get("plan") == "pro"
-        assert "system-value" not in found.values()
+        assert value not in found.values()
     assert not op.skipped_keys
 
 
@@ -1171,8 +1173,14 @@ def test_fallback_key_when_mapped_key_is_null_or_blank() -> None:
                 "properties": {"email": "p@x.co"},
                 "context": {"traits": {"email": "c@x.co"}},
             },
+            "c@x.co",
+            id="nested-context-traits-first",
+        ),
+        pytest.param(
+            "track",
+            {"messageId": "m", "event": "E", "properties": {"email": "p@x.co"}},
             "p@x.co",
-            id="nested-properties-email-first",
+            id="nested-properties-email-when-nothing-else",
         ),
         pytest.param(
             "track",
@@ -1189,8 +1197,11 @@ def test_fallback_key_when_mapped_key_is_null_or_blank() -> None:
         pytest.param(
             "tracks",
             {"event_text": "E", "email": "p@x.co", "context_traits_email": "c@x.co"},
-            "p@x.co",
-            id="flat-email-first",
+            "c@x.co",
+            id="flat-context-traits-first",
+        ),
+        pytest.param(
+            "tracks", {"event_text": "E", "email": "p@x.co"}, "p@x.co", id="flat-email-column-when-nothing-else"
         ),
         pytest.param(
             "tracks",
@@ -1208,6 +1219,41 @@ def test_event_email_fallback_order(stream: str, record: dict[str, Any], email: 
     assert op.request.body["email"] == email
     assert "userId" not in op.request.body
     assert op.contact_key == f"e:{email}"
+
+
+@pytest.mark.parametrize(
+    ("stream", "record"),
+    [
+        pytest.param(
+            "track",
+            {
+                "messageId": "m-inv",
+                "event": "Invite Sent",
+                "userId": "u_inviter",
+                "properties": {"email": "invitee@example.com", "role": "editor"},
+            },
+            id="nested",
+        ),
+        pytest.param(
+            "invite_sent",
+            {"id": "m-inv", "event_text": "Invite Sent", "user_id": "u_inviter", "email": "invitee@example.com"},
+            id="flat",
+        ),
+    ],
+)
+def test_an_invitees_email_in_event_properties_is_not_written_onto_the_inviter(
+    stream: str, record: dict[str, Any]
+) -> None:
+    """ "Invite Sent" by a known user (userId) whose properties.email is the invitee: the event goes by userId alone.
+
+    Read first (as Segment's own destination does), the invitee's address would reach Loops with the inviter's userId,
+    and Loops gives a contact matched by userId the email sent with it: the inviter's address would be replaced.
+    """
+    rules = [{"stream": "invite_sent", "action": "send_event"}] if stream == "invite_sent" else None
+    body = run(stream, record, rules).request.body
+    assert body["userId"] == "u_inviter"
+    assert "email" not in body
+    assert "invitee@example.com" not in str(body.get("eventProperties"))
 
 
 def test_nested_event_does_not_use_top_level_traits_email() -> None:
