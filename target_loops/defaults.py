@@ -58,8 +58,10 @@ NESTED_SYSTEM_KEYS = frozenset(
 #: Names that are never sent as contact properties: the names Loops reserves
 #: (https://loops.so/docs/contacts/properties#reserved-names), ``notes`` (a default property that the API does not
 #: list as writable: https://loops.so/docs/api-reference/update-contact) and the keys of an event body
-#: (https://loops.so/docs/api-reference/send-event). ``createdAt`` is not among them: it is a default date property
-#: Loops' API accepts, so a backfill can carry the real sign-up date.
+#: (https://loops.so/docs/api-reference/send-event). ``createdAt`` is not among them, by this project's choice:
+#: it is a default date property (https://loops.so/docs/contacts/properties#default-contact-properties) whose
+#: writability no Loops page states, but Loops' own Segment action sends it, and a backfill should carry the real
+#: sign-up date. If Loops refused it, its 400 and message would go to the rejects file.
 RESERVED_NAMES = frozenset(
     {"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes", "eventName", "eventProperties"}
 )

@@ -230,8 +230,9 @@ def fields_of(action: Action, *kinds: Kind) -> tuple[RuleField, ...]:
 
 
 #: Body keys Loops reads as fields of the contact itself: in an upsert only their own field spec may set them, so a
-#: property spread leaves them out. ``optInStatus`` is one too (https://loops.so/docs/api-reference/update-contact)
-#: although no rule key writes it.
+#: property spread leaves them out. ``optInStatus`` is added by this project's choice: Loops shows it on contacts
+#: (double opt-in: https://loops.so/docs/contacts/double-opt-in) but no page says the API writes it, so no spread
+#: may send a source column of that name.
 CONTACT_BODY_KEYS = frozenset(
     {f.loops_key for f in fields_of(UPSERT, Kind.IDENTITY, *CONTACT_KINDS) if f.loops_key} | {"optInStatus"}
 )

@@ -162,9 +162,12 @@ def key_fingerprint(api_key: str) -> str:
 
 
 def list_fingerprints(list_ids: Iterable[str]) -> set[str]:
-    """Hashes of a team's mailing list ids. Loops list ids are database ids (``cm06f5v0e45nf0ml5754o9cix``), unique
-    across all teams (https://loops.so/docs/api-reference/list-mailing-lists), so two teams never share one: a
-    shared list id proves that two API keys belong to the same team."""
+    """Hashes of a team's mailing list ids; a shared list id is taken to mean that two API keys belong to one team.
+
+    This project's assumption, not a Loops document's: Loops' list ids look like generated database ids
+    (``cm06f5v0e45nf0ml5754o9cix``, cuid-style: https://loops.so/docs/api-reference/list-mailing-lists shows them)
+    and no page says two teams could share one. If that ever failed, two teams would share one ledger namespace;
+    ``ledger_namespace`` separates them."""
     return {hashlib.sha256(f"target-loops list|{i}".encode()).hexdigest()[:32] for i in list_ids}
 
 

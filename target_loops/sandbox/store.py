@@ -49,7 +49,8 @@ CONTACT_OWN_KEYS: frozenset[str] = frozenset(
 RESERVED_BODY_KEYS: frozenset[str] = frozenset({"id", "listId", "softDeleteAt", "teamId", "updatedAt", "notes"})
 """Never valid as body keys: the names Loops reserves (https://loops.so/docs/contacts/properties#reserved-names) and
 ``notes``, which the API reference does not list as writable (a sandbox choice: Loops' answer is undocumented).
-``createdAt`` is not among them: it is a default date property the API writes."""
+``createdAt`` is not among them: a default date property whose writability Loops does not document; the sandbox
+accepts it (a sandbox choice, listed in the README: Loops' own Segment action sends it)."""
 
 DEFAULT_STRING_FIELDS: tuple[str, ...] = ("firstName", "lastName", "source", "userGroup")
 """Built-in string fields settable through the API (besides the identifiers)."""
