@@ -69,8 +69,10 @@ RESERVED_NAMES = frozenset(
 #: Where an event rule that does not map ``email`` finds an email when the record has no user id and no context email
 #: (Segment's own destination reads ``properties.email`` first: an "Invite Sent" event whose ``properties.email`` is
 #: the invitee would then write the invitee's address onto the inviter's contact, found by userId). This project's
-#: choice: the event's properties address the event only when nothing else says who it is for.
-EVENT_EMAIL_WITHOUT_USER_ID = {NESTED: "properties.email", FLAT: "email"}
+#: choice: the event's properties address the event only when nothing else says who it is for. Nested records only:
+#: a flat row's ``email`` column is the person's in a table of one's own (``orders`` with ``user_id`` and ``email``),
+#: so it stays in the flat default, after ``context_traits_email``.
+EVENT_EMAIL_WITHOUT_USER_ID = {NESTED: "properties.email"}
 
 #: Segment call types with no Loops equivalent, and the warehouse table of each.
 SKIPPED_CALLS = ("page", "screen", "group", "alias")

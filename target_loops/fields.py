@@ -163,10 +163,10 @@ FIELDS: tuple[RuleField, ...] = (
     _row("email", "email", [UPSERT, DELETE], Kind.IDENTITY,
          "The contact's email address.", ["traits.email", "email"], ["email"]),
     _row("email", "email", [EVENT], Kind.IDENTITY,
-         "The email address of the contact the event is for. Unmapped, `properties.email` (flat: `email`) is read "
-         "only when the record has no user id and no context email: an address in the event's properties (an "
-         "invitee's) is never written onto the contact of a known user.",
-         ["context.traits.email"], ["context_traits_email"]),
+         "The email address of the contact the event is for. Unmapped, `properties.email` is read only when the "
+         "record has no user id and no context email: an address in a Segment event's properties (an invitee's) is "
+         "never written onto the contact of a known user. A flat row's own `email` column comes after the context's.",
+         ["context.traits.email"], ["context_traits_email", "email"]),
     _row("user_id", "userId", _MAPPED, Kind.IDENTITY,
          "The contact's user id (the built-in rules of the `users` table read its `id` first).",
          ["userId"], ["user_id"]),

@@ -226,7 +226,11 @@ class StreamMapper:
 
         sets = {row.name: row for row in fields_of(rule.action, Kind.PROPERTIES)}
         fallback = None
-        if rule.action is Action.SEND_EVENT and "email" not in rule.fields:
+        if (
+            rule.action is Action.SEND_EVENT
+            and "email" not in rule.fields
+            and shape in defaults.EVENT_EMAIL_WITHOUT_USER_ID
+        ):
             fallback = FieldSpec(paths=(defaults.EVENT_EMAIL_WITHOUT_USER_ID[shape],))
         # order_by too: the column that orders updates is bookkeeping, not a property; and the fallback email, which
         # is never sent as an event property either (as when it was read first).

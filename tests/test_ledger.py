@@ -95,7 +95,13 @@ def test_second_run_of_the_same_input_sends_nothing(loops: Sandbox, tmp_path: Pa
     assert second.returncode == 0, second.stderr
     assert writes_since(loops, mark) == []
     reads = [r["path"] for r in loops.store.requests()[mark:]]
-    assert reads == ["/api/v1/api-key", "/api/v1/contacts/properties", "/api/v1/lists"]  # the preflight only
+    # The preflight only: the team's schema, and the definition of the one event name (read once per run).
+    assert reads == [
+        "/api/v1/api-key",
+        "/api/v1/contacts/properties",
+        "/api/v1/lists",
+        "/api/v1/event-patterns/by-name/Logged In",
+    ]
     identifies, tracks = second.stream("identifies"), second.stream("tracks")
     assert (identifies["read"], identifies["requests"], identifies["sent"], identifies["unchanged"]) == (
         USERS,

@@ -513,7 +513,7 @@ def test_defaults_are_derived_from_the_table_and_unchanged() -> None:
         "mailing_lists": ("mailingLists", ["traits.mailingLists"], {"prefix": "mailing_lists_"}),
     }
     assert _defaults(Action.SEND_EVENT) == {
-        "email": ("email", ["context.traits.email"], ["context_traits_email"]),
+        "email": ("email", ["context.traits.email"], ["context_traits_email", "email"]),
         "user_id": ("userId", ["userId"], ["user_id"]),
         "event_name": ("eventName", ["event"], ["event_text", "event"]),
         "idempotency_key": ("Idempotency-Key", ["messageId"], ["id"]),
