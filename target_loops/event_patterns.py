@@ -135,6 +135,8 @@ class EventPatterns:
             for key, value in props.items():
                 if key not in check.sent:
                     self._first_sight(name, check, key, value)
+                elif check.defined is not None and key not in check.mismatched and key in check.defined:
+                    self._compare(name, check, key, value)
             if check.defined is None:
                 return
             unknown = sorted(k for k in props if k not in check.defined)
@@ -231,7 +233,16 @@ class EventPatterns:
                 sent,
                 effect,
             )
-        elif not fits(value, loops_type):
+        else:
+            self._compare(name, check, key, value)
+
+    @staticmethod
+    def _compare(name: str, check: EventCheck, key: str, value: Any) -> None:
+        """Note (once per property) a value whose type is not the one Loops defines for it."""
+        assert check.defined is not None, "only a defined event is compared"
+        loops_type = check.defined[key]
+        if not fits(value, loops_type):
+            sent = value_type(value)
             check.mismatched[key] = (loops_type, sent)
             logger.warning(
                 "Event %r: property %s is %s in Loops, but the data sends %s (%r); sent as it is",

@@ -158,8 +158,9 @@ def track(message_id: str, name: str, props: dict[str, Any], email: str = "a@x.i
 
 EVENTS_INPUT = singer(
     TRACK_SCHEMA,
-    track("m1", "Signed Up", {"plan": "pro", "trialDays": "14", "coupon": "X"}),
+    # m2 first: a type that disagrees is noticed on any record, not only on a property's first value.
     track("m2", "Signed Up", {"plan": "free", "trialDays": 7}, email="b@x.io"),
+    track("m1", "Signed Up", {"plan": "pro", "trialDays": "14", "coupon": "X"}),
     track("m3", "Order Completed", {"orderId": "o-1", "revenue": 9.5}),
 )
 

@@ -101,7 +101,7 @@ def test_the_dry_run_plan_is_a_plain_block_that_matches_the_real_run(make_sandbo
     assert "Dry run: what a real run would send" in dry.stderr
     assert "7 requests at 10/s: about 0.7 s" in dry.stderr
     assert "2 contact properties to create: plan (string), seats (number)" in dry.stderr
-    assert "event properties sent" not in dry.stderr  # identifies only: no event, nothing to add in Loops
+    assert "event properties per event name" not in dry.stderr  # identifies only: no event, nothing to add in Loops
     assert len(plan.read_text().splitlines()) == 7
     real = run_target(config_for(team, tmp_path, report_path=str(real_report)), text, tmp_path=tmp_path)
     assert real.returncode == 0, real.stderr

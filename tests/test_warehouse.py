@@ -391,7 +391,7 @@ DAY1_REJECTS = {
     ("web_app-identifies", "invalid_email", "id-0008"),  # "dorothy at example.com"
     ("web_app-users", "invalid_email", "u_1005"),
     ("web_app-tracks", "no_identifier", "tr-0004"),  # an anonymous track
-    ("web_app-tracks", "http_400", "tr-0007"),  # "Clicked: Upgrade": sent; the strict sandbox refuses a ':'.
+    ("web_app-tracks", "invalid_event_name", "tr-0007"),  # "Clicked: Upgrade": refused locally, never sent.
     ("web_app-tracks", "http_400", "tr-0008"),  # Loops: unknown userId and no email to create the contact
 }
 DAY2_REJECTS = {("web_app-tracks", "no_identifier", "tr-0104")}
