@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             team_name=team.get("teamName", "Sample team"),
             properties=team.get("properties", []),
             lists=team.get("lists", []),
+            events=team.get("events", []),
         ),
         port=args.port,
     ) as sandbox:
