@@ -301,7 +301,8 @@ class StreamMapper:
                     if subscribed is None:
                         raise ValueRejected("invalid_boolean", f"subscribed is {value!r}, not a boolean")
                     if subscribed and not self.rule.options.get("allow_resubscribe", False):
-                        # Loops would re-subscribe someone who opted out: only an explicit opt-in may send true.
+                        # Loops would re-subscribe someone who opted out (https://loops.so/docs/api-reference/update-contact,
+                        # "subscribed"): only an explicit opt-in may send true.
                         resubscribe_blocked = True
                     else:
                         body["subscribed"] = subscribed
