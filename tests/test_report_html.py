@@ -15,10 +15,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from runner import SANDBOX_KEY, record, run_target, schema, singer, start_target, state
+import pytest
+from browser import dump_dom, lay_out, require_chromium
+from runner import SANDBOX_KEY, Run, record, run_target, schema, singer, start_target, state
 
 from target_loops.html_report import render_report
 from target_loops.report import TABLE_COLUMNS
+from target_loops.sandbox import Sandbox
 from target_loops.timeline import MAX_BUCKETS, Timeline
 
 COLUMNS = {"id": "string", "user_id": "string", "email": "string", "plan": "string", "note": "string"}
@@ -79,7 +82,10 @@ def assert_self_contained(text: str) -> None:
     assert not re.search(r"(src|srcset)=|url\(|@import", text, re.IGNORECASE)
 
 
-def test_a_run_with_rejections_and_429s_writes_the_page(make_sandbox: Any, tmp_path: Path) -> None:
+@pytest.fixture
+def finished(make_sandbox: Any, tmp_path: Path) -> tuple[Sandbox, Run, Path]:
+    """A real run against the sandbox with 429s, a retried 500 and three kinds of rejection (one record holding the
+    API key in a value); its HTML report."""
     loops = make_sandbox(properties=[{"key": "plan", "type": "string"}, {"key": "note", "type": "string"}])
     loops.inject("429", count=3, path="/v1/contacts/update")
     loops.inject("500", count=1, path="/v1/events/send")
@@ -105,6 +111,11 @@ def test_a_run_with_rejections_and_429s_writes_the_page(make_sandbox: Any, tmp_p
         tmp_path=tmp_path,
     )
     assert run.returncode == 0, run.stderr
+    return loops, run, html_path
+
+
+def test_a_run_with_rejections_and_429s_writes_the_page(finished: tuple[Sandbox, Run, Path]) -> None:
+    loops, run, html_path = finished
     report = json.loads(run.report_path.read_text())
     text = html_path.read_text(encoding="utf-8")
     assert "HTML run report written to" in run.stderr
@@ -280,3 +291,26 @@ def test_templates_escape_what_a_sync_sent() -> None:
     samples = {hostile: [{"stream": hostile, "message": hostile, "record": {"a": hostile}}]}
     text = render_report(report, samples=samples)
     assert "<script" not in text and "<img" not in text and "&lt;script&gt;" in text
+
+
+def test_the_page_in_chromium_at_desktop_and_phone_width(finished: tuple[Sandbox, Run, Path], tmp_path: Path) -> None:
+    """What a person sees: screenshots at 1280 and 390 px (tests/artifacts/run-report-*.png), nothing wider than
+    the window, and the rendered numbers equal to the JSON report's."""
+    chromium = require_chromium()
+    _, run, html_path = finished
+    report = json.loads(run.report_path.read_text())
+    text = html_path.read_text(encoding="utf-8")
+    for width in (1280, 390):
+        laid_out = lay_out(chromium, text, tmp_path / "browser", width, "run-report")
+        assert laid_out["inner_width"] == width
+        assert laid_out["scroll_width"] <= laid_out["inner_width"], laid_out
+        assert laid_out["wide"] == [], laid_out
+    dom = dump_dom(chromium, html_path.as_uri(), tmp_path / "profile")
+    rendered = Cells(dom)
+    for stream in report["streams"]:
+        for column in TABLE_COLUMNS:
+            assert rendered.cells[(stream["stream"], column)] == f"{stream[column]:,}"
+    cards = dict(re.findall(r'<dd id="total-([a-z_]+)">([\d,]+)</dd>', dom))
+    assert cards == {
+        key: f"{report['totals'][key]:,}" for key in ("read", "sent", "rejected", "requests", "rate_limited", "retries")
+    }
