@@ -93,6 +93,9 @@ FAILED_OUTCOMES: frozenset[str] = frozenset({"429", "5xx", "no-answer"})
 TRANSIENT_OUTCOMES: frozenset[str] = frozenset({"5xx", "no-answer"})
 """Failures whose repeat the target counts as a retry (a repeat after a 429 is counted as rate_limited instead)."""
 
+EMPTY = '<span class="null">&ndash;</span>'
+"""What an empty cell shows (the templates write the same)."""
+
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
