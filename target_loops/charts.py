@@ -53,7 +53,9 @@ def rate_chart(
     bars = []
     for index, bucket in enumerate(buckets):
         rate = round(bucket["requests"] / width_s, 3)
-        limited = bucket["rate_limited"] / width_s
+        # A 429 is counted when its answer comes back, its request when it starts: a second can hold a 429 whose
+        # request started the second before, so the amber part is at most the whole bar.
+        limited = min(bucket["rate_limited"], bucket["requests"]) / width_s
         tip = f"{label(bucket['at'])}: {bucket['requests']} request{'s' if bucket['requests'] != 1 else ''}"
         if width_s > 1:
             tip += f" in {width_s} s ({fmt_rate(rate)}/s)"
