@@ -69,6 +69,28 @@ def other_counters(stream: Mapping[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
+#: The report's own top-level keys, shown in their sections; any other (a counter a later change adds) is listed
+#: under "More about the run".
+SHOWN_KEYS = frozenset(
+    {"run_id", "started_at", "finished_at", "elapsed_seconds", "completed", "dry_run", "streams", "totals", "http",
+     "event_properties", "properties", "rejects", "max_rejects"}
+)  # fmt: skip
+
+
+def run_extras(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The report's top-level figures no section shows, as text (numbers, and counts by kind, one level deep)."""
+    found = []
+    for key, value in report.items():
+        if key in SHOWN_KEYS or value in (None, {}, [], 0):
+            continue
+        if isinstance(value, Mapping):
+            text = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in value.items())
+        else:
+            text = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        found.append((key, text))
+    return found
+
+
 def _utc_label(at: str) -> str:
     return at[11:19] if len(at) >= 19 else at
 
@@ -134,6 +156,7 @@ def render_report(
         header=header,
         rows=rows,
         others=[(s["stream"], other_counters(s)) for s in report["streams"] if other_counters(s)],
+        extras=run_extras(report),
         chart=chart,
         answers=answers,
         rejections=rejections(report, samples or {}),

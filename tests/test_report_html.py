@@ -256,6 +256,39 @@ def test_the_page_stays_small_for_a_long_big_run() -> None:
     assert_self_contained(text)
 
 
+def test_counters_a_later_change_adds_show_up_without_a_template_change() -> None:
+    """Issues 19/20 add counters (new contacts, audience joins/leaves) to the report: per stream and per run, any
+    figure the page has no section for is listed by its key."""
+    report = tiny_report()
+    report["streams"][0]["new_contacts"] = 7
+    report["streams"][0]["audience"] = {"joined": 3, "left": 1}
+    report["audience_changes"] = {"joined": 3, "left": 1}
+    text = render_report(report)
+    assert '<span class="k">new_contacts</span> 7' in text
+    assert '<span class="k">audience</span> joined 3, left 1' in text
+    assert '<li data-key="audience_changes"><span class="k">audience_changes</span> joined 3, left 1</li>' in text
+
+
+def tiny_report(stream: str = "users") -> dict[str, Any]:
+    return {
+        "run_id": "r1",
+        "started_at": "s",
+        "finished_at": "f",
+        "elapsed_seconds": 1.0,
+        "completed": True,
+        "dry_run": False,
+        "streams": [{"stream": stream, "action": "send_event", **{c: 0 for c in TABLE_COLUMNS}, "planned": 0,
+                     "requests": 0, "rejected_by_reason": {}}],
+        "totals": {**{c: 0 for c in TABLE_COLUMNS}, "requests": 0, "planned": 0, "sending_seconds": 0,
+                   "requests_per_second": 0},
+        "http": {},
+        "event_properties": {},
+        "properties": {"created": {}},
+        "rejects": {"path": None, "this_run": 0, "lines": 0, "would_reject": False},
+        "max_rejects": None,
+    }  # fmt: skip
+
+
 def test_templates_escape_what_a_sync_sent() -> None:
     hostile = '<script>alert(1)</script>"><img src=x>'
     report = {
