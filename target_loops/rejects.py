@@ -30,21 +30,27 @@ SAMPLE_ITEMS = 8
 SAMPLE_MESSAGE = 300
 
 
-def sample_value(value: Any, depth: int = 0, limit: int = SAMPLE_TEXT) -> Any:
+def sample_value(value: Any, depth: int = 0, limit: int = SAMPLE_TEXT, secrets: tuple[str, ...] = ()) -> Any:
     """``value`` cut short for a sample: long strings end in ``…``, objects and lists keep their first items, and
-    nesting stops at three levels, so that a sample shows the shape of a record without all of its data."""
+    nesting stops at three levels, so that a sample shows the shape of a record without all of its data. Each of
+    ``secrets`` becomes ``***`` first (cut afterwards, a secret could leave a prefix of itself)."""
     if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
         return value if len(value) <= limit else value[: limit - 1] + "…"
     if depth >= 3 and isinstance(value, (dict, list)):
         return "…"
     if isinstance(value, dict):
         items = list(value.items())
-        cut = {str(k)[:SAMPLE_TEXT]: sample_value(v, depth + 1) for k, v in items[:SAMPLE_ITEMS]}
+        cut = {
+            sample_value(str(k), secrets=secrets): sample_value(v, depth + 1, secrets=secrets)
+            for k, v in items[:SAMPLE_ITEMS]
+        }
         if len(items) > SAMPLE_ITEMS:
             cut["…"] = f"{len(items) - SAMPLE_ITEMS} more"
         return cut
     if isinstance(value, list):
-        cut_list = [sample_value(v, depth + 1) for v in value[:SAMPLE_ITEMS]]
+        cut_list = [sample_value(v, depth + 1, secrets=secrets) for v in value[:SAMPLE_ITEMS]]
         return [*cut_list, f"… {len(value) - SAMPLE_ITEMS} more"] if len(value) > SAMPLE_ITEMS else cut_list
     return value
 
@@ -63,6 +69,8 @@ class RejectsWriter:
         self.count = 0
         #: A few lines per reason (values cut short: :func:`sample_value`) for the HTML run report; bounded.
         self.samples: dict[str, list[dict[str, Any]]] = {}
+        #: Texts a sample must never show (the API key): replaced by ``***`` before a value is cut short.
+        self.secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
 
@@ -110,8 +118,8 @@ class RejectsWriter:
                 kept.append(
                     {
                         "stream": stream,
-                        "message": sample_value(message, limit=SAMPLE_MESSAGE),
-                        "record": sample_value(record),
+                        "message": sample_value(message, limit=SAMPLE_MESSAGE, secrets=self.secrets),
+                        "record": sample_value(record, secrets=self.secrets),
                     }
                 )
             if not self.writes:

@@ -385,6 +385,8 @@ class TargetLoops(Target):
             dry_run=self.settings.dry_run,
             writes=not self.settings.dry_run or would_reject is not None,
         )
+        if self.settings.api_key:
+            self.rejects.secrets = (self.settings.api_key,)  # never in a sample of the HTML report, not even cut
         self.client: LoopsClient | None = None
         self.preflight = Preflight(None)
         self.progress = Progress(
