@@ -19,7 +19,7 @@ import pytest
 from browser import dump_dom, lay_out, require_chromium
 from runner import SANDBOX_KEY, Run, record, run_target, schema, singer, start_target, state
 
-from target_loops.html_report import render_report
+from target_loops.html_report import render_report, write_report
 from target_loops.rejects import SAMPLE_TEXT
 from target_loops.report import TABLE_COLUMNS
 from target_loops.sandbox import Sandbox
@@ -290,6 +290,15 @@ def tiny_report(stream: str = "users") -> dict[str, Any]:
         "rejects": {"path": None, "this_run": 0, "lines": 0, "would_reject": False},
         "max_rejects": None,
     }  # fmt: skip
+
+
+def test_the_page_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A temporary file beside the page, then a rename: a reader never sees half a page, and nothing is left over."""
+    page = tmp_path / "reports" / "run.html"
+    write_report(page, "first")
+    write_report(page, "<!doctype html>second")
+    assert page.read_text() == "<!doctype html>second"
+    assert [p.name for p in page.parent.iterdir()] == ["run.html"]
 
 
 def test_templates_escape_what_a_sync_sent() -> None:

@@ -258,6 +258,32 @@ def test_page_reads_at_desktop_and_phone_width(
 # ----- the page over plain HTTP (no browser) ------------------------------------------------------------
 
 
+def test_page_lists_runs_by_the_run_id_in_the_user_agent(make_sandbox: Any) -> None:
+    """A run is the requests of one target process (``run/<id>`` in its User-Agent); its streams come from the
+    percent-encoded stream header; ``?run=`` shows one run's requests, ``?run=none`` those that named no run."""
+    sb = make_sandbox(rate_limit=3)
+    first = {"User-Agent": "target-loops/0.2.0 run/aaa111", "X-Target-Loops-Stream": "Order%20Completed%20%C3%A9"}
+    for _ in range(5):  # the fourth and fifth of the second are 429s
+        api(sb, "GET", "/v1/lists", **first)
+    time.sleep(1.1)
+    api(sb, "GET", "/v1/lists", **{"User-Agent": "target-loops/0.2.0 run/bbb222"})
+    api(sb, "GET", "/v1/api-key")  # no run named (python-requests' own User-Agent)
+    log = sb.store.requests()
+    assert [entry["run"] for entry in log] == ["aaa111"] * 5 + ["bbb222", None]
+    assert log[0]["stream"] == "Order Completed é" and log[5]["stream"] is None
+    dom = Dom(page_text(sb))
+    runs = {attrs["data-run"]: attrs for _, attrs, _ in dom.find("tr", class_="run")}
+    assert list(runs) == ["none", "bbb222", "aaa111"]  # newest first
+    limited = sum(1 for entry in log[:5] if entry["status"] == 429)
+    assert (runs["aaa111"]["data-requests"], runs["aaa111"]["data-rate-limited"]) == ("5", str(limited))
+    (stream,) = [attrs for _, attrs, _ in dom.find("li", class_="run-stream", data_stream="Order Completed é")]
+    assert (stream["data-requests"], stream["data-rate-limited"], stream["data-retries"]) == ("5", str(limited), "0")
+    one = Dom(page_text(sb, run="aaa111"))
+    assert len(one.find("tr", class_="req")) == 5 and one.number(id="count-requests") == 5
+    assert one.number(id="count-429") == limited and one.find(id="run-filter")
+    assert len(Dom(page_text(sb, run="none")).find("tr", class_="req")) == 1
+
+
 def test_page_shows_a_page_at_a_time(sandbox: Sandbox) -> None:
     """300 contacts, 300 events, 600 requests: the page shows the newest 50, 50 and 100, with links to the rest,
     instead of a page many screens long."""
