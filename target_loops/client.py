@@ -40,15 +40,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 from urllib3.util import parse_url
 
 from target_loops import __version__
 from target_loops.deadline import DeadlineAdapter, DeadlineExceeded, Watchdog
-from target_loops.operations import LoopsRequest, Outcome, OutcomeKind
+from target_loops.operations import SENDING_STREAM, STREAM_HEADER, LoopsRequest, Outcome, OutcomeKind
 from target_loops.serialization import dumps
+from target_loops.timeline import Timeline
 
 logger = logging.getLogger("target_loops.client")
 
@@ -608,6 +609,8 @@ class LoopsClient:
         self._fatal: Exception | None = None
         self._rng = random.Random()
         self._answers = AnswerTimes()
+        #: Requests, 429s, retries and answer times per second of the run: the HTML run report's charts.
+        self.timeline = Timeline()
         self._counts_lock = threading.Lock()
         self._counts = {"requests": 0, "rate_limited": 0, "retries": 0}
         self._recent_429: collections.deque[float] = collections.deque()
@@ -619,6 +622,11 @@ class LoopsClient:
         self.stopping: Callable[[], bool] = lambda: False
 
     # --- public
+
+    def identify_run(self, run_id: str) -> None:
+        """Name the run in every request's ``User-Agent`` (``target-loops/<version> run/<id>``), so that a server's
+        log (the sandbox's page lists runs by it) can tell the requests of one target process apart."""
+        self.session.headers["User-Agent"] = f"target-loops/{__version__} run/{run_id}"
 
     def check_api_key(self) -> str:
         """``GET /v1/api-key`` (https://loops.so/docs/api-reference/api-key): the team name.
@@ -740,7 +748,11 @@ class LoopsClient:
         verdict: Verdict | None = None
         data: Any = None
         data_bytes = None if request.method == "GET" else dumps(request.body).encode("utf-8")
-        headers = {"Idempotency-Key": request.idempotency_key} if request.idempotency_key else None
+        headers = {"Idempotency-Key": request.idempotency_key} if request.idempotency_key else {}
+        stream = SENDING_STREAM.get()
+        if stream is not None:
+            # Informational only (no server needs it): percent-encoded, since a header value is Latin-1.
+            headers[STREAM_HEADER] = quote(stream, safe="")
         url = self.base_url + request.path
         while True:
             if self.stopping():
@@ -779,6 +791,7 @@ class LoopsClient:
                     error = DeadlineExceeded(f"no complete answer within {self.settings.timeout_seconds:g} s")
             if response is not None:
                 self._answers.add(elapsed)
+                self.timeline.answer(elapsed)
                 self.in_flight.observe(elapsed)
                 self._observe(response)
                 data = _json_or_none(response)
@@ -896,6 +909,7 @@ class LoopsClient:
     def _count(self, name: str) -> None:
         with self._counts_lock:
             self._counts[name] += 1
+        self.timeline.count(name)
 
     def _wait(self, seconds: float) -> None:
         """Back off for ``seconds``, or less once the run stops (``abort()`` or ``stopping``)."""

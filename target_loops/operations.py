@@ -5,9 +5,18 @@ record → rules → ``Operation`` (or ``Rejection``) → sink coalesces → ``L
 
 from __future__ import annotations
 
+import contextvars
 import enum
 from dataclasses import dataclass, field
 from typing import Any
+
+#: The stream whose request the current thread is sending (set by the outbox around each send), so that the client
+#: can name it in :data:`STREAM_HEADER`; None for the run's own reads and writes (preflight, the key check).
+SENDING_STREAM: contextvars.ContextVar[str | None] = contextvars.ContextVar("sending_stream", default=None)
+
+#: The request header that names the Singer stream a request comes from (percent-encoded). Informational: the
+#: sandbox groups its log by it; Loops ignores it.
+STREAM_HEADER = "X-Target-Loops-Stream"
 
 
 class Action(str, enum.Enum):

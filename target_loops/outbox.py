@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from target_loops.ledger import ContactRow, ContactState, Ledger, LedgerWriter, fingerprint, keyed_hash, value_hashes
-from target_loops.operations import Action, LoopsRequest, Operation, Outcome, OutcomeKind
+from target_loops.operations import SENDING_STREAM, Action, LoopsRequest, Operation, Outcome, OutcomeKind
 
 logger = logging.getLogger("target_loops.outbox")
 
@@ -673,7 +673,7 @@ class Outbox:
             # This person's userId alone was refused before and no upsert has been accepted since: no request.
             self._wait(step, waited)
             return True
-        outcome = self.sender(step.request)
+        outcome = self._send_for(step.lead.stream, step.request)
         if step.fallback is not None and outcome.kind is OutcomeKind.ALREADY_DONE:
             self._settle_costs(step, outcome)
             outcome = self._delete_by_email(step, step.fallback)
@@ -725,7 +725,7 @@ class Outbox:
         moves between userIds), and deleting by email alone would delete them."""
         user_id = step.request.body.get("userId")
         query = urllib.parse.urlencode({"email": fallback.body["email"]})
-        found = self.sender(LoopsRequest("GET", f"/v1/contacts/find?{query}", {}))
+        found = self._send_for(step.lead.stream, LoopsRequest("GET", f"/v1/contacts/find?{query}", {}))
         self._settle_costs(step, found)
         if found.kind is not OutcomeKind.DELIVERED:
             return found  # planned (a dry run), failed or aborted: settled as such
@@ -734,7 +734,15 @@ class Outbox:
         if not contacts or owners - {None, user_id}:
             # Nothing under that email, or another person's contact: nothing of this person is left to delete.
             return Outcome(OutcomeKind.ALREADY_DONE, status=found.status, message=found.message)
-        return self.sender(fallback)
+        return self._send_for(step.lead.stream, fallback)
+
+    def _send_for(self, stream: str, request: LoopsRequest) -> Outcome:
+        """Send ``request`` on behalf of ``stream`` (the client names it in a header; see ``SENDING_STREAM``)."""
+        token = SENDING_STREAM.set(stream)
+        try:
+            return self.sender(request)
+        finally:
+            SENDING_STREAM.reset(token)
 
     def _settle_costs(self, step: Step, outcome: Outcome) -> None:
         with self._settle_lock:

@@ -20,6 +20,40 @@ from target_loops import limits
 from target_loops.operations import LoopsRequest
 from target_loops.serialization import dumps
 
+#: Rejected records kept per reason for the HTML run report.
+SAMPLES_PER_REASON = 3
+
+#: A sample's strings are cut to this many characters, its objects and lists to this many items.
+SAMPLE_TEXT = 60
+SAMPLE_ITEMS = 8
+#: The reason's message (the target's own words, or Loops') is cut at this many characters.
+SAMPLE_MESSAGE = 300
+
+
+def sample_value(value: Any, depth: int = 0, limit: int = SAMPLE_TEXT, secrets: tuple[str, ...] = ()) -> Any:
+    """``value`` cut short for a sample: long strings end in ``…``, objects and lists keep their first items, and
+    nesting stops at three levels, so that a sample shows the shape of a record without all of its data. Each of
+    ``secrets`` becomes ``***`` first (cut afterwards, a secret could leave a prefix of itself)."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value if len(value) <= limit else value[: limit - 1] + "…"
+    if depth >= 3 and isinstance(value, (dict, list)):
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())
+        cut = {
+            sample_value(str(k), secrets=secrets): sample_value(v, depth + 1, secrets=secrets)
+            for k, v in items[:SAMPLE_ITEMS]
+        }
+        if len(items) > SAMPLE_ITEMS:
+            cut["…"] = f"{len(items) - SAMPLE_ITEMS} more"
+        return cut
+    if isinstance(value, list):
+        cut_list = [sample_value(v, depth + 1, secrets=secrets) for v in value[:SAMPLE_ITEMS]]
+        return [*cut_list, f"… {len(value) - SAMPLE_ITEMS} more"] if len(value) > SAMPLE_ITEMS else cut_list
+    return value
+
 
 class RejectsWriter:
     """Thread-safe JSONL writer, opened on the first reject so that a clean run leaves no empty file."""
@@ -33,6 +67,10 @@ class RejectsWriter:
         #: False in a dry run without a plan file: would-be rejects are counted, written nowhere.
         self.writes = writes
         self.count = 0
+        #: A few lines per reason (values cut short: :func:`sample_value`) for the HTML run report; bounded.
+        self.samples: dict[str, list[dict[str, Any]]] = {}
+        #: Texts a sample must never show (the API key): replaced by ``***`` before a value is cut short.
+        self.secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
 
@@ -75,6 +113,15 @@ class RejectsWriter:
         with self._lock:
             if not partial:
                 self.count += 1
+            kept = self.samples.setdefault(reason, [])
+            if len(kept) < SAMPLES_PER_REASON:
+                kept.append(
+                    {
+                        "stream": stream,
+                        "message": sample_value(message, limit=SAMPLE_MESSAGE, secrets=self.secrets),
+                        "record": sample_value(record, secrets=self.secrets),
+                    }
+                )
             if not self.writes:
                 return
             if self._file is None:

@@ -118,8 +118,9 @@ def run_totals(streams: Iterable[Mapping[str, Any]], sending_seconds: float) -> 
     return totals
 
 
-def render_table(report: Mapping[str, Any]) -> list[str]:
-    """The end-of-run block: one aligned row per stream, a total row, rejections by reason, where things are."""
+def table_rows(report: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The end-of-run table as text cells: the header, one row per stream, the total row. The printed table and
+    the HTML report (``html_report``) both show these cells, so they cannot disagree."""
     streams = report["streams"]
     dry = report["dry_run"]
     columns = tuple("planned" if dry and c == "sent" else c for c in TABLE_COLUMNS)
@@ -127,6 +128,15 @@ def render_table(report: Mapping[str, Any]) -> list[str]:
     body = [(s["stream"], s["action"] or "unmapped", *(f"{s[c]:,}" for c in columns)) for s in streams]
     totals = report["totals"]
     body.append(("total", "", *(f"{totals[c]:,}" for c in columns)))
+    return header, body
+
+
+def render_table(report: Mapping[str, Any]) -> list[str]:
+    """The end-of-run block: one aligned row per stream, a total row, rejections by reason, where things are."""
+    streams = report["streams"]
+    dry = report["dry_run"]
+    header, body = table_rows(report)
+    totals = report["totals"]
     widths = [max(len(str(row[i])) for row in (header, *body)) for i in range(len(header))]
 
     def line(row: tuple[str, ...]) -> str:

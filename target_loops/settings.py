@@ -200,6 +200,13 @@ class Settings:
         "created properties, elapsed, requests/s; the rejects file) as JSON to this file. A report left by an earlier "
         "run is removed at start; a run that stops early writes one with completed: false.",
     )
+    report_html_path: str | None = _setting(
+        None,
+        th.StringType(),
+        "Write the run report as one self-contained HTML page to this file (every run, dry or real, completed or "
+        "stopped): the outcome, the per-stream table, requests per second with 429s and retries, answer times, "
+        "rejections by reason with samples, event properties to add in Loops. No script, nothing fetched.",
+    )
     progress_seconds: int = _setting(
         10,
         th.IntegerType(minimum=1, maximum=86_400),
@@ -255,6 +262,8 @@ class Settings:
         paths = {"rejects_path": self.rejects_path}
         if self.report_path is not None:
             paths["report_path"] = self.report_path
+        if self.report_html_path is not None:
+            paths["report_html_path"] = self.report_html_path
         if self.dry_run_path is not None:
             paths["dry_run_path"] = self.dry_run_path
             paths["dry_run_path (its would_reject file)"] = str(self.would_reject_path)

@@ -34,6 +34,7 @@ from target_loops import limits
 from target_loops.batch_files import BatchFileError, UnreadableRow, batch_manifest, display_url, read_rows
 from target_loops.client import BaseUrlError, LoopsAuthError, LoopsClient, LoopsUnavailableError
 from target_loops.event_patterns import EventPatterns
+from target_loops.html_report import render_report, write_report
 from target_loops.ledger import Ledger, LedgerError, TeamIdentityError, describe_url
 from target_loops.operations import LoopsRequest, Outcome, OutcomeKind
 from target_loops.outbox import Outbox, OutboxSettings, UndeliveredError
@@ -367,9 +368,9 @@ class TargetLoops(Target):
         except RuleError as exc:
             problems.append(str(exc))
         problems = without_secrets(schema_problems + problems, self._config)
-        report_path = self.settings.report_path
-        if report_path and Path(report_path).is_file():
-            Path(report_path).unlink()  # a report on disk is this run's or none: never an earlier run's
+        for report_path in (self.settings.report_path, self.settings.report_html_path):
+            if report_path and Path(report_path).is_file():
+                Path(report_path).unlink()  # a report on disk is this run's or none: never an earlier run's
         if problems and validate_config:
             raise ConfigValidationError(problems[0], errors=problems, schema=self.config_jsonschema)
         if setup_mapper:
@@ -385,6 +386,8 @@ class TargetLoops(Target):
             dry_run=self.settings.dry_run,
             writes=not self.settings.dry_run or would_reject is not None,
         )
+        if self.settings.api_key:
+            self.rejects.secrets = (self.settings.api_key,)  # never in a sample of the HTML report, not even cut
         self.client: LoopsClient | None = None
         self.preflight = Preflight(None)
         self.progress = Progress(
@@ -522,6 +525,7 @@ class TargetLoops(Target):
         if settings.api_key:
             self.client = LoopsClient(settings.client_settings())
             self.client.listener = self.progress.note
+            self.client.identify_run(self.run_id)
             self.client.stopping = self._stop_requested
             team_name = self.client.check_api_key()
             self.logger.info("Connected to Loops team %r at %s", team_name, base_url)
@@ -807,6 +811,8 @@ class TargetLoops(Target):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             self.logger.info("Run report written to %s", path.resolve())
+        if self.settings.report_html_path:
+            self._write_html_report(report)
         if self._plan_file is not None:
             self._plan_file.close()
         if self.outbox is not None:
@@ -815,6 +821,20 @@ class TargetLoops(Target):
             self.client.close()
         if self.ledger is not None:
             self.ledger.close()
+
+    def _write_html_report(self, report: dict[str, Any]) -> None:
+        """The run report as an HTML page (``report_html_path``): the same dict, the client's timeline, the
+        rejects' samples."""
+        assert self.settings.report_html_path is not None
+        text = render_report(
+            report,
+            timeline=self.client.timeline.snapshot() if self.client is not None else None,
+            samples=self.rejects.samples,
+            rate_limit=self.client.limiter.limit if self.client is not None else 0.0,
+            secrets=[self.settings.api_key or ""],
+        )
+        path = write_report(self.settings.report_html_path, text)
+        self.logger.info("HTML run report written to %s", path.resolve())
 
     def _report(self, completed: bool) -> dict[str, Any]:
         """The run report: every figure of the end-of-run table and more, in the same words (``report_path``)."""

@@ -88,6 +88,21 @@ def test_wheel_carries_the_sample_streams_and_the_typed_marker(installed: Instal
     for name in SAMPLE_FILES:
         assert f"target_loops/sample_streams/{name}" in names
     assert "target_loops/py.typed" in names
+    for template in ("run_report.html", "sandbox_page.html", "_chart.html", "_table.html", "_style.css"):
+        assert f"target_loops/templates/{template}" in names, template
+
+
+@pytest.mark.e2e
+def test_pages_render_from_the_installed_wheel(installed: Installed, tmp_path: Path) -> None:
+    """The Jinja2 templates are found in the installed package (not the repository's folder)."""
+    code = (
+        "from target_loops.sandbox.page import PageOptions, TeamInfo, render_page; "
+        "print(render_page({}, TeamInfo('Acme', 10, False, 'http://127.0.0.1:1/api'), PageOptions(), "
+        "'2025-01-01T00:00:00Z'))"
+    )
+    shown = installed.run(str(installed.bin("python")), "-c", code, cwd=tmp_path)
+    _check(shown, "rendering the sandbox page")
+    assert '<span class="team" id="team-name">Acme</span>' in shown.stdout and "</html>" in shown.stdout
 
 
 @pytest.mark.e2e

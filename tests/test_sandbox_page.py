@@ -9,10 +9,7 @@ skipped only when chromium is missing outside CI (``CI`` set: a missing chromium
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,16 +24,17 @@ import requests
 from target_loops.sandbox import Sandbox
 from target_loops.sandbox.page import (
     MAX_CHART_BUCKETS,
-    STYLE,
     PageOptions,
     TeamInfo,
     outcome,
     rate_series,
     render_page,
+    repeat_causes,
     request_counts,
     retry_flags,
 )
 from target_loops.sandbox.server import build_parser
+from tests.browser import dump_dom, lay_out, require_chromium
 from tests.runner import SAMPLES, SANDBOX_KEY, run_target
 
 TEAM = json.loads((SAMPLES / "sandbox_team.json").read_text())
@@ -121,45 +119,17 @@ def _matches(element_attrs: dict[str, str], name: str, wanted: str) -> bool:
     return wanted in ("*", element_attrs[name])
 
 
-def chromium_binary() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.fixture
 def chromium() -> str:
-    """Debian's chromium; a skip with the reason outside CI, a failure under CI (where .ci/run installs it)."""
-    binary = chromium_binary()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed, and CI is set: .ci/run installs Debian's chromium package")
-        pytest.skip("chromium is not installed (apt-get install chromium); under CI this test fails instead")
-    return binary
-
-
-def dump_dom(binary: str, url: str, profile: Path) -> str:
-    """The page's DOM after Chromium loaded and rendered it (``--dump-dom``), as HTML text."""
-    command = [
-        binary,
-        "--headless",
-        "--no-sandbox",  # needed as root (CI containers); the page is ours and has no script anyway
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--window-size=390,844",  # a phone: the layout must not need a wider window to be read
-        "--dump-dom",
-        url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0 and "</html>" in done.stdout, done.stderr[-2000:]
-    return done.stdout
+    """Debian's chromium (see tests/browser.py: skipped without it outside CI, a failure under CI)."""
+    return require_chromium()
 
 
 # ----- the page in a real browser, after a sync ---------------------------------------------------------
 
 
 @pytest.fixture
-def synced(make_sandbox: Any, tmp_path: Path) -> Iterator[Sandbox]:
+def synced(make_sandbox: Any, tmp_path: Path) -> Iterator[tuple[Sandbox, dict[str, Any]]]:
     """A sandbox after a real sync with 429s (the target retries them), then a 409, a 400 and a retried 500."""
     sb = make_sandbox(rate_limit=20, properties=TEAM["properties"], lists=TEAM["lists"])
     sb.inject("429", count=2, path="/v1/contacts/update")
@@ -177,10 +147,13 @@ def synced(make_sandbox: Any, tmp_path: Path) -> Iterator[Sandbox]:
     assert refused is not None and refused.status_code == 400
     sb.inject("500", path="/v1/lists")
     assert [getattr(api(sb, "GET", "/v1/lists"), "status_code", None) for _ in range(2)] == [500, 200]
-    yield sb
+    yield sb, json.loads(run.report_path.read_text())
 
 
-def test_page_in_chromium_matches_the_json_views(chromium: str, synced: Sandbox, tmp_path: Path) -> None:
+def test_page_in_chromium_matches_the_json_views(
+    chromium: str, synced: tuple[Sandbox, dict[str, Any]], tmp_path: Path
+) -> None:
+    synced, report = synced
     state, series = view(synced, "state"), view(synced, "rate")
     log = state["requests"]
     statuses = Counter(entry["status"] for entry in log)
@@ -212,8 +185,8 @@ def test_page_in_chromium_matches_the_json_views(chromium: str, synced: Sandbox,
     times = [attrs for _, attrs, _ in dom.find("time", datetime="*")]
     assert {attrs["datetime"] for attrs in times} >= {entry["at"] for entry in log}
     first = datetime.fromisoformat(log[0]["at"].replace("Z", "+00:00")).astimezone()
-    (shown,) = [text for _, attrs, text in dom.find("time", datetime=log[0]["at"])]
-    assert first.strftime("%H:%M:%S") in shown and str(first.year) in shown and first.strftime("%b") in shown
+    for _, _, shown in dom.find("time", datetime=log[0]["at"]):  # in the log, and as the run's start
+        assert first.strftime("%H:%M:%S") in shown and str(first.year) in shown and first.strftime("%b") in shown
 
     # The chart: one bar group per bucket, the same numbers as /_sandbox/rate, bars drawn to those numbers.
     (svg,) = [attrs for _, attrs, _ in dom.find("svg", class_="plot-svg")]
@@ -237,16 +210,94 @@ def test_page_in_chromium_matches_the_json_views(chromium: str, synced: Sandbox,
     assert heights == pytest.approx([rate / y_max * 100 for rate in drawn], abs=0.01)
     assert len(dom.find("rect", class_="bar-429")) == sum(1 for b in series["buckets"] if b["rateLimited"])
     assert len(dom.find("path", class_="retry-mark")) == sum(1 for b in series["buckets"] if b["retries"])
-    assert series["totals"]["rateLimited"] == statuses[429] and series["totals"]["retries"] >= 3  # two 429s, one 500
+    # In the target's words: the 429s are rate_limited, the 500 sent again is a retry.
+    assert series["totals"]["rateLimited"] == statuses[429] and series["totals"]["retries"] == 1
     for name in ("requests", "rateLimited", "retries"):
         assert dom.number(data_total=name) == series["totals"][name]
     assert dom.number(data_count="retry") == dom.number(data_filter_count="retry") == series["totals"]["retries"]
+
+    # The runs: the target's run, found by the id it sent in its User-Agent, counted per stream in its words; the
+    # numbers are the target's own JSON report's (requests, rate_limited, retries of each stream).
+    runs = {attrs["data-run"]: attrs for _, attrs, _ in dom.find("tr", class_="run")}
+    assert set(runs) == {report["run_id"], "none"}  # the target's run, and this test's own requests
+    ours = runs[report["run_id"]]
+    assert int(ours["data-rate-limited"]) == report["totals"]["rate_limited"] == 2
+    per_stream = {
+        attrs["data-stream"]: (int(attrs["data-requests"]), int(attrs["data-rate-limited"]), int(attrs["data-retries"]))
+        for _, attrs, _ in dom.find("li", class_="run-stream")
+    }
+    for stream in report["streams"]:
+        if stream["requests"]:
+            expected = (stream["requests"], stream["rate_limited"], stream["retries"])
+            assert per_stream[stream["stream"]] == expected, stream["stream"]
+    unnamed = sum(1 for entry in log if entry["run"] == report["run_id"] and entry["stream"] is None)
+    assert int(ours["data-requests"]) == report["totals"]["requests"] + unnamed  # + the key check, the preflight
 
     # The status filter is a plain link: no script needed, only matching rows.
     filtered = Dom(dump_dom(chromium, root(synced) + "/?status=409", tmp_path / "profile"))
     assert [attrs["data-outcome"] for _, attrs, _ in filtered.find("tr", class_="req")] == ["409"] * statuses[409]
     (current,) = filtered.find("a", aria_current="true")
     assert "409" in current[1]["href"]
+
+
+def test_page_reads_at_desktop_and_phone_width(
+    chromium: str, synced: tuple[Sandbox, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Screenshots at 1280 and 390 px (tests/artifacts/sandbox-page-*.png); at either width nothing is wider than
+    the window: no sideways scrolling, and no element cut off by its box."""
+    sb, _ = synced
+    api(sb, "PUT", "/v1/contacts/update", {"email": "a.very.long.address.for.a.phone@subdomain.example.com"})
+    text = page_text(sb)
+    for width in (1280, 390):
+        laid_out = lay_out(chromium, text, tmp_path / "browser", width, "sandbox-page")
+        assert laid_out["inner_width"] == width
+        assert laid_out["scroll_width"] <= width, laid_out
+        assert laid_out["wide"] == [], laid_out
+
+
+# ----- the page over plain HTTP (no browser) ------------------------------------------------------------
+
+
+def test_page_lists_runs_by_the_run_id_in_the_user_agent(make_sandbox: Any) -> None:
+    """A run is the requests of one target process (``run/<id>`` in its User-Agent); its streams come from the
+    percent-encoded stream header; ``?run=`` shows one run's requests, ``?run=none`` those that named no run."""
+    sb = make_sandbox(rate_limit=3)
+    first = {"User-Agent": "target-loops/0.2.0 run/aaa111", "X-Target-Loops-Stream": "Order%20Completed%20%C3%A9"}
+    for _ in range(5):  # the fourth and fifth of the second are 429s
+        api(sb, "GET", "/v1/lists", **first)
+    time.sleep(1.1)
+    api(sb, "GET", "/v1/lists", **{"User-Agent": "target-loops/0.2.0 run/bbb222"})
+    api(sb, "GET", "/v1/api-key")  # no run named (python-requests' own User-Agent)
+    log = sb.store.requests()
+    assert [entry["run"] for entry in log] == ["aaa111"] * 5 + ["bbb222", None]
+    assert log[0]["stream"] == "Order Completed é" and log[5]["stream"] is None
+    dom = Dom(page_text(sb))
+    runs = {attrs["data-run"]: attrs for _, attrs, _ in dom.find("tr", class_="run")}
+    assert list(runs) == ["none", "bbb222", "aaa111"]  # newest first
+    limited = sum(1 for entry in log[:5] if entry["status"] == 429)
+    assert (runs["aaa111"]["data-requests"], runs["aaa111"]["data-rate-limited"]) == ("5", str(limited))
+    (stream,) = [attrs for _, attrs, _ in dom.find("li", class_="run-stream", data_stream="Order Completed é")]
+    assert (stream["data-requests"], stream["data-rate-limited"], stream["data-retries"]) == ("5", str(limited), "0")
+    one = Dom(page_text(sb, run="aaa111"))
+    assert len(one.find("tr", class_="req")) == 5 and one.number(id="count-requests") == 5
+    assert one.number(id="count-429") == limited and one.find(id="run-filter")
+    assert len(Dom(page_text(sb, run="none")).find("tr", class_="req")) == 1
+
+
+def test_page_shows_a_page_at_a_time(sandbox: Sandbox) -> None:
+    """300 contacts, 300 events, 600 requests: the page shows the newest 50, 50 and 100, with links to the rest,
+    instead of a page many screens long."""
+    for index in range(300):
+        api(sandbox, "POST", "/v1/events/send", {"eventName": "Order Completed", "email": f"p{index}@example.com"})
+        api(sandbox, "PUT", "/v1/contacts/update", {"email": f"p{index}@example.com", "firstName": f"P{index}"})
+    text = page_text(sandbox)
+    dom = Dom(text)
+    assert (len(dom.find("tr", class_="contact")), len(dom.find("tr", class_="event"))) == (50, 50)
+    assert len(dom.find("tr", class_="req")) == 100
+    assert "Contacts 1-50 of 300, newest first · page 1 of 6" in text and 'rel="older"' in text
+    last = Dom(page_text(sandbox, cpage=6))
+    assert [row[2].split()[0] for row in last.find("tr", class_="contact")][-1] == "p0@example.com"
+    assert len(text) < 400_000
 
 
 # ----- the page over plain HTTP (no browser) ------------------------------------------------------------
@@ -290,7 +341,9 @@ def test_page_status_filter_works_without_script(make_sandbox: Any) -> None:
         assert re.findall(r'class="chip chip-([\w-]+) on"[^>]*aria-current=true', text) == [status]
     assert "No request matches" in page_text(sb, status="409")
     limited = page_text(sb, requests=2)
-    assert len(re.findall(r'<tr class="req ', limited)) == 2 and "Showing the 2 newest of 6 requests" in limited
+    assert len(re.findall(r'<tr class="req ', limited)) == 2 and "Requests 1-2 of 6, newest first" in limited
+    older = page_text(sb, requests=2, rpage=3)  # the oldest page: the first two requests
+    assert re.findall(r'data-outcome="([\w-]+)"', older) == [outcome(entry) for entry in reversed(log[:2])]
     bad = requests.get(root(sb) + "/", params={"status": "teapot"}, timeout=5)
     assert bad.status_code == 400 and "'status' must be one of" in bad.json()["message"]
 
@@ -333,8 +386,8 @@ def test_page_reads_on_a_phone() -> None:
     """The layout rules a phone needs; the look itself was checked on screenshots at 390 and 1280 px wide."""
     text = render_page({}, TeamInfo("Acme", 10, False, "http://127.0.0.1:1/api"), PageOptions(), "2025-01-01T00:00:00Z")
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in text
-    assert "@media (max-width:640px)" in STYLE and ".scroll{overflow-x:auto" in STYLE
-    assert "table.log tr{display:block" in STYLE  # the log's rows stack instead of squeezing columns
+    assert "@media (max-width:640px)" in text
+    assert "table.stack tr{display:block" in text  # rows stack instead of squeezing columns or scrolling sideways
 
 
 # ----- the series, retries and counts (pure functions) -----------------------------------------------------
@@ -368,7 +421,9 @@ def test_retries_are_repeats_after_a_failure_only() -> None:
         entry("2025-01-01T00:00:02.200Z", 400, path="/api/v1/z"),
         entry("2025-01-01T00:00:02.300Z", 400, path="/api/v1/z"),  # a 400 is not retried: a re-send
     ]
-    assert retry_flags(log) == [False, True, False, False, False, True, False, True, False, False]
+    # The target's words: a repeat after a 429 is rate_limited (counted on the 429), a retry follows a 5xx or no answer.
+    assert repeat_causes(log) == [None, "429", None, None, None, "5xx", None, "no-answer", None, None]
+    assert retry_flags(log) == [False, False, False, False, False, True, False, True, False, False]
     assert [outcome(item) for item in log] == [
         "429",
         "2xx",
@@ -382,14 +437,15 @@ def test_retries_are_repeats_after_a_failure_only() -> None:
         "4xx",
     ]
     counts = request_counts(log)
-    assert (counts["requests"], counts["409"], counts["4xx"], counts["retry"], counts["no-answer"]) == (10, 1, 2, 3, 1)
+    assert (counts["requests"], counts["409"], counts["4xx"], counts["retry"], counts["no-answer"]) == (10, 1, 2, 2, 1)
+    assert counts["rate_limited"] == counts["429"] == 1
 
 
 def test_rate_series_is_per_second_with_idle_seconds_and_wider_bars_for_long_spans() -> None:
     log = [
         entry("2025-01-01T00:00:00.100Z", 200),
         entry("2025-01-01T00:00:00.900Z", 429),
-        entry("2025-01-01T00:00:03.500Z", 200),  # retry of the 429, three seconds later
+        entry("2025-01-01T00:00:03.500Z", 200),  # the 429's request again: rate_limited, not a retry
     ]
     series = rate_series(log, rate_limit=10)
     assert series["bucketSeconds"] == 1 and series["rateLimit"] == 10
@@ -398,9 +454,9 @@ def test_rate_series_is_per_second_with_idle_seconds_and_wider_bars_for_long_spa
         (2, 1, 0),
         (0, 0, 0),
         (0, 0, 0),
-        (1, 0, 1),
+        (1, 0, 0),
     ]
-    assert series["totals"] == {"requests": 3, "rateLimited": 1, "retries": 1, "peakPerSecond": 2.0}
+    assert series["totals"] == {"requests": 3, "rateLimited": 1, "retries": 0, "peakPerSecond": 2.0}
     long = rate_series([entry("2025-01-01T00:00:00Z", 200), entry("2025-01-02T00:00:00Z", 200)])
     assert long["bucketSeconds"] == -(-86_401 // MAX_CHART_BUCKETS) and len(long["buckets"]) <= MAX_CHART_BUCKETS
     assert long["buckets"][0]["perSecond"] == round(1 / long["bucketSeconds"], 3)

@@ -39,6 +39,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from target_loops.operations import STREAM_HEADER
 from target_loops.sandbox import page
 from target_loops.sandbox.store import LoopsError, Store, bad_request, iso_timestamp
 
@@ -319,6 +320,9 @@ class SandboxApp:
             "query": request.args.to_dict(),
             "status": None,
             "idempotencyKey": request.headers.get("Idempotency-Key"),
+            # Where the target says so: its run (User-Agent) and stream (page.py groups the log by them).
+            "run": page.run_of(request.headers.get("User-Agent")),
+            "stream": page.stream_of(request.headers.get(STREAM_HEADER)),
             "body": None,
             "fault": None,
             "message": None,
