@@ -315,9 +315,11 @@ def _coerce(name: str, value: Any) -> tuple[bool, Any]:
     return True, value
 
 
-def unknown_settings(config: Mapping[str, Any], accepted: Collection[str]) -> list[str]:
-    """One problem per key the target does not know, with the nearest valid name: ``"dryrun"`` would otherwise be
-    ignored and the run would write for real."""
+def unknown_settings(
+    config: Mapping[str, Any], accepted: Collection[str], *, program: str = "target-loops"
+) -> list[str]:
+    """One problem per key the target (or ``program``, the tap) does not know, with the nearest valid name:
+    ``"dryrun"`` would otherwise be ignored and the run would write for real."""
     by_lower = {name.lower(): name for name in accepted}
     problems = []
     for key in config:
@@ -330,12 +332,12 @@ def unknown_settings(config: Mapping[str, Any], accepted: Collection[str]) -> li
             problems.append(f'unknown setting "{key}": did you mean "{by_lower[guess[0]]}"?')
         elif str(key).startswith(MELTANO_EXTRA_PREFIX):
             problems.append(
-                f'unknown setting "{key}": target-loops takes no "_" settings (Meltano keeps its "_" extras to '
+                f'unknown setting "{key}": {program} takes no "_" settings (Meltano keeps its "_" extras to '
                 "itself); remove it"
             )
         else:
             problems.append(
-                f'unknown setting "{key}": not a target-loops or Singer SDK setting (`target-loops --about` lists '
+                f'unknown setting "{key}": not a {program} or Singer SDK setting (`{program} --about` lists '
                 "them all); remove it"
             )
     return problems
