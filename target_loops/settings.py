@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import json
 import os
 import re
@@ -313,6 +314,24 @@ def _coerce(name: str, value: Any) -> tuple[bool, Any]:
     if isinstance(kind, th.ArrayType):
         return (True, tuple(value)) if isinstance(value, list) else (False, None)
     return True, value
+
+
+def numbers_from_text(config: dict[str, Any]) -> None:
+    """A number setting given as the text of a number (``"2"``, ``"0.5"``) becomes that number, in place.
+
+    Meltano passes an environment variable (``TARGET_LOOPS_RETRY_BACKOFF_SECONDS=2``) of a setting declared without
+    a ``kind`` as its text, and its ``decimal`` kind cannot be used at all (its ``Decimal`` is not JSON
+    serializable), so ``meltano.yml`` declares number settings without one.
+    """
+    for name, f in _BY_NAME.items():
+        value = config.get(name)
+        if isinstance(f.metadata.get("kind"), th.NumberType) and isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                continue  # the schema validation names the setting and the type
+            if math.isfinite(number):
+                config[name] = number
 
 
 def unknown_settings(

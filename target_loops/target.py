@@ -54,6 +54,7 @@ from target_loops.settings import (
     DEFAULT_BASE_URL,
     SETTINGS,
     config_file_problem,
+    numbers_from_text,
     load_settings,
     sqlite_ledger_path,
     without_secrets,
@@ -467,6 +468,11 @@ class TargetLoops(Target):
             "(target-loops-sandbox)."
         )
         return command
+
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """The SDK's schema check, on number settings given as text made numbers first (``numbers_from_text``)."""
+        numbers_from_text(self._config)
+        return super()._validate_config(raise_errors=raise_errors)
 
     @classmethod
     def accepted_settings(cls) -> frozenset[str]:
