@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import json
+import math
 import os
 import re
 from collections.abc import Collection, Iterable, Mapping

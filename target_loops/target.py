@@ -54,8 +54,8 @@ from target_loops.settings import (
     DEFAULT_BASE_URL,
     SETTINGS,
     config_file_problem,
-    numbers_from_text,
     load_settings,
+    numbers_from_text,
     sqlite_ledger_path,
     without_secrets,
 )
