@@ -104,7 +104,8 @@ class Settings:
         None,
         th.ArrayType(th.ObjectType(additional_properties=True)),
         "Stream-to-action rules, first match wins: {stream (name or glob), action (upsert_contact, send_event, "
-        "delete_contact), field specs...}. See the README's rule reference.",
+        "delete_contact, segment: raw Segment calls routed by their type, skip: read and count only), field "
+        "specs...}. See the README's rule reference.",
     )
     default_mappings: bool = _setting(
         True,

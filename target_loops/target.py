@@ -462,10 +462,12 @@ class TargetLoops(Target):
             "  tap-postgres --config tap.json | target-loops --config config.json\n"
             "  target-loops --config config.json --input sample_streams/segment_export.singer\n"
             "\n"
-            "Every setting, with its default and range: target-loops --about --format=markdown. "
-            "Settings from the environment instead of a file: target-loops --config=ENV with TARGET_LOOPS_API_KEY, "
-            "TARGET_LOOPS_BASE_URL, ... set. Rehearse first with dry_run: true, or against the bundled sandbox "
-            "(target-loops-sandbox)."
+            "\b\nEvery setting, with its default and range:\n"
+            "  target-loops --about --format=markdown\n"
+            "Settings from TARGET_LOOPS_API_KEY, TARGET_LOOPS_BASE_URL... instead of a file:\n"
+            "  target-loops --config=ENV\n"
+            "Rehearse first with dry_run: true, or against the bundled sandbox:\n"
+            "  target-loops-sandbox"
         )
         return command
 
