@@ -808,6 +808,12 @@ class TargetLoops(Target):
             lines.append(f"{plural(self.rejects.count, 'record')} {verb}: {where}")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.stderr.flush()
+        if completed and getattr(self.message_reader, "line_number", None) == 0:
+            # A tap that fails inside `tap | target-loops` is, for the target, an input that ends at once.
+            self.logger.warning(
+                "target-loops: the input was empty (not one line). If a tap feeds target-loops, check that it "
+                "succeeded: run the pipeline under `set -o pipefail`, and save its STATE only when both succeeded"
+            )
         if self.settings.report_path:
             path = Path(self.settings.report_path)
             path.parent.mkdir(parents=True, exist_ok=True)

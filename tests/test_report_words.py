@@ -124,3 +124,16 @@ def test_one_function_gives_every_row_of_the_table() -> None:
     lines = render_table(report)
     assert "identifies: 200 read = 2 sent on their own + 50 folded into an event + 100 coalesced into those + " \
         "40 unchanged + 8 rejected" in lines  # fmt: skip
+
+
+def test_an_empty_input_says_a_tap_may_have_failed(make_sandbox: Any, tmp_path: Path) -> None:
+    """``tap | target-loops`` with a tap that failed: the target sees an input that ends at once. It cannot know
+    why, so it says what to check (the README's recipes run under ``set -o pipefail``)."""
+    loops = make_sandbox()
+    config = {"api_key": SANDBOX_KEY, "base_url": loops.url, "ledger_url": f"sqlite:///{tmp_path / 'l.sqlite'}"}
+    run = run_target(config, "", tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.states == []
+    assert "the input was empty (not one line)" in run.stderr and "set -o pipefail" in run.stderr
+    ran = run_target(config, singer(state({"at": 1})), tmp_path=tmp_path)
+    assert "the input was empty" not in ran.stderr
