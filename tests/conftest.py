@@ -61,36 +61,11 @@ def _is_e2e(item: pytest.Item) -> bool:
     return code is not None and bool(E2E_NAMES.intersection(code.co_names))
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the end-to-end tests ``e2e`` (see the module docstring), and the groups of ``XDIST_GROUPS``."""
+    """Mark the end-to-end tests ``e2e`` (see the module docstring)."""
     for item in items:
         if _is_e2e(item):
             item.add_marker(pytest.mark.e2e)
-    _group_items(items)
-
-
-#: Tests run on several processes (pytest-xdist, ``--dist loadgroup`` in pyproject.toml); every other test is
-#: independent (sandboxes on ephemeral ports, files under tmp_path). These share one costly fixture each, so each
-#: group runs on one worker: Meltano's plugin installs into the repository's project (and PostgreSQL), the built
-#: wheel, the SDK suite's sandbox.
-XDIST_GROUPS = {
-    "test_warehouse": "meltano",
-    "test_meltano_project": "meltano",
-    "test_packaging": "packaging",
-    "test_sdk_suite": "sdk_suite",
-}
-
-
-def _group_items(items: list[pytest.Item]) -> None:
-    for item in items:
-        module = getattr(item, "module", None)
-        name = module.__name__.rpartition(".")[2] if module is not None else ""
-        group = XDIST_GROUPS.get(name)
-        if name == "test_tap_segment_archive" and "meltano" in item.name:
-            group = "meltano"
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
