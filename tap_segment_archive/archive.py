@@ -119,8 +119,14 @@ class Archive:
         """Every file under ``paths`` (folders recursively, globs expanded), deduplicated, in reading order."""
         found: dict[str, ArchiveFile] = {}
         for path in paths:
-            fs, stripped = self._filesystem(path)
-            for member in self._expand(fs, path, stripped):
+            try:
+                fs, stripped = self._filesystem(path)
+                members = self._expand(fs, path, stripped)
+            except ArchiveError:
+                raise
+            except Exception as exc:  # botocore, gcsfs, aiohttp...: each its own family of errors
+                raise ArchiveError(_unlistable(path, exc)) from None
+            for member in members:
                 file = self._describe(fs, member)
                 found.setdefault(file.url, file)
         return sorted(found.values())
@@ -134,7 +140,7 @@ class Archive:
                 if fs.isdir(match):
                     files.extend(self._find(fs, match))
                 else:
-                    files.append(match)
+                    files.append(match)  # a glob names files: read whatever their extension
             if not files:
                 logger.warning("paths: %s matches no file", path)
             return files
@@ -146,14 +152,21 @@ class Archive:
         if fs.isfile(stripped):
             return [stripped]
         if local:
-            raise ArchiveError(f"paths: {path} does not exist")
+            raise ArchiveError(
+                f"paths: {path} does not exist: fix paths in the config (a folder, a file, a glob, s3://bucket/prefix "
+                "or gs://bucket/prefix)"
+            )
+        # A bucket that does not exist or cannot be read lists as empty in s3fs/gcsfs: ask for it, to say why.
+        fs.ls(stripped.split("/", 1)[0], refresh=True)
         # An empty bucket prefix is normal before Segment's first copy: read nothing, say so.
         logger.warning("paths: nothing under %s (yet)", path)
         return []
 
     @staticmethod
     def _find(fs: Any, folder: str) -> list[str]:
-        return [p for p in fs.find(folder) if p.endswith(EXTENSIONS)]
+        """The archive files under ``folder``; the others (a README, a manifest, ``.DS_Store``) are counted in one
+        line, so that a folder of the wrong kind is noticed without a warning per file."""
+        return _archive_files(fs.find(folder), folder)
 
     @staticmethod
     def _describe(fs: Any, member: str) -> ArchiveFile:
@@ -205,6 +218,43 @@ class Archive:
                     yield line
         except (EOFError, zlib.error, OSError) as exc:
             raise ArchiveError(_unreadable(file, exc, read)) from None
+
+
+def _archive_files(found: list[str], where: str) -> list[str]:
+    """The archive files among ``found``; the others (a README, a manifest, ``.DS_Store``) counted in one line."""
+    files = [p for p in found if p.endswith(EXTENSIONS)]
+    others = [p for p in found if not p.endswith(EXTENSIONS)]
+    if others:
+        logger.info(
+            "paths: %d file%s under %s not *.gz, *.json or *.jsonl, left out (e.g. %s)",
+            len(others),
+            "" if len(others) == 1 else "s",
+            where,
+            posixpath.basename(others[0]),
+        )
+    return files
+
+
+def _unlistable(path: str, error: BaseException) -> str:
+    """One line: which configured path could not be listed, the cause (the last line of the library's message),
+    and what to check."""
+    cause = " ".join(str(error).split()) or type(error).__name__
+    if len(cause) > 300:
+        cause = cause[:300] + "..."
+    protocol = _protocol(path)
+    if protocol in ("s3", "s3a"):
+        check = (
+            "check the bucket name in paths, the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "an instance role) and, for an S3-compatible server, s3_endpoint_url"
+        )
+    elif protocol in ("gs", "gcs"):
+        check = (
+            "check the bucket name in paths and the credentials (GOOGLE_APPLICATION_CREDENTIALS, "
+            "storage_options.gs.token)"
+        )
+    else:
+        check = "check paths and storage_options"
+    return f"paths: {path} cannot be listed ({type(error).__name__}: {cause}): {check}"
 
 
 def _unreadable(file: ArchiveFile, error: BaseException, lines_read: int) -> str:

@@ -18,6 +18,8 @@ named in BATCH messages instead (``batches.py``), each before the STATE covering
 from __future__ import annotations
 
 import collections
+import copy
+import io
 import itertools
 import logging
 import sys
@@ -35,9 +37,11 @@ from singer_sdk.singerlib.encoding.simple import Message, RecordMessage
 
 from tap_segment_archive.archive import Archive, ArchiveError, ArchiveFile, start_day_ms
 from tap_segment_archive.batches import Batches, batch_config_problems
+from tap_segment_archive.config import config_problems, state_file_problem
 from tap_segment_archive.ledger import BOOKMARK, Ledger, bookmark_of
 from tap_segment_archive.streams import CALL_TYPES, CallStream
 from target_loops.limits import TOO_DEEP, Problem, line_problem
+from target_loops.settings import config_file_problem
 
 #: Bad lines logged one by one per run; after that only counted (a corrupt file must not flood the log).
 MAX_LOGGED_BAD_LINES = 200
@@ -127,7 +131,7 @@ class TapSegmentArchive(Tap):
         ),
         th.Property(
             "state_interval_lines",
-            th.IntegerType(minimum=1),
+            th.IntegerType(minimum=1, maximum=10_000_000),
             default=5000,
             title="STATE interval (lines)",
             description=(
@@ -137,7 +141,7 @@ class TapSegmentArchive(Tap):
         ),
         th.Property(
             "settle_days",
-            th.IntegerType(minimum=0),
+            th.IntegerType(minimum=0, maximum=3650),
             default=7,
             title="Settle days",
             description=(
@@ -172,9 +176,18 @@ class TapSegmentArchive(Tap):
         self.counters = Counters()
         super().__init__(*args, **kwargs)
 
+    @classmethod
+    def accepted_settings(cls) -> frozenset[str]:
+        """Every top-level key a config may hold: the tap's settings and the SDK's own for its capabilities."""
+        schema = copy.deepcopy(cls.config_jsonschema)
+        cls.append_builtin_config(schema)
+        return frozenset(schema["properties"])
+
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
-        """The SDK's schema check, plus what this tap's batch mode cannot do (parquet) listed with it."""
-        problems = batch_config_problems(self.config.get("batch_config"))
+        """The SDK's schema check, plus unknown keys, values of the right type that cannot work, and what this
+        tap's batch mode cannot do (parquet), all listed together (``config.py``)."""
+        problems = config_problems(self.config, self.accepted_settings())
+        problems += batch_config_problems(self.config.get("batch_config"))
         try:
             errors = super()._validate_config(raise_errors=raise_errors)
         except ConfigValidationError as exc:
@@ -425,8 +438,28 @@ class TapSegmentArchive(Tap):
     # --- the command
 
     @classmethod
+    def cb_config(cls, ctx: Any, param: Any, value: tuple[str, ...]) -> Any:
+        """``--config`` files: one that is missing or not a JSON object is one line naming it, exit status 1."""
+        for path in value:
+            problem = config_file_problem(path) if path != "ENV" else None
+            if problem is not None:
+                cls.logger.error("%s: %s", cls.name, problem)
+                ctx.exit(1)
+        return super().cb_config(ctx, param, value)
+
+    @classmethod
     def invoke(cls, *args: Any, **kwargs: Any) -> None:
-        """Run the tap; a path or file that cannot be read ends the run with one line naming it, exit status 1."""
+        """Run the tap; a path, file or ``--state`` that cannot be read ends the run with one line naming it and the
+        fix, exit status 1."""
+        state = kwargs.get("state")
+        if state is not None:
+            name = getattr(state, "name", "--state")
+            text = state.read()
+            problem = state_file_problem(name, text)
+            if problem is not None:
+                cls.logger.error("%s: %s", cls.name, problem)
+                sys.exit(1)
+            kwargs["state"] = io.StringIO(text)
         try:
             super().invoke(*args, **kwargs)
         except ArchiveError as exc:

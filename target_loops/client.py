@@ -823,7 +823,7 @@ class LoopsClient:
                 outcome.message = (
                     f"still rate limited (429) after {outcome.rate_limited} waits"
                     if verdict.decision is Decision.RATE_LIMITED
-                    else f"{outcome.message} (gave up after {outcome.retries} retries)"
+                    else f"{outcome.message} (gave up after {outcome.retries} retries{self._budget_note(max_retries)})"
                 )
                 self._stop.set()
                 return outcome, verdict, data
@@ -850,6 +850,15 @@ class LoopsClient:
             )
 
     # --- internals
+
+    def _budget_note(self, max_retries: int) -> str:
+        """Why a read at start gave up before ``max_retries``: its budget is smaller, so a wrong base_url fails fast."""
+        if max_retries >= self.settings.max_retries:
+            return ""
+        return (
+            f": the checks at start retry at most {START_RETRIES} times; max_retries ({self.settings.max_retries}) "
+            "is for sending"
+        )
 
     def _observe(self, response: requests.Response) -> None:
         """Follow Loops' ``x-ratelimit-*`` headers (https://loops.so/docs/api-reference/intro): adopt a lower
@@ -959,7 +968,22 @@ def _message(data: Any) -> str | None:
 
 
 def _short(exc: BaseException) -> str:
-    return str(exc)[:200]
+    """The cause a person can act on: the operating system's words for a failed connection (``connection
+    refused``, ``name or service not known``) found inside requests' and urllib3's wrappers, else the exception's
+    text on one line, cut at a word."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        error = stack.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, OSError) and isinstance(error.strerror, str) and error.strerror:
+            return error.strerror[0].lower() + error.strerror[1:]
+        inner = (error.__cause__, error.__context__, getattr(error, "reason", None), *error.args)
+        stack.extend(item for item in inner if isinstance(item, BaseException))
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:200].rsplit(" ", 1)[0] + "…"
 
 
 __all__ = [

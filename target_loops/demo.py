@@ -36,7 +36,7 @@ DEMO_KEY = "sandbox-demo-key"
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status (non-zero when a sync failed)."""
-    parser = argparse.ArgumentParser(prog="target-loops-demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="target-loops-demo", description=(__doc__ or "").replace("``", ""))
     parser.add_argument("--samples", type=Path, default=SAMPLES, help="folder with the sample streams")
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where config, rejects and STATE go")
     parser.add_argument("--port", type=int, default=0, help="sandbox port (default: a free one)")

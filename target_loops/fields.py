@@ -18,6 +18,7 @@ import enum
 import fnmatch
 import functools
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -483,10 +484,25 @@ def match_rule(rules: Sequence[Rule], stream_name: str) -> Rule | None:
     return next((rule for rule in rules if rule.matches(stream_name)), None)
 
 
+#: Table names (the last part of a stream name) that hold people: their rows are contacts.
+_PEOPLE_TABLES = ("user", "identif", "contact", "customer", "people", "person", "member", "subscriber", "lead")
+
+
 def suggest_rule(stream_name: str, properties: Sequence[str]) -> str:
-    """A rule to paste into ``mappings`` for an unmapped stream, guessed from its columns."""
+    """A rule to paste into ``mappings`` for an unmapped stream, guessed from its name and columns: an event column,
+    or a table of things rather than people (``orders`` with ``order_id``, ``order_completed``, ``signed_up``)
+    suggests ``send_event``; people's tables and anything else, ``upsert_contact``."""
     names = set(properties)
-    looks_like_event = bool(names & {"event", "event_text", "event_name", "eventName"})
+    table = re.split(r"[-.]", stream_name.lower())[-1]
+    singular = table[:-1] if table.endswith("s") else table
+    looks_like_event = bool(names & {"event", "event_text", "event_name", "eventName"}) or (
+        not table.startswith(_PEOPLE_TABLES)
+        and (
+            bool(names & {f"{singular}_id", f"{singular}Id"})
+            or re.search(r"(^|_)[a-z]+ed(_|$)", table) is not None
+            or singular in ("order", "purchase", "payment", "event", "track", "signup", "checkout")
+        )
+    )
     action = "send_event" if looks_like_event else "upsert_contact"
     return canonical_json({"stream": stream_name, "action": action})
 

@@ -467,7 +467,6 @@ class Outbox:
                     seen.add(hashed)
                 slots[-1] = (slots[-1][0], h)
                 slots.append(([], None))
-                self._note_event_properties(h.op.request.body)
                 continue
             body = h.op.request.body
             j = len(slots) - 1
@@ -617,7 +616,7 @@ class Outbox:
         types = self.event_properties.get(body["eventName"])
         if types is None:
             types = self.event_properties.setdefault(body["eventName"], {})
-        for key in props.keys() - types.keys():  # planning runs on one thread: no lock needed
+        for key in props.keys() - types.keys():  # called under the settle lock
             types[key] = _json_type(props[key])
 
     # --- sending and settling
@@ -764,6 +763,8 @@ class Outbox:
                 stats.duplicates += 1
             if step.update is not None and kind in (OutcomeKind.DELIVERED, OutcomeKind.PLANNED):
                 self.counters(step.update.lead.stream).folded += 1
+            if step.action is Action.SEND_EVENT and kind in (OutcomeKind.DELIVERED, OutcomeKind.PLANNED):
+                self._note_event_properties(step.request.body)  # only what Loops accepted (or a plan would send)
             if kind is OutcomeKind.REJECTED:
                 for h in step.members:
                     self._reject(h, f"http_{outcome.status}" if outcome.status else "refused", outcome, step.request)

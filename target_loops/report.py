@@ -131,6 +131,46 @@ def table_rows(report: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[s
     return header, body
 
 
+#: Said under the table: which columns count records and which count HTTP requests.
+COLUMNS_NOTE = (
+    "records: read = sent + coalesced + folded + unchanged + duplicates + rejected + skipped "
+    "(sent: requests Loops accepted, one per contact or event); rate_limited and retries count HTTP requests"
+)
+
+
+def record_fates(stream: Mapping[str, Any], *, dry: bool) -> list[tuple[str, int]]:
+    """What became of a stream's records, as (words, count), the non-zero ones, in the table's order; they add up to
+    ``read`` once every record is settled. Contact updates coalesce into one request per person, which goes on its
+    own or rides on (is folded into) that person's next event: ``sent 2`` of 200 identifies is no failure."""
+    upserts = stream.get("action") == "upsert_contact"
+    sent = stream["planned"] if dry else stream["sent"]
+    fates = [
+        ("planned on their own" if dry else "sent on their own") if upserts else ("planned" if dry else "sent"),
+        "folded into an event",
+        "coalesced into those" if upserts else "coalesced",
+        "unchanged",
+        "duplicates",
+        "rejected",
+        "skipped",
+    ]
+    counts = [sent, stream["folded"], stream["coalesced"], stream["unchanged"], stream["duplicates"]]
+    counts += [stream["rejected"], stream["skipped"]]
+    return [(words, count) for words, count in zip(fates, counts, strict=True) if count]
+
+
+def fates_line(stream: Mapping[str, Any], *, dry: bool) -> str | None:
+    """``identifies: 200 read = 2 sent on their own + 150 folded into an event + ...``, or None for a stream
+    whose records were all skipped (said by its own line)."""
+    fates = record_fates(stream, dry=dry)
+    if not stream["read"] or [words for words, _ in fates] == ["skipped"]:
+        return None
+    parts = [f"{count:,} {words}" for words, count in fates]
+    rest = stream["read"] - sum(count for _, count in fates)
+    if rest > 0:
+        parts.append(f"{rest:,} not settled")
+    return f"{stream['stream']}: {stream['read']:,} read = " + (" + ".join(parts) or "nothing yet")
+
+
 def render_table(report: Mapping[str, Any]) -> list[str]:
     """The end-of-run block: one aligned row per stream, a total row, rejections by reason, where things are."""
     streams = report["streams"]
@@ -147,6 +187,8 @@ def render_table(report: Mapping[str, Any]) -> list[str]:
     status = "completed" if report["completed"] else "NOT completed"
     lines = [f"{title} ({status}, {human_duration(report['elapsed_seconds'])}, run {report['run_id']})"]
     lines += [line(header), *(line(row) for row in body)]
+    lines.append(COLUMNS_NOTE)
+    lines += [text for text in (fates_line(s, dry=dry) for s in streams) if text is not None]
     for s in streams:
         if s["rejected_by_reason"]:
             reasons = ", ".join(f"{k} {v:,}" for k, v in s["rejected_by_reason"].items())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -103,7 +104,8 @@ class Settings:
         None,
         th.ArrayType(th.ObjectType(additional_properties=True)),
         "Stream-to-action rules, first match wins: {stream (name or glob), action (upsert_contact, send_event, "
-        "delete_contact), field specs...}. See the README's rule reference.",
+        "delete_contact, segment: raw Segment calls routed by their type, skip: read and count only), field "
+        "specs...}. See the README's rule reference.",
     )
     default_mappings: bool = _setting(
         True,
@@ -332,9 +334,29 @@ def _coerce(name: str, value: Any) -> tuple[bool, Any]:
     return True, value
 
 
-def unknown_settings(config: Mapping[str, Any], accepted: Collection[str]) -> list[str]:
-    """One problem per key the target does not know, with the nearest valid name: ``"dryrun"`` would otherwise be
-    ignored and the run would write for real."""
+def numbers_from_text(config: dict[str, Any]) -> None:
+    """A number setting given as the text of a number (``"2"``, ``"0.5"``) becomes that number, in place.
+
+    Meltano passes an environment variable (``TARGET_LOOPS_RETRY_BACKOFF_SECONDS=2``) of a setting declared without
+    a ``kind`` as its text, and its ``decimal`` kind cannot be used at all (its ``Decimal`` is not JSON
+    serializable), so ``meltano.yml`` declares number settings without one.
+    """
+    for name, f in _BY_NAME.items():
+        value = config.get(name)
+        if isinstance(f.metadata.get("kind"), th.NumberType) and isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                continue  # the schema validation names the setting and the type
+            if math.isfinite(number):
+                config[name] = number
+
+
+def unknown_settings(
+    config: Mapping[str, Any], accepted: Collection[str], *, program: str = "target-loops"
+) -> list[str]:
+    """One problem per key the target (or ``program``, the tap) does not know, with the nearest valid name:
+    ``"dryrun"`` would otherwise be ignored and the run would write for real."""
     by_lower = {name.lower(): name for name in accepted}
     problems = []
     for key in config:
@@ -347,12 +369,12 @@ def unknown_settings(config: Mapping[str, Any], accepted: Collection[str]) -> li
             problems.append(f'unknown setting "{key}": did you mean "{by_lower[guess[0]]}"?')
         elif str(key).startswith(MELTANO_EXTRA_PREFIX):
             problems.append(
-                f'unknown setting "{key}": target-loops takes no "_" settings (Meltano keeps its "_" extras to '
+                f'unknown setting "{key}": {program} takes no "_" settings (Meltano keeps its "_" extras to '
                 "itself); remove it"
             )
         else:
             problems.append(
-                f'unknown setting "{key}": not a target-loops or Singer SDK setting (`target-loops --about` lists '
+                f'unknown setting "{key}": not a {program} or Singer SDK setting (`{program} --about` lists '
                 "them all); remove it"
             )
     return problems

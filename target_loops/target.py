@@ -57,6 +57,7 @@ from target_loops.settings import (
     SETTINGS,
     config_file_problem,
     load_settings,
+    numbers_from_text,
     sqlite_ledger_path,
     without_secrets,
 )
@@ -465,12 +466,19 @@ class TargetLoops(Target):
             "  tap-postgres --config tap.json | target-loops --config config.json\n"
             "  target-loops --config config.json --input sample_streams/segment_export.singer\n"
             "\n"
-            "Every setting, with its default and range: target-loops --about --format=markdown. "
-            "Settings from the environment instead of a file: target-loops --config=ENV with TARGET_LOOPS_API_KEY, "
-            "TARGET_LOOPS_BASE_URL, ... set. Rehearse first with dry_run: true, or against the bundled sandbox "
-            "(target-loops-sandbox)."
+            "\b\nEvery setting, with its default and range:\n"
+            "  target-loops --about --format=markdown\n"
+            "Settings from TARGET_LOOPS_API_KEY, TARGET_LOOPS_BASE_URL... instead of a file:\n"
+            "  target-loops --config=ENV\n"
+            "Rehearse first with dry_run: true, or against the bundled sandbox:\n"
+            "  target-loops-sandbox"
         )
         return command
+
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """The SDK's schema check, on number settings given as text made numbers first (``numbers_from_text``)."""
+        numbers_from_text(self._config)
+        return super()._validate_config(raise_errors=raise_errors)
 
     @classmethod
     def accepted_settings(cls) -> frozenset[str]:
@@ -806,6 +814,12 @@ class TargetLoops(Target):
             lines.append(f"{plural(self.rejects.count, 'record')} {verb}: {where}")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.stderr.flush()
+        if completed and getattr(self.message_reader, "line_number", None) == 0:
+            # A tap that fails inside `tap | target-loops` is, for the target, an input that ends at once.
+            self.logger.warning(
+                "target-loops: the input was empty (not one line). If a tap feeds target-loops, check that it "
+                "succeeded: run the pipeline under `set -o pipefail`, and save its STATE only when both succeeded"
+            )
         if self.settings.report_path:
             path = Path(self.settings.report_path)
             path.parent.mkdir(parents=True, exist_ok=True)
