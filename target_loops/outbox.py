@@ -917,7 +917,8 @@ def _needs_known(op: Operation) -> bool:
     tell whether an event by email is older than the person's delete (it would recreate the contact), or whether
     a delete is older than what Loops holds."""
     if op.action is Action.SEND_EVENT:
-        return op.email is not None or bool(_contact_writes(op.request.body))
+        # An audience's join or leave event: its settling must not replace what the ledger holds of the contact.
+        return op.email is not None or bool(_contact_writes(op.request.body)) or op.change is not None
     return True  # an update, or a delete (one older than what Loops holds must not be sent)
 
 
