@@ -184,7 +184,7 @@ def test_join_and_leave_events_and_delete(loops: Sandbox, tmp_path: Path) -> Non
     assert "u0" not in {c["userId"] for c in loops.store.contacts()}
     assert [e["eventName"] for e in loops.store.events()].count("Left beta") == 1
     # The left person's event came before their delete (a loop can react to it).
-    order = [r["path"].rsplit("/", 1)[-1] for r in writes(loops)[sent:] if "u0" == r["body"].get("userId")]
+    order = [r["path"].rsplit("/", 1)[-1] for r in writes(loops)[sent:] if r["body"].get("userId") == "u0"]
     assert order == ["send", "delete"]
     assert (second.stream(STREAM)["joined"], second.stream(STREAM)["left"]) == (1, 1)
     # Run again with the same table: nobody joins or leaves twice.
