@@ -92,6 +92,7 @@ class Closing:
     first: bool = False
     note: str | None = None  # why it was not closed, or what the guard said
     stopped: bool = False  # the guard held every leave back
+    seconds: float = 0.0  # the closing's own time: the set difference and the leave operations built
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +105,7 @@ class Closing:
             "first_sync": self.first,
             "stopped_by_guard": self.stopped,
             "note": self.note,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -232,6 +234,7 @@ class Audiences:
         if self.writer is not None:
             self.writer.sync()  # every member seen so far is in the ledger before the database is asked
         plans: list[tuple[_Audience, Closing, list[tuple[bytes, str, str]], list[tuple[bytes, str]], int]] = []
+        started = time.perf_counter()
         for audience in self._by_stream.values():
             closing = Closing(audience.stream, audience.spec.describe())
             self.closings.append(closing)
@@ -283,7 +286,10 @@ class Audiences:
                 )
                 continue
             plans.append((audience, closing, leavers, joiners, version))
-        return self._operations(plans)
+        operations = self._operations(plans)
+        for closing in self.closings:
+            closing.seconds = time.perf_counter() - started
+        return operations
 
     def _differences(
         self, audience: _Audience, version: int

@@ -759,23 +759,24 @@ class Ledger:
                 continue
             newer = row if row.held is not None else before  # what the rule set: the last accepted row's
             latest[key] = newer._replace(version=max(before.version, row.version))
-        seen = [r for r in latest.values() if r.held is None]
-        accepted = [r for r in latest.values() if r.held is not None]
+        seen = [(r.version, r.audience, r.identity) for r in latest.values() if r.held is None]
+        accepted = [
+            (r.audience, r.identity, r.address, r.version, r.held) for r in latest.values() if r.held is not None
+        ]
+        mark = _PLACEHOLDER.get(self.engine.dialect.paramstyle, "?")
+        # Plain SQL, many rows per call: SQLAlchemy's multi-row upsert built per chunk wrote 2,500 rows/s here.
         with self._lock, self.engine.begin() as conn:
             if seen:
-                conn.execute(
-                    members.update()
-                    .where(members.c.audience == sa.bindparam("a"), members.c.identity == sa.bindparam("i"))
-                    .values(version=sa.bindparam("v")),
-                    [{"a": r.audience, "i": r.identity, "v": r.version} for r in seen],
+                conn.exec_driver_sql(
+                    f"UPDATE {members.name} SET version = {mark} WHERE audience = {mark} AND identity = {mark}", seen
                 )
-            for chunk in _chunks(accepted, 200):
-                values = [
-                    {"audience": r.audience, "identity": r.identity, "address": r.address, "version": r.version,
-                     "held": r.held, "joined": 1}
-                    for r in chunk
-                ]  # fmt: skip
-                self._upsert(conn, members, values, ["audience", "identity"], ["address", "version", "held"])
+            if accepted:
+                conn.exec_driver_sql(
+                    f"INSERT INTO {members.name} (audience, identity, address, version, held, joined) "
+                    f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, 1) ON CONFLICT (audience, identity) DO UPDATE "
+                    "SET address = excluded.address, version = excluded.version, held = excluded.held",
+                    accepted,
+                )
 
     def forget_members(self, rows: Sequence[tuple[int, bytes]]) -> None:
         """People who left: they are no longer members (a later row makes them join again)."""
@@ -825,6 +826,9 @@ class Ledger:
         )
         conn.execute(statement)
 
+
+#: The writer's kinds for audience members (``record_members``, ``forget_members``).
+_AUDIENCE_KINDS = frozenset({"members", "left"})
 
 #: Queued by ``LedgerWriter.sync``: write what is gathered now instead of at the end of the interval.
 _WRITE_NOW = ("write-now", None)
@@ -920,6 +924,16 @@ class LedgerWriter:
 
     @staticmethod
     def _write(batch: list[tuple[str, Any]], writers: dict[str, Callable[[Any], None]]) -> None:
+        # Audience members are other tables than contacts and events: their writes keep their own order apart, so
+        # that a contact and its membership, accepted together, do not cost a transaction each.
+        audience = [item for item in batch if item[0] in _AUDIENCE_KINDS]
+        if audience:
+            batch = [item for item in batch if item[0] not in _AUDIENCE_KINDS]
+            LedgerWriter._write_runs(audience, writers)
+        LedgerWriter._write_runs(batch, writers)
+
+    @staticmethod
+    def _write_runs(batch: list[tuple[str, Any]], writers: dict[str, Callable[[Any], None]]) -> None:
         # Order matters between kinds (a delete after an upsert of the same contact): consecutive writes of one
         # kind are merged into one transaction, never reordered.
         run_kind: str | None = None
