@@ -270,3 +270,15 @@ def test_the_dry_run_plans_the_leaves_and_the_guard_without_sending(loops: Sandb
     real = sync(loops, tmp_path, table(people(20)[:18]), "real")
     assert real.returncode == 0, real.stderr
     assert sorted(r["body"]["userId"] for r in writes(loops)[sent:]) == ["u18", "u19"]
+
+
+def test_activate_version_on_a_stream_without_an_audience_is_quiet(loops: Sandbox, tmp_path: Path) -> None:
+    plain = {"stream": STREAM, "action": "upsert_contact"}
+    run = sync(loops, tmp_path, table(people(3), version=1_700_000_000, activate=True), "plain", plain)
+    assert run.returncode == 0, run.stderr
+    assert "ACTIVATE_VERSION" not in run.stderr and "_sdc_deleted_at" not in run.stderr
+    assert len(writes(loops)) == 3
+    bad = singer(schema(STREAM, {"user_id": "string"}), {"type": "ACTIVATE_VERSION", "stream": STREAM, "version": "x"})
+    refused = sync(loops, tmp_path, bad, "bad", plain)
+    assert refused.returncode == 1
+    assert 'input line 2: an ACTIVATE_VERSION needs "stream" (a string) and "version" (an integer)' in refused.stderr
