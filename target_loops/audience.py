@@ -260,58 +260,72 @@ class Audiences:
                 )
                 logger.warning("Audience %s %s", audience.stream, closing.note)
                 continue
-            leavers, joiners, members = self._differences(audience, version)
-            closing.members = members
             closing.closed = True
             if audience.closed is None:
+                closing.members = self._count(audience, version)[0]
                 closing.first = True
                 closing.note = "first sync: its members are recorded; nobody joins or leaves"
-                closing.joined = 0
                 self._mark_closed(audience, version)
                 continue
-            fraction = len(leavers) / members if members else 0.0
+            members, leaving = self._count(audience, version)
+            closing.members = members
+            fraction = leaving / members if members else 0.0
             if members >= self.min_members and fraction > self.max_leave_fraction:
+                # Counted before any leaver is read: a table truncated to nothing never brings its audience into
+                # memory.
                 closing.stopped = True
                 closing.closed = False
                 verb = "would stop" if self.dry_run else "stopped"
                 closing.note = (
-                    f"{verb}: {len(leavers):,} of {members:,} ({fraction:.0%}) > max_leave_fraction "
+                    f"{verb}: {leaving:,} of {members:,} ({fraction:.0%}) > max_leave_fraction "
                     f"{self.max_leave_fraction:g}"
                 )
                 self.problems.append(
-                    f"audience {audience.stream!r}: {len(leavers):,} of {members:,} members ({fraction:.0%}) would "
+                    f"audience {audience.stream!r}: {leaving:,} of {members:,} members ({fraction:.0%}) would "
                     f"leave, more than max_leave_fraction {self.max_leave_fraction:g}: no leave was sent for it "
                     "(a truncated table?). Everything else was delivered; fix the table, or raise "
                     "max_leave_fraction for one run if so many really left"
                 )
                 continue
+            leavers, joiners = self._differences(audience, version)
             plans.append((audience, closing, leavers, joiners, version))
         operations = self._operations(plans)
         for closing in self.closings:
             closing.seconds = time.perf_counter() - started
         return operations
 
-    def _differences(
-        self, audience: _Audience, version: int
-    ) -> tuple[list[tuple[bytes, str, str]], list[tuple[bytes, str]], int]:
-        """(leavers, joiners, members before the closing), from SQL in a real run, from what was read in a dry run."""
+    def _count(self, audience: _Audience, version: int) -> tuple[int, int]:
+        """(members, members who would leave), counted by the database in a real run; a dry run, which wrote none
+        of what it read, counts the ledger's members that it did not read."""
         assert self.ledger is not None
         if audience.id is None:  # a dry run of an audience the ledger does not know: everyone read is new
-            return [], list(audience.seen.items()), len(audience.seen)
+            return len(audience.seen), 0
         if not self.dry_run:
-            members, _ = self.ledger.member_counts(audience.id, version)
-            return self.ledger.leavers(audience.id, version), self.ledger.joiners(audience.id), members
+            return self.ledger.member_counts(audience.id, version)
+        members = leaving = 0
+        for identity, _, _ in self.ledger.audience_members(audience.id):
+            members += 1
+            leaving += identity not in audience.seen
+        return members, leaving
+
+    def _differences(
+        self, audience: _Audience, version: int
+    ) -> tuple[list[tuple[bytes, str, str]], list[tuple[bytes, str]]]:
+        """(leavers, joiners): the set difference done by the database in a real run, against what was read in a
+        dry run."""
+        assert self.ledger is not None
+        if audience.id is None:
+            return [], list(audience.seen.items())
+        if not self.dry_run:
+            return self.ledger.leavers(audience.id, version), self.ledger.joiners(audience.id)
         leavers: list[tuple[bytes, str, str]] = []
         known: set[bytes] = set()
-        members = 0
         for identity, address, held in self.ledger.audience_members(audience.id):
-            members += 1
             if identity in audience.seen:
                 known.add(identity)
             else:
                 leavers.append((identity, address, held))
-        joiners = [(i, a) for i, a in audience.seen.items() if i not in known]
-        return leavers, joiners, members
+        return leavers, [(i, a) for i, a in audience.seen.items() if i not in known]
 
     def _mark_closed(self, audience: _Audience, version: int) -> None:
         if self.ledger is not None and audience.id is not None and not self.dry_run:

@@ -717,7 +717,7 @@ class Outbox:
             # This person's userId alone was refused before and no upsert has been accepted since: no request.
             self._wait(step, waited)
             return True
-        outcome = self.sender(step.request)
+        outcome = self._unknown_leaver(step) or self.sender(step.request)
         if step.fallback is not None and outcome.kind is OutcomeKind.ALREADY_DONE:
             self._settle_costs(step, outcome)
             outcome = self._delete_by_email(step, step.fallback)
@@ -779,6 +779,22 @@ class Outbox:
             # Nothing under that email, or another person's contact: nothing of this person is left to delete.
             return Outcome(OutcomeKind.ALREADY_DONE, status=found.status, message=found.message)
         return self.sender(fallback)
+
+    def _unknown_leaver(self, step: Step) -> Outcome | None:
+        """An audience's leave addressed by email alone: Loops would create a contact (subscribed) for an email it
+        does not know (https://loops.so/docs/api-reference/update-contact), say one deleted by hand since. The
+        email is looked up first; no contact means nothing is left to undo. None: send the leave."""
+        body = step.request.body
+        if "userId" in body or "email" not in body or not any(h.op.change is not None for h in step.members):
+            return None
+        query = urllib.parse.urlencode({"email": body["email"]})
+        found = self.sender(LoopsRequest("GET", f"/v1/contacts/find?{query}", {}))
+        if found.kind is not OutcomeKind.DELIVERED:
+            return found if found.kind is not OutcomeKind.PLANNED else None  # a dry run plans the leave itself
+        self._settle_costs(step, found)
+        if isinstance(found.body, list) and found.body:
+            return None
+        return Outcome(OutcomeKind.ALREADY_DONE, status=found.status, message="no contact has this email")
 
     def _settle_costs(self, step: Step, outcome: Outcome) -> None:
         with self._settle_lock:

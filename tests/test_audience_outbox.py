@@ -251,3 +251,29 @@ def test_join_and_leave_events_carry_a_key_from_audience_person_and_version(ledg
     keys = {r.idempotency_key for r in events.values()}
     assert len(keys) == 2 and all(k and k.startswith("tl-") and len(k) <= 100 for k in keys)
     assert isinstance(events["Left beta"], LoopsRequest)
+
+
+def test_a_leave_by_email_alone_is_not_sent_to_an_email_loops_no_longer_has(ledger: Ledger) -> None:
+    """An update by email creates a subscribed contact when none has the email: a leaver deleted by hand since must
+    not come back. The email is looked up first; no contact, no leave (and the membership ends)."""
+    by_email = rule(user_id={"value": None})
+
+    class Loops(FakeLoops):
+        def __call__(self, request: LoopsRequest) -> Any:
+            outcome = super().__call__(request)
+            if request.method == "GET":
+                outcome.body = [] if "p0%40x.io" in request.path else [{"email": "p1@x.io"}]
+            return outcome
+
+    first = Run(ledger, FakeLoops(), by_email, now=1000, floor=100)
+    first.rows(range(4))
+    first.end()
+    loops = Loops()
+    second = Run(ledger, loops, by_email, now=2000, floor=100)
+    second.rows(range(2, 4))
+    second.end()
+    assert [(r.method, r.body) for r in loops.seen if r.method != "GET"] == [
+        ("PUT", {"email": "p1@x.io", "mailingLists": {LIST: False}})
+    ]
+    assert len([r for r in loops.seen if r.method == "GET"]) == 2
+    assert member_rows(ledger) == 2
