@@ -46,6 +46,7 @@ class Form(enum.Enum):
     MAPPING = "object of names"
     SWITCH = "true or false"
     SHAPE = '"nested" or "flat"'
+    AUDIENCE = "audience actions"
 
 
 class Kind(enum.Enum):
@@ -77,6 +78,8 @@ class Kind(enum.Enum):
     PROPERTY_RENAME = "property renames"
     #: A true/false option.
     SWITCH = "switch"
+    #: What happens when a person joins or leaves the audience a table stands for (``audience.py``).
+    AUDIENCE = "audience"
 
     @property
     def label(self) -> str:
@@ -97,6 +100,7 @@ _NOT_SPECS = {
     Kind.PROPERTY_NAMES: Form.NAMES,
     Kind.PROPERTY_RENAME: Form.MAPPING,
     Kind.SWITCH: Form.SWITCH,
+    Kind.AUDIENCE: Form.AUDIENCE,
 }
 
 
@@ -211,6 +215,16 @@ FIELDS: tuple[RuleField, ...] = (
          "Send a NULL column as `null`, which clears the property in Loops (default false: left out)."),
     _row("order_by", None, _MAPPED, Kind.ORDER,
          "The record's time, which orders the updates of one contact.", ["timestamp"], ["timestamp"]),
+    _row("on_leave", None, [UPSERT], Kind.AUDIENCE,
+         "The stream is an audience: what happens to a person this rule put in it when their row is gone "
+         "(`remove_from_lists`, `clear_properties`, `unsubscribe`, `delete`, `{\"event\": \"Left beta\"}`, or a list "
+         "of these). Decided when the audience is closed: an `ACTIVATE_VERSION`, or the end of input with "
+         "`full_table`."),
+    _row("on_join", None, [UPSERT], Kind.AUDIENCE,
+         "`{\"event\": \"Joined beta\"}`: an event sent when a person enters the audience (not at its first sync)."),
+    _row("full_table", None, [UPSERT], Kind.SWITCH,
+         "Every run's input holds the whole table (a tap that sends no `ACTIVATE_VERSION`): a run whose input ends "
+         "normally closes the audience."),
 )  # fmt: skip
 
 
@@ -221,7 +235,9 @@ def _keys_of(action: Action) -> frozenset[str]:
 #: The keys a rule of each action accepts. A ``segment`` rule takes the keys of both actions it routes to; each
 #: applies to the calls it fits (``Rule.narrowed``).
 ALLOWED_KEYS: dict[Action, frozenset[str]] = {action: _keys_of(action) for action in Action}
-ALLOWED_KEYS[Action.SEGMENT] = ALLOWED_KEYS[UPSERT] | ALLOWED_KEYS[EVENT]
+#: Audience keys are for tables (one row per person), not for Segment's identify calls.
+AUDIENCE_KEYS = frozenset({"on_leave", "on_join", "full_table"})
+ALLOWED_KEYS[Action.SEGMENT] = (ALLOWED_KEYS[UPSERT] | ALLOWED_KEYS[EVENT]) - AUDIENCE_KEYS
 
 
 @functools.cache
@@ -425,11 +441,53 @@ def _parse_switch(key: str, value: Any, where: str, action: Action) -> bool:
     return value
 
 
+#: What ``on_leave`` may do besides sending an event (``audience.py`` builds the requests).
+LEAVE_ACTIONS = ("remove_from_lists", "clear_properties", "unsubscribe", "delete")
+_LEAVE_EXAMPLE = '["remove_from_lists", {"event": "Left beta"}]'
+
+
+def _parse_audience_event(key: str, value: Any, where: str) -> str:
+    name = value.get("event") if isinstance(value, dict) and set(value) == {"event"} else None
+    if not isinstance(name, str) or not name.strip():
+        raise RuleError(f'{where}: "{key}" takes an event as {{"event": "Left beta"}}, not {value!r}')
+    if ":" in name:
+        # https://loops.so/docs/events: "Custom event names can not contain colon characters".
+        raise RuleError(f'{where}: "{key}" event {name!r} contains ":", which Loops refuses in event names')
+    return name.strip()
+
+
+def _parse_audience(key: str, value: Any, where: str, action: Action) -> tuple[str, ...]:
+    """``on_leave``: one value or a list (``"event:<name>"`` for an event); ``on_join``: an event only."""
+    if key == "on_join":
+        return (f"event:{_parse_audience_event(key, value, where)}",)
+    items = value if isinstance(value, list) else [value]
+    parsed: list[str] = []
+    for item in items:
+        if isinstance(item, dict):
+            parsed.append(f"event:{_parse_audience_event(key, item, where)}")
+        elif item in LEAVE_ACTIONS:
+            parsed.append(str(item))
+        else:
+            raise RuleError(
+                f'{where}: "on_leave" value {item!r} is not one of {", ".join(LEAVE_ACTIONS)} or {{"event": "..."}}; '
+                f"e.g. {_LEAVE_EXAMPLE}"
+            )
+    if not parsed:
+        raise RuleError(f'{where}: "on_leave" is empty; e.g. {_LEAVE_EXAMPLE}')
+    if "delete" in parsed and set(parsed) & {"remove_from_lists", "clear_properties", "unsubscribe"}:
+        raise RuleError(
+            f'{where}: "on_leave" has "delete" with changes to the contact it deletes; keep "delete" (and an event, '
+            'sent before it) or drop "delete"'
+        )
+    return tuple(dict.fromkeys(parsed))
+
+
 _OPTION_PARSERS: dict[Form, Callable[[str, Any, str, Action], Any]] = {
     Form.PATH: _parse_path,
     Form.NAMES: _parse_names,
     Form.MAPPING: _parse_rename,
     Form.SWITCH: _parse_switch,
+    Form.AUDIENCE: _parse_audience,
 }
 
 
@@ -466,6 +524,11 @@ def parse_rule(raw: Any, index: int, *, builtin: bool = False) -> Rule:
     shape = raw.get("shape")
     if shape not in (None, NESTED, FLAT):
         raise RuleError(f'{where}: "shape" must be "nested" (Segment JSON) or "flat" (warehouse rows)')
+    if options.get("full_table") and not ({"on_leave", "on_join"} & set(options)):
+        raise RuleError(
+            f'{where}: "full_table" does nothing without "on_leave" or "on_join"; add e.g. '
+            f'"on_leave": "remove_from_lists", or remove "full_table"'
+        )
     return Rule(index=index, stream=stream, action=action, fields=fields, options=options, shape=shape, builtin=builtin)
 
 

@@ -92,6 +92,11 @@ class Operation:
     #: The key target-loops 0.1 derived for this event (the id's text as 0.1 wrote it), when it is not the key sent
     #: now: a ledger written by 0.1 knows the event by that key.
     legacy_key: str | None = None
+    #: Audiences (``audience.py``): the audience stream an upsert row belongs to, and the version that holds it.
+    audience: str | None = None
+    version: int | None = None
+    #: A leave or a join the target made itself for an audience (``audience.Change``), else None.
+    change: Any = None
 
 
 @dataclass(frozen=True, slots=True)

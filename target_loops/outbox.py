@@ -24,10 +24,13 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from target_loops.ledger import ContactRow, ContactState, Ledger, LedgerWriter, fingerprint, keyed_hash, value_hashes
 from target_loops.operations import SENDING_STREAM, Action, LoopsRequest, Operation, Outcome, OutcomeKind
+
+if TYPE_CHECKING:
+    from target_loops.audience import Audiences
 
 logger = logging.getLogger("target_loops.outbox")
 
@@ -94,6 +97,7 @@ class Held:
     at: str | None
     clamped: bool = False  # ``at`` is "now", not the record's own time: it orders, but the ledger never keeps it
     waited: bool = False  # sent once and refused because Loops did not know the person yet (see ``Outbox.waiting``)
+    member: bool = False  # an audience row whose membership planning already recorded (Loops holds it: unchanged)
 
 
 @dataclass
@@ -146,6 +150,7 @@ class Outbox:
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
         stopping: Callable[[], bool] = lambda: False,
         on_stop: Callable[[], None] | None = None,
+        audiences: Audiences | None = None,
     ) -> None:
         self.settings = settings
         self.sender = sender
@@ -182,6 +187,11 @@ class Outbox:
         self._failures: list[str] = []
         self._planned_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self._warned_future: set[str] = set()
+        #: Audience membership (``audience.py``): rows of audience streams are recorded as seen when planned, and
+        #: with what their rule set once Loops holds it.
+        self.audiences = audiences
+        if audiences is not None:
+            audiences.writer = self._writer
 
     # --- public
 
@@ -311,6 +321,8 @@ class Outbox:
                 chain = self._chain(person, delivered, seen_keys)
                 if chain:
                     chains.append(chain)
+            if self.audiences is not None:
+                self._note_members(people)
         finally:
             counts, self._planned_counts = self._planned_counts, collections.Counter()
             with self._settle_lock:
@@ -318,6 +330,27 @@ class Outbox:
                     stats = self.counters(stream)
                     setattr(stats, name, getattr(stats, name) + n)
         return chains
+
+    def _note_members(self, people: list[Person]) -> None:
+        """Every audience row planned holds its person at its version (what Loops holds of it is recorded when Loops
+        accepts it, or was recorded in planning when the ledger shows Loops already has it)."""
+        rows: list[tuple[str, int, str, str, dict[str, Any] | None]] = []
+        for person in people:
+            for h in person.members:
+                if h.op.audience is not None and not h.member and h.op.version is not None:
+                    rows.append((h.op.audience, h.op.version, person.identity, person.key, None))
+        if rows and self.audiences is not None:
+            self.audiences.seen(rows)
+
+    def _held_members(self, person: Person, members: Iterable[Held]) -> None:
+        """Audience rows whose contact values Loops holds (accepted now, or unchanged): members with what they set."""
+        rows = [
+            (h.op.audience, h.op.version, person.identity, person.key, h.op.request.body)
+            for h in members
+            if h.op.audience is not None and h.op.version is not None and h.op.action is Action.UPSERT_CONTACT
+        ]
+        if rows and self.audiences is not None:
+            self.audiences.seen(rows)
 
     def _people(self, held: list[Held]) -> list[Person]:
         """Group by person: a userId; an email-only record joins the one userId that owns its email (in this
@@ -545,17 +578,21 @@ class Outbox:
     ) -> Step | None:
         """The merged update minus what the ledger says Loops holds; None when Loops holds all of it."""
         latest = _latest(updates)
+        if self.audiences is not None and any(h.op.change is not None for h in updates):
+            known = None  # a leave is sent as decided: its settling ends the membership
         if known is not None and self.settings.skip_unchanged:
             if latest is not None and known.seen_at is not None and latest < known.seen_at:
                 # Older than what Loops has (a replay after a crash): it may only add what Loops lacks.
                 body = _missing_from(body, known.hashes)
                 if body.keys() <= IDENTITY_KEYS:
                     self._count(updates[-1].stream, "unchanged")
+                    self._unchanged_members(person, updates)
                     return None
             elif known.fingerprint == fingerprint(body) or all(
                 known.hashes.get(k) == v for k, v in value_hashes(body).items()
             ):
                 self._count(updates[-1].stream, "unchanged")
+                self._unchanged_members(person, updates)
                 if latest is None or (known.seen_at is not None and latest <= known.seen_at):
                     return None
                 # Unchanged but newer: a replay of the rows in between must count as older, so seen_at moves on.
@@ -563,6 +600,13 @@ class Outbox:
                 step.advanced_only = True
                 return step
         return self._update(person, updates, body, latest)
+
+    def _unchanged_members(self, person: Person, updates: list[Held]) -> None:
+        if self.audiences is None:
+            return
+        for h in updates:
+            h.member = h.op.audience is not None
+        self._held_members(person, updates)
 
     @staticmethod
     def _update(person: Person, updates: list[Held], body: dict[str, Any], latest: str | None) -> Step:
@@ -672,7 +716,7 @@ class Outbox:
             # This person's userId alone was refused before and no upsert has been accepted since: no request.
             self._wait(step, waited)
             return True
-        outcome = self._send_for(step.lead.stream, step.request)
+        outcome = self._unknown_leaver(step) or self._send_for(step.lead.stream, step.request)
         if step.fallback is not None and outcome.kind is OutcomeKind.ALREADY_DONE:
             self._settle_costs(step, outcome)
             outcome = self._delete_by_email(step, step.fallback)
@@ -743,6 +787,22 @@ class Outbox:
         finally:
             SENDING_STREAM.reset(token)
 
+    def _unknown_leaver(self, step: Step) -> Outcome | None:
+        """An audience's leave addressed by email alone: Loops would create a contact (subscribed) for an email it
+        does not know (https://loops.so/docs/api-reference/update-contact), say one deleted by hand since. The
+        email is looked up first; no contact means nothing is left to undo. None: send the leave."""
+        body = step.request.body
+        if "userId" in body or "email" not in body or not any(h.op.change is not None for h in step.members):
+            return None
+        query = urllib.parse.urlencode({"email": body["email"]})
+        found = self.sender(LoopsRequest("GET", f"/v1/contacts/find?{query}", {}))
+        if found.kind is not OutcomeKind.DELIVERED:
+            return found if found.kind is not OutcomeKind.PLANNED else None  # a dry run plans the leave itself
+        self._settle_costs(step, found)
+        if isinstance(found.body, list) and found.body:
+            return None
+        return Outcome(OutcomeKind.ALREADY_DONE, status=found.status, message="no contact has this email")
+
     def _settle_costs(self, step: Step, outcome: Outcome) -> None:
         with self._settle_lock:
             stats = self.counters(step.lead.stream)
@@ -769,6 +829,11 @@ class Outbox:
                 for h in step.members:
                     self._reject(h, f"http_{outcome.status}" if outcome.status else "refused", outcome, step.request)
             self._remember(step, kind)
+        if self.audiences is not None:
+            if kind is OutcomeKind.DELIVERED:
+                self._held_members(step.person, step.members)
+            if kind is not OutcomeKind.PLANNED:
+                self.audiences.settled(h.op.change for h in step.members if h.op.change is not None)
 
     def _remember(self, step: Step, kind: OutcomeKind) -> None:
         """Write what Loops accepted to the ledger (never anything it did not).
@@ -877,7 +942,8 @@ def _needs_known(op: Operation) -> bool:
     tell whether an event by email is older than the person's delete (it would recreate the contact), or whether
     a delete is older than what Loops holds."""
     if op.action is Action.SEND_EVENT:
-        return op.email is not None or bool(_contact_writes(op.request.body))
+        # An audience's join or leave event: its settling must not replace what the ledger holds of the contact.
+        return op.email is not None or bool(_contact_writes(op.request.body)) or op.change is not None
     return True  # an update, or a delete (one older than what Loops holds must not be sent)
 
 

@@ -38,6 +38,8 @@ TABLE_COLUMNS = (
     "rate_limited",
     "retries",
 )
+#: Columns the table adds when the run has an audience (a rule with on_leave/on_join).
+AUDIENCE_COLUMNS = ("joined", "left")
 
 
 @dataclass
@@ -63,6 +65,9 @@ class StreamStats:
     left_out: collections.Counter[str] = field(default_factory=collections.Counter)  # partial rejections by reason
     reserved_skipped: collections.Counter[str] = field(default_factory=collections.Counter)  # source key → records
     skipped_calls: collections.Counter[str] = field(default_factory=collections.Counter)  # Segment call type → records
+    audience: bool = False  # the stream's rule has on_leave/on_join
+    joined: int = 0  # people who entered the audience since its last closing
+    left: int = 0  # people who left it at this run's closing (their leave requests are counted as requests)
 
 
 class RunStats:
@@ -105,6 +110,8 @@ def stream_report(stats: StreamStats) -> dict[str, Any]:
         "requests": stats.requests,
         "retries": stats.retried,
         "rate_limited": stats.rate_limited,
+        "joined": stats.joined,
+        "left": stats.left,
     }
 
 
@@ -112,7 +119,8 @@ def run_totals(streams: Iterable[Mapping[str, Any]], sending_seconds: float) -> 
     """The run's totals; the rate is over the time spent sending (per-stream rates mislead: streams share one
     client, and a tiny batch looks fast)."""
     rows = list(streams)
-    totals: dict[str, Any] = {key: sum(r[key] for r in rows) for key in (*TABLE_COLUMNS, "requests", "planned")}
+    keys = (*TABLE_COLUMNS, *AUDIENCE_COLUMNS, "requests", "planned")
+    totals: dict[str, Any] = {key: sum(r.get(key, 0) for r in rows) for key in keys}
     totals["sending_seconds"] = round(sending_seconds, 3)
     totals["requests_per_second"] = round(totals["requests"] / sending_seconds, 2) if sending_seconds > 0 else 0.0
     return totals
@@ -124,6 +132,8 @@ def table_rows(report: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[s
     streams = report["streams"]
     dry = report["dry_run"]
     columns = tuple("planned" if dry and c == "sent" else c for c in TABLE_COLUMNS)
+    if report.get("audiences"):
+        columns += AUDIENCE_COLUMNS
     header = ("stream", "action", *columns)
     body = [(s["stream"], s["action"] or "unmapped", *(f"{s[c]:,}" for c in columns)) for s in streams]
     totals = report["totals"]
@@ -223,6 +233,19 @@ def render_plan(report: Mapping[str, Any], rate: float) -> list[str]:
     lines += event_property_lines(report["event_properties"], report.get("event_definitions"))
     total = report["totals"]["planned"]
     lines.append(f"{plural(total, 'request')} at {rate:g}/s: about {human_duration(total / rate if rate else 0)}")
+    return lines
+
+
+def audience_lines(audiences: Iterable[Mapping[str, Any]], *, dry: bool) -> list[str]:
+    """Per audience: how many joined and left and what leaving does, or why it was not closed (the guard's line)."""
+    lines = []
+    for a in audiences:
+        head = f"audience {a['stream']}: {a['members']:,} member(s)"
+        if a["closed"] and not a["first_sync"]:
+            verb = ("would join", "would leave") if dry else ("joined", "left")
+            lines.append(f"{head}, {a['joined']:,} {verb[0]}, {a['left']:,} {verb[1]} (leaving: {a['on_leave']})")
+        else:
+            lines.append(f"{head}; {a['note']}")
     return lines
 
 

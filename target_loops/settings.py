@@ -221,6 +221,20 @@ class Settings:
         "Exit non-zero when more records than this were rejected in the run (after everything else was delivered "
         "and checkpointed).",
     )
+    max_leave_fraction: float = _setting(
+        0.25,
+        th.NumberType(minimum=0, maximum=1),
+        "Audiences (rules with on_leave): when more than this fraction of an audience's members would leave in one "
+        "closing, no leave is sent for that audience, the run says so in one line and exits non-zero after "
+        "delivering everything else (a table truncated by a failed dbt run must never empty a list). 1 turns the "
+        "guard off.",
+    )
+    leave_guard_min_members: int = _setting(
+        5,
+        th.IntegerType(minimum=0, maximum=1_000_000),
+        "Audiences with fewer members than this are never stopped by max_leave_fraction (one person leaving a "
+        "3-person audience is a third of it).",
+    )
     dry_run: bool = _setting(
         False,
         th.BooleanType(),

@@ -18,6 +18,7 @@ from singer_sdk.sinks import BatchSink
 from singer_sdk.sinks.core import BaseJSONSchemaValidator
 
 from target_loops import defaults, limits
+from target_loops.audience import Audiences, AudienceSpec
 from target_loops.coercion import CoercionError
 from target_loops.operations import Action, LoopsRequest, Operation, Rejection, Skipped
 from target_loops.outbox import Outbox
@@ -41,6 +42,10 @@ class SinkServices:
     outbox: Outbox | None = None  # set when the run starts (after the key check), before any sink exists
     #: Where the record being processed was read ("input line 12", "batch file ... row 3"), for reject messages.
     position: Callable[[], str] | None = None
+    #: The run's audiences (rules with ``on_leave``/``on_join``), set when the run starts; and the ``version`` of the
+    #: RECORD message being processed (an ``ACTIVATE_VERSION`` stream's rows carry one).
+    audiences: Audiences | None = None
+    record_version: Callable[[], Any] | None = None
 
 
 class LoopsSink(BatchSink):
@@ -59,6 +64,11 @@ class LoopsSink(BatchSink):
         #: Why the record being processed is rejected before mapping, as (reason, message), else None.
         self._invalid: tuple[str, str] | None = None
         self._datetime_keys: tuple[str, ...] | None = None
+        audience = AudienceSpec.of(rule)
+        self.audiences = self.services.audiences if audience is not None else None
+        if self.audiences is not None and audience is not None:
+            self.audiences.register(stream_name, audience)
+            self.stats.audience = True
 
     def setup(self) -> None:
         """Check the contact properties and lists the stream's rule can produce against the team, before any of its
@@ -134,8 +144,13 @@ class LoopsSink(BatchSink):
         if isinstance(result, Skipped):
             self.stats.skipped_calls[result.kind] += 1
             return
-        if isinstance(result, Operation) and result.skipped_keys:
-            self._warn_skipped(result.skipped_keys)
+        if isinstance(result, Operation):
+            if result.skipped_keys:
+                self._warn_skipped(result.skipped_keys)
+            if self.audiences is not None:
+                message_version = self.services.record_version() if self.services.record_version else None
+                result.audience = self.stream_name
+                result.version = self.audiences.version_for(self.stream_name, message_version)
         context.setdefault("results", []).append(result)
 
     def process_batch(self, context: dict) -> None:
@@ -146,6 +161,14 @@ class LoopsSink(BatchSink):
         outbox = self.services.outbox
         assert outbox is not None, "the outbox exists once the run has started"
         outbox.add(self.stream_name, self._admit(results))
+
+    def activate_version(self, new_version: int) -> None:
+        """ACTIVATE_VERSION: for an audience, the stream's version to close at a normal end of input; for any other
+        stream nothing (Loops has no table whose old rows could be dropped), quietly."""
+        if self.audiences is not None:
+            self.audiences.activated(self.stream_name, new_version)
+            self.logger.info("Stream %s: ACTIVATE_VERSION %s (the audience closes at the end of input)",
+                             self.stream_name, new_version)  # fmt: skip
 
     # --- internals
 

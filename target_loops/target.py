@@ -31,6 +31,7 @@ from singer_sdk.sinks import Sink
 from singer_sdk.target_base import Target
 
 from target_loops import limits
+from target_loops.audience import Audiences
 from target_loops.batch_files import BatchFileError, UnreadableRow, batch_manifest, display_url, read_rows
 from target_loops.client import BaseUrlError, LoopsAuthError, LoopsClient, LoopsUnavailableError
 from target_loops.event_patterns import EventPatterns
@@ -43,6 +44,7 @@ from target_loops.rejects import RejectsWriter
 from target_loops.report import (
     Progress,
     RunStats,
+    audience_lines,
     event_property_lines,
     plural,
     render_plan,
@@ -79,6 +81,10 @@ class MaxRejectsExceeded(RuntimeError):
     """More records were rejected than ``max_rejects`` allows."""
 
 
+class AudienceGuardError(RuntimeError):
+    """An audience would lose more members than ``max_leave_fraction`` allows; everything else was delivered."""
+
+
 class InputError(RuntimeError):
     """A line of input that is not a Singer message the target can read; the message names the line."""
 
@@ -108,6 +114,7 @@ USER_ERRORS = (
     TeamIdentityError,
     LedgerError,
     InputError,
+    AudienceGuardError,
 )
 
 #: What the SDK raises for a message it cannot use (a missing key, a RECORD before its SCHEMA): a problem of that
@@ -422,6 +429,10 @@ class TargetLoops(Target):
         self._state_held = False
         #: The batch file and row being read while a BATCH message is processed (None for RECORD lines).
         self._batch_row: tuple[str, int] | None = None
+        #: The ``version`` of the RECORD message being processed (rows of an ACTIVATE_VERSION stream carry one).
+        self._record_version: Any = None
+        self.services.record_version = lambda: self._record_version
+        self.audiences: Audiences | None = None
         if isinstance(self.message_reader, LineReader):
             self.message_reader.reject_record = self._reject_unreadable
             self.message_reader.on_stop = self._stop_reading
@@ -568,7 +579,16 @@ class TargetLoops(Target):
                 "" if self.team else " (no team known yet: every row counts as new)",
                 "" if self.client else "; no api_key, so the team's properties are not checked",
             )
+        self.audiences = Audiences(
+            ledger=self.ledger,
+            team=self.team,
+            max_leave_fraction=float(settings.max_leave_fraction),
+            min_members=settings.leave_guard_min_members,
+            dry_run=self.dry_run,
+        )
+        self.services.audiences = self.audiences
         self.outbox = Outbox(
+            audiences=self.audiences,
             settings=OutboxSettings(
                 hold_rows=settings.coalesce_rows,
                 skip_unchanged=settings.skip_unchanged and not settings.full_resync,
@@ -672,6 +692,7 @@ class TargetLoops(Target):
         """
         if self._stop_signal is not None:
             raise StopRequested  # a safe point: the previous record is wholly handed over, this one not begun
+        self._record_version = message_dict.get("version")
         stream = message_dict.get("stream")
         record = message_dict.get("record")
         if not isinstance(record, dict) and "record" in message_dict:
@@ -746,6 +767,39 @@ class TargetLoops(Target):
             return f"batch file {display_url(url)} row {number}"
         return f"input line {getattr(self.message_reader, 'line_number', '?')}"
 
+    def _process_activate_version_message(self, message_dict: dict) -> None:
+        """ACTIVATE_VERSION goes to the stream's sink (an audience closes at that version at a normal end of input),
+        without the SDK's two warnings about a feature that has no other meaning for Loops."""
+        version = message_dict.get("version")
+        stream = message_dict.get("stream")
+        if not isinstance(version, int) or isinstance(version, bool) or not isinstance(stream, str):
+            raise InputError(
+                f"input line {getattr(self.message_reader, 'line_number', '?')}: an ACTIVATE_VERSION needs "
+                f'"stream" (a string) and "version" (an integer), not {stream!r} and {version!r}'
+            )
+        if stream not in self.mapper.stream_maps:
+            self._assert_sink_exists(stream)
+        for stream_map in self.mapper.stream_maps[stream]:
+            if isinstance(stream_map, RemoveRecordTransform):
+                continue
+            self.get_sink(stream_map.stream_alias).activate_version(version)
+
+    def _close_audiences(self) -> None:
+        """At a normal end of input: send everything held, then close the audiences whose version is complete;
+        their leaves and joins go to the outbox, and the final drain sends them before the last STATE."""
+        if self.audiences is None or self.outbox is None or not self.audiences.is_any():
+            return
+        for sink in [*self._sinks_to_clear, *self._sinks_active.values()]:
+            self.drain_one(sink)
+        self.outbox.flush()
+        for stream, ops in self.audiences.close(lambda name: self.stats.for_stream(name, None).rejected):
+            self.outbox.add(stream, ops)
+        for closing in self.audiences.closings:
+            stats = self.stats.for_stream(closing.stream, None)
+            if closing.closed and not closing.first:
+                stats.joined += closing.joined
+                stats.left += closing.left
+
     def _process_schema_message(self, message_dict: dict) -> None:
         self._start()
         super()._process_schema_message(message_dict)
@@ -768,6 +822,7 @@ class TargetLoops(Target):
         """
         completed = False
         try:
+            self._close_audiences()
             super().process_endofpipe()
             if self.outbox is not None and self.outbox.waiting:
                 # Requests still waiting for their person's upsert: one last try now that the whole input is in,
@@ -782,6 +837,8 @@ class TargetLoops(Target):
             raise
         finally:
             self._finish(completed=completed)
+        if self.audiences is not None and self.audiences.problems and not self.dry_run:
+            raise AudienceGuardError("; ".join(self.audiences.problems))
         limit = self.settings.max_rejects
         if limit is not None and self.rejects.count > limit:
             raise MaxRejectsExceeded(
@@ -797,6 +854,7 @@ class TargetLoops(Target):
         self.rejects.close()
         report = self._report(completed)
         lines = render_table(report)
+        lines += audience_lines(report["audiences"], dry=self.dry_run)
         if self.dry_run:
             lines += render_plan(report, float(self.settings.requests_per_second))
         else:
@@ -872,6 +930,7 @@ class TargetLoops(Target):
             "http": dict(http_stats()) if callable(http_stats) else {},
             "event_properties": self.outbox.event_properties if self.outbox is not None else {},
             "event_definitions": self.preflight.events.report() if self.preflight.events is not None else {},
+            "audiences": [c.as_dict() for c in self.audiences.closings] if self.audiences is not None else [],
             "properties": {
                 "created" if not self.dry_run else "would_create": self.preflight.created,
                 "dropped": dict(self.preflight.dropped),

@@ -397,6 +397,7 @@ PINNED_SDK_METHODS = {
     "Target._drain_all": "8160903b0918",
     "Target._write_state_message": "bf40aa5e36eb",
     "Target._handle_termination": "0d610b822293",
+    "Target._process_activate_version_message": "377950028ca9",  # issue 19: to the sink, without its warnings
     "Sink._validate_and_parse": "970aadabcc4d",
     "Sink._parse_timestamps_in_record": "b99dc17613b2",
 }

@@ -132,12 +132,12 @@ def test_the_run_report_schema(make_sandbox: Any, tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     assert set(data) == {"run_id", "started_at", "finished_at", "elapsed_seconds", "completed", "dry_run", "streams",
                          "totals", "http", "event_properties", "event_definitions", "properties", "rejects",
-                         "max_rejects"}  # fmt: skip
+                         "max_rejects", "audiences"}  # fmt: skip
     (stream,) = data["streams"]
     assert set(stream) == {
         "stream", "action", "read", "sent", "planned", "unchanged", "coalesced", "folded", "duplicates", "rejected",
         "rejected_by_reason", "left_out", "skipped", "skipped_calls", "resubscribe_blocked", "reserved_not_sent",
-        "requests", "retries", "rate_limited",
+        "requests", "retries", "rate_limited", "joined", "left",
     }  # fmt: skip
     assert set(TABLE_COLUMNS) <= set(stream)
     assert {"answer_ms_p50", "answer_ms_p95", "in_flight_level"} <= set(data["http"])

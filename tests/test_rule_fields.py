@@ -486,8 +486,9 @@ def test_allowed_keys_are_derived_from_the_table_and_unchanged() -> None:
     upsert = common | options | {"properties", "first_name", "last_name", "user_group", "source", "subscribed"}
     upsert |= {"mailing_lists", "allow_resubscribe"}
     event = common | options | {"event_name", "event_properties", "idempotency_key", "properties", "mailing_lists"}
+    audience = {"on_leave", "on_join", "full_table"}  # issue 19: upsert rules only (tables, not identify calls)
     assert {
-        Action.UPSERT_CONTACT: upsert,
+        Action.UPSERT_CONTACT: upsert | audience,
         Action.SEND_EVENT: event,
         Action.DELETE_CONTACT: common,
         Action.SEGMENT: upsert | event,

@@ -650,3 +650,60 @@ def test_killed_run_resumes_with_nothing_lost_and_no_event_twice(
     assert all(n == 1 for n in accepted.values()), f"an event was accepted twice: {accepted}"
     assert job.rejects() == DAY1_REJECTS | DAY2_REJECTS
     assert ledger_events(warehouse_url) == len(DAY1_EVENTS) + len(DAY2_EVENTS)
+
+
+# --- an audience from a dbt model (issue 19)
+
+BETA_NAMES = ["Ada", "Grace", "Alan", "Hedy", "Edsger", "Barbara"]
+BETA_PEOPLE = [(f"u_b{n}", f"beta{n}@example.com", name) for n, name in enumerate(BETA_NAMES)]
+
+
+def test_a_row_deleted_from_an_audience_table_takes_only_that_person_off_the_list(
+    loops: Sandbox, make_job: Any, warehouse_url: str
+) -> None:
+    """``analytics.beta_users`` (a dbt model) is the Newsletter list: tap-postgres reads it whole (FULL_TABLE) with
+    ``emit_activate_version_messages: true``; after a row is deleted, the next ``meltano run audience-sync`` takes
+    that person off the list and touches nobody else."""
+    import psycopg
+
+    with psycopg.connect(warehouse_url) as conn:
+        conn.execute("CREATE SCHEMA analytics")
+        conn.execute("CREATE TABLE analytics.beta_users (user_id text PRIMARY KEY, email text, first_name text)")
+        for row in BETA_PEOPLE:
+            conn.execute("INSERT INTO analytics.beta_users VALUES (%s, %s, %s)", row)
+    # The audience job's loader inherits target-loops; Meltano names its variables after it.
+    job = make_job(
+        loops,
+        TARGET_LOOPS__AUDIENCE_BASE_URL=loops.url,
+        TARGET_LOOPS__AUDIENCE_API_KEY=SANDBOX_KEY,
+        TARGET_LOOPS__AUDIENCE_REJECTS_PATH=str(loops_rejects := Path(tempfile.mkdtemp()) / "rejects.jsonl"),
+    )
+    command = [str(job.meltano), "--environment=warehouse", "run", "audience-sync"]
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, cwd=REPO, env=job.env(), capture_output=True, text=True, timeout=600, check=False
+        )
+
+    first = run()
+    assert first.returncode == 0, output(first)
+    members = {c["userId"] for c in loops.store.contacts() if c["mailingLists"].get(NEWS)}
+    assert members == {user for user, _, _ in BETA_PEOPLE}
+    assert "ACTIVATE_VERSION message received but not implemented" not in first.stderr
+    before = {c["userId"]: c for c in loops.store.contacts()}
+    mark = len(loops.store.requests())
+
+    with psycopg.connect(warehouse_url) as conn:
+        conn.execute("DELETE FROM analytics.beta_users WHERE user_id = 'u_b2'")
+    second = run()
+    assert second.returncode == 0, output(second)
+    assert writes(loops, mark) == [
+        ("PUT", "/api/v1/contacts/update", {"userId": "u_b2", "mailingLists": {NEWS: False}}, None)
+    ]
+    after = {c["userId"]: c for c in loops.store.contacts()}
+    assert not after["u_b2"]["mailingLists"].get(NEWS)  # off the list (the sandbox shows only lists a contact is on)
+    assert {**after["u_b2"], "mailingLists": None} == {**before["u_b2"], "mailingLists": None}  # the rest untouched
+    assert {k: v for k, v in after.items() if k != "u_b2"} == {k: v for k, v in before.items() if k != "u_b2"}
+    # The ledger (in the warehouse's PostgreSQL) no longer counts u_b2 as a member.
+    assert query(warehouse_url, "SELECT count(*) FROM target_loops_members")[0][0] == len(BETA_PEOPLE) - 1
+    assert not loops_rejects.exists()
