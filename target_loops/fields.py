@@ -26,6 +26,7 @@ from target_loops import defaults
 from target_loops.defaults import FLAT, NESTED
 from target_loops.operations import Action
 from target_loops.serialization import canonical_json
+from target_loops.values import is_blank
 
 
 class RuleError(ValueError):
@@ -266,13 +267,14 @@ class FieldSpec:
             return found or None
         for getter in self.getters:
             value = getter(record)
-            if value is not None and value != "":
+            if value is not None and not (type(value) is str and is_blank(value)):
                 return value
         return None
 
     def holds_null(self, record: Mapping[str, Any]) -> bool:
-        """True when a path is present in ``record`` with a null value (a NULL column, as opposed to no column)."""
-        return any(_present(record, path) for path in self.paths)
+        """True when a path is present in ``record`` with a null value (a NULL column, as opposed to no column);
+        a blank string is not a null here: it never clears (``values.is_blank``)."""
+        return any(_present(record, path) and resolve_path(record, path) is None for path in self.paths)
 
     def top_level_keys(self) -> set[str]:
         """The record keys this spec reads, so that ``"*"`` does not send them a second time."""

@@ -47,6 +47,21 @@ class ValueRejected(Exception):
         self.message = message
 
 
+# --- empty values
+
+
+def is_blank(text: str) -> bool:
+    """True for an empty or whitespace-only string: "nothing known", which target-loops treats like a null.
+
+    Loops clears a property that is sent ``null`` (https://loops.so/docs/contacts/properties) and would store an
+    empty string as the value; a warehouse writes ``""`` (or spaces, from a fixed-width export) where it means
+    nothing. So a blank value is left out of the request and out of the ledger, for every property type, contact and
+    event alike, and ``send_nulls`` (which clears for NULL columns) never turns one into a clear either: as in
+    Loops' own CSV upload, an empty cell does not overwrite (https://loops.so/docs/add-users/csv-upload).
+    """
+    return not text or (text[0].isspace() and not text.strip())
+
+
 # --- booleans
 
 
