@@ -91,6 +91,22 @@ names = sa.Table(
     sa.Column("named_at", sa.Float, nullable=False),
 )
 
+#: People written to a CSV for Loops' web upload (``new_contacts: csv``) and not yet seen in Loops: what the CSV row
+#: carried (hashes, as for ``contacts``) and the file it went to. A later run that finds a sample of them in Loops
+#: moves them to ``contacts`` (the upload is done: only later changes are sent).
+exports = sa.Table(
+    "target_loops_exports",
+    metadata,
+    sa.Column("team", sa.String(64), primary_key=True),
+    sa.Column("identity", sa.String(32), primary_key=True),
+    sa.Column("email", sa.String(32)),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.String(32), nullable=False),
+    sa.Column("seen_at", sa.String(40)),
+    sa.Column("path", sa.String(1000), nullable=False),  # the CSV file the person was written to
+    sa.Column("exported_at", sa.Float, nullable=False),
+)
+
 _LEGACY_CONTACTS = "target_loops_contacts"
 _LEGACY_EVENTS = "target_loops_events"
 
@@ -622,6 +638,97 @@ class Ledger:
             for chunk in _chunks(rows):
                 self._upsert(conn, events, list(chunk), ["team", "key"], ["delivered_at"])
 
+    # --- people exported to a CSV (new_contacts: csv)
+
+    @functools.cached_property
+    def _has_exports(self) -> bool:
+        """False for a ledger opened read only that no run with ``new_contacts: csv`` has written yet."""
+        if not self.available:
+            return False
+        with self._lock, self.engine.connect() as conn:
+            return sa.inspect(conn).has_table(exports.name)
+
+    def exported(self, team: str, identities: Sequence[str]) -> dict[str, str]:
+        """Per identity hash among ``identities`` exported to a CSV and not yet seen in Loops, the file's path."""
+        if not identities or not self._has_exports:
+            return {}
+        found: dict[str, str] = {}
+        with self._lock, self.engine.connect() as conn:
+            for chunk in _chunks(list(set(identities))):
+                query = sa.select(exports.c.identity, exports.c.path).where(
+                    exports.c.team == team, exports.c.identity.in_(chunk)
+                )
+                found.update((identity, path) for identity, path in conn.execute(query))
+        return found
+
+    def pending_exports(self, team: str) -> dict[str, int]:
+        """Per CSV file, how many of the people written to it are not yet confirmed in Loops."""
+        if not self._has_exports:
+            return {}
+        with self._lock, self.engine.connect() as conn:
+            query = sa.select(exports.c.path, sa.func.count()).where(exports.c.team == team).group_by(exports.c.path)
+            return {path: count for path, count in conn.execute(query)}
+
+    def record_exports(self, team: str, path: str, rows: Iterable[ContactRow]) -> int:
+        """Remember people just written to the CSV at ``path`` (after the file is in place); their count."""
+        if self.read_only:
+            return 0
+        now = time.time()
+        written = 0
+        batch: list[dict[str, Any]] = []
+        with self._lock, self.engine.begin() as conn:
+            for row in rows:
+                batch.append(
+                    {
+                        "team": team,
+                        "identity": row.identity,
+                        "email": row.email,
+                        "state": json.dumps(row.state, separators=(",", ":"), sort_keys=True),
+                        "fingerprint": row.fingerprint,
+                        "seen_at": row.seen_at,
+                        "path": path,
+                        "exported_at": now,
+                    }
+                )
+                if len(batch) >= CHUNK:
+                    self._upsert(conn, exports, batch, ["team", "identity"], _EXPORT_COLUMNS)
+                    written += len(batch)
+                    batch = []
+            if batch:
+                self._upsert(conn, exports, batch, ["team", "identity"], _EXPORT_COLUMNS)
+                written += len(batch)
+        return written
+
+    def confirm_exports(self, team: str, missing: Sequence[str] = ()) -> int:
+        """The CSV was uploaded: every exported person of ``team`` becomes a contact Loops holds (with the values the
+        CSV carried), except ``missing`` (looked up and not found: unknown again). Returns how many moved."""
+        if self.read_only or not self._has_exports:
+            return 0
+        with self._lock, self.engine.begin() as conn:
+            for chunk in _chunks(list(missing)):
+                conn.execute(exports.delete().where(exports.c.team == team, exports.c.identity.in_(chunk)))
+            columns = (exports.c.identity, exports.c.email, exports.c.state, exports.c.fingerprint, exports.c.seen_at)
+            rows = conn.execute(sa.select(*columns).where(exports.c.team == team)).all()
+            now = time.time()
+            moved = [
+                {"team": team, "identity": identity, "email": email, "state": state, "fingerprint": print_,
+                 "seen_at": seen_at, "delivered_at": now}
+                for identity, email, state, print_, seen_at in rows
+            ]  # fmt: skip
+            for chunk in _chunks(moved):
+                update = ["email", "state", "seen_at", "fingerprint", "delivered_at"]
+                self._upsert(conn, contacts, list(chunk), ["team", "identity"], update)
+            conn.execute(exports.delete().where(exports.c.team == team))
+        return len(moved)
+
+    def forget_exports(self, team: str, identities: Sequence[str]) -> None:
+        """These people were looked up and are not in Loops: unknown again (``new_contacts`` decides anew)."""
+        if self.read_only or not identities or not self._has_exports:
+            return
+        with self._lock, self.engine.begin() as conn:
+            for chunk in _chunks(list(identities)):
+                conn.execute(exports.delete().where(exports.c.team == team, exports.c.identity.in_(chunk)))
+
     # --- figures
 
     def size(self) -> dict[str, Any]:
@@ -658,6 +765,8 @@ class Ledger:
         )
         conn.execute(statement)
 
+
+_EXPORT_COLUMNS = ["email", "state", "fingerprint", "seen_at", "path", "exported_at"]
 
 #: Queued by ``LedgerWriter.sync``: write what is gathered now instead of at the end of the interval.
 _WRITE_NOW = ("write-now", None)
