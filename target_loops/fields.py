@@ -206,7 +206,8 @@ FIELDS: tuple[RuleField, ...] = (
     _row("camel_case", None, _PROPERTY_SETS, Kind.SWITCH,
          "Send `first_name` as `firstName` (default: true for `\"*\"`, false for a path)."),
     _row("send_nulls", None, _PROPERTY_SETS, Kind.SWITCH,
-         "Send a NULL column as `null`, which clears the property in Loops (default false: left out)."),
+         "Send a NULL column as `null`, which clears the property in Loops (default false: left out). An empty "
+         "or blank string is never a clear: it is left out either way."),
     _row("order_by", None, _MAPPED, Kind.ORDER,
          "The record's time, which orders the updates of one contact.", ["timestamp"], ["timestamp"]),
 )  # fmt: skip
