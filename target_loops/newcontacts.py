@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from target_loops.client import LoopsUnavailableError
 from target_loops.ledger import ContactRow, ContactState, Ledger, LedgerWriter, fingerprint, keyed_hash, value_hashes
 from target_loops.operations import Action
 
@@ -54,6 +55,10 @@ UPLOAD_PENDING_EXIT = 3
 #: What a "Contact added" loop is, for the warnings (https://loops.so/docs/loop-builder/loop-triggers).
 CONTACT_ADDED = 'starts the team\'s "Contact added" loops'
 _FIND = "/v1/contacts/find"
+_NOT_FOUND = (
+    "Loops has no contact with this person's userId or email, and new_contacts: skip creates nobody; replay this line "
+    "once the contact exists (or with new_contacts: create)"
+)
 _AFTER_UPLOAD = "replay this line after the upload (or leave it out with max_event_age_hours)"
 
 
@@ -143,8 +148,8 @@ class NewContacts:
         kept = {id(p) for p in people}
         exported = ledger.exported(team, [p.identity for p in candidates]) if ledger is not None else {}
         if exported:
-            candidates = self._screen_exported(outbox, [p for p in candidates if p.identity in exported], exported,
-                                               candidates, kept)  # fmt: skip
+            earlier = [p for p in candidates if p.identity in exported]
+            candidates = self._screen_exported(outbox, earlier, exported, candidates, kept)
         new = [p for p in candidates if id(p) in kept and not _exists(p.known)]
         fresh = [p for p in new if p.identity not in self.unknown]
         self.unknown.update(p.identity for p in new)
@@ -211,8 +216,8 @@ class NewContacts:
             path = paths[person.identity]
             self.pending_paths[path] += 1
             for h in person.members:
-                self._hold(outbox, h, PENDING_IMPORT, f"upload {path} in Loops first: this person was exported to it "
-                           "and is not in Loops yet; replay this line after the upload")  # fmt: skip
+                message = f"upload {path} in Loops first: this person was exported to it and is not in Loops yet"
+                self._hold(outbox, h, PENDING_IMPORT, f"{message}; replay this line after the upload")
             kept.discard(id(person))
         return [p for p in candidates if id(p) in kept]
 
@@ -232,9 +237,7 @@ class NewContacts:
             self.not_found.add(person.identity)
             kept.discard(id(person))
             for h in person.members:
-                self._hold(outbox, h, NOT_IN_LOOPS, "Loops has no contact with this person's userId or email, and "
-                           "new_contacts: skip creates nobody; replay this line once the contact exists (or with "
-                           "new_contacts: create)")  # fmt: skip
+                self._hold(outbox, h, NOT_IN_LOOPS, _NOT_FOUND)
         if writer is not None and rows:
             writer.contacts(rows)  # the lookup, cached: found people are known from now on
 
@@ -255,8 +258,14 @@ class NewContacts:
             answer = self.finder(f"{_FIND}?{urllib.parse.urlencode({name: value})}")
             with self._lock:
                 self.looked_up += 1
+            if isinstance(answer, dict):
+                answer = [answer] if answer.get("id") or answer.get("email") or answer.get("userId") else []
             if not isinstance(answer, list):
-                raise ValueError(f"GET {_FIND} answered {type(answer).__name__}, not an array")
+                # Loops answers an array (empty when nobody matches): anything else is not an answer to trust.
+                raise LoopsUnavailableError(
+                    f"GET {_FIND} answered {type(answer).__name__}, not an array of contacts; nothing was sent for "
+                    "the people it was asked about"
+                )
             if answer:
                 with self._lock:
                     self.found += 1
@@ -280,8 +289,8 @@ class NewContacts:
             else:
                 writes = body
                 if "mailingLists" in body:
-                    self._hold(outbox, h, PENDING_IMPORT, f"exported to {where}, but a CSV upload cannot set mailing "
-                               "lists per contact: replay this line after the upload to set them")  # fmt: skip
+                    message = f"exported to {where}, but a CSV upload cannot set mailing lists per contact"
+                    self._hold(outbox, h, PENDING_IMPORT, f"{message}: replay this line after the upload to set them")
                 else:
                     outbox.count(h.stream, "exported")
             for key, value in writes.items():
@@ -319,9 +328,8 @@ class NewContacts:
         target.parent.mkdir(parents=True, exist_ok=True)
         columns = [c for c in FIRST_COLUMNS if c in self.columns] + sorted(self.columns - set(FIRST_COLUMNS))
         handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - moved into place or removed below
-            "w", encoding="utf-8", newline="", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
-            delete=False,
-        )  # fmt: skip
+            "w", encoding="utf-8", newline="", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
+        )
         try:
             with handle:
                 out = csv.writer(handle)

@@ -589,7 +589,7 @@ class TargetLoops(Target):
         """The preflight's word on new contacts: what the policy does, and any CSV still waiting for its upload."""
         policy = self.settings.new_contacts
         if policy == "create":
-            self.logger.warning(
+            self.logger.info(
                 "new_contacts: create: each person Loops does not have is created through the API, which %s; the "
                 "run counts the people unknown to the ledger (set new_contacts: skip or csv to create nobody)",
                 CONTACT_ADDED,
