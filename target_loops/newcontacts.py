@@ -129,6 +129,7 @@ class NewContacts:
         self.pending_paths: collections.Counter[str] = collections.Counter()  # path → people held back
         self.confirmed = 0
         self._lookups: dict[str, bool] = {}
+        self._missing: set[str] = set()  # exported people of the sample that Loops does not have
         self._warned = False
         self._lock = threading.Lock()
 
@@ -187,6 +188,7 @@ class NewContacts:
             elif any(found.values()):
                 self.uploaded = True
                 missing = [p.identity for p in sample if not found[p.identity]]
+                self._missing.update(missing)
                 self.confirmed = ledger.confirm_exports(outbox.team, missing)
                 logger.info(
                     "%d of %d people looked up from %s are in Loops: the upload is done; %d exported people now count "
@@ -209,6 +211,8 @@ class NewContacts:
         if self.uploaded:
             states = outbox.ledger.contact_states(outbox.team, [p.identity for p in exported])
             for person in exported:
+                if person.identity in self._missing:
+                    continue  # looked up and not found: new again, for the policy to decide
                 # A dry run's ledger is read only: there the uploaded values are not known, only that Loops has them.
                 person.known = states.get(person.identity) or ContactState("{}", None, "")
             return candidates

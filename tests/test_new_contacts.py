@@ -190,3 +190,27 @@ def test_create_counts_the_people_unknown_to_the_ledger_once(tmp_path: Path) -> 
     assert policy.report()["unknown_to_ledger"] == 2
     assert len(loops.store.created_through_api()) == 2
     assert any("Contact added" in line and "new_contacts" in line for line in policy.lines())
+
+
+def test_an_exported_person_the_upload_missed_is_new_again(tmp_path: Path) -> None:
+    loops, ledger, path = export_then(tmp_path, upload=False)
+    text = path.read_text().splitlines()
+    loops.store.upload_csv("\n".join([text[0], *(line for line in text[1:] if "p3@" not in line)]) + "\n")
+    outbox, _, _, policy = make(loops, ledger, "create")
+    for n in range(30):
+        outbox.add("identify", [op("identify", identify(f"u{n}", f"p{n}@x.io", plan="free"))])
+    outbox.flush()
+    outbox.close()
+    assert [r.body["userId"] for r in loops.seen] == ["u3"]  # the one the upload left out; the rest unchanged
+    assert policy.report()["confirmed_uploaded"] == 29
+
+
+def test_a_dry_run_writes_no_csv(tmp_path: Path) -> None:
+    loops = ModelLoops()
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}", read_only=True)
+    outbox, _, _, policy = make(loops, ledger, "csv", path=str(tmp_path / "new.csv"), dry_run=True)
+    outbox.add("identify", [op("identify", identify("u1", "ada@x.io"))])
+    outbox.flush()
+    outbox.close()
+    assert policy.write(ledger, TEAM) is None and not (tmp_path / "new.csv").exists()
+    assert policy.report()["exported"] == 1 and loops.seen == []
