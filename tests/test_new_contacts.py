@@ -196,13 +196,15 @@ def test_an_exported_person_the_upload_missed_is_new_again(tmp_path: Path) -> No
     loops, ledger, path = export_then(tmp_path, upload=False)
     text = path.read_text().splitlines()
     loops.store.upload_csv("\n".join([text[0], *(line for line in text[1:] if "p3@" not in line)]) + "\n")
-    outbox, _, _, policy = make(loops, ledger, "create")
+    outbox, _, rejects, policy = make(loops, ledger, "skip")
     for n in range(30):
         outbox.add("identify", [op("identify", identify(f"u{n}", f"p{n}@x.io", plan="free"))])
     outbox.flush()
     outbox.close()
-    assert [r.body["userId"] for r in loops.seen] == ["u3"]  # the one the upload left out; the rest unchanged
-    assert policy.report()["confirmed_uploaded"] == 29
+    # The rest is unchanged; the one the upload left out goes through new_contacts again (skip: held back).
+    assert loops.seen == [] and loops.store.created_through_api() == []
+    assert [(line["record"]["userId"], line["reason"]) for line in rejects.lines] == [("u3", NOT_IN_LOOPS)]
+    assert policy.report()["confirmed_uploaded"] == 29 and policy.report()["unknown_to_ledger"] == 1
 
 
 def test_a_dry_run_writes_no_csv(tmp_path: Path) -> None:
