@@ -276,7 +276,7 @@ def scalar(value: Any, where: str) -> Any:
 
 
 def mailing_lists(value: Any, partial: list[tuple[str, str]]) -> dict[str, bool]:
-    """``{listId: bool}`` with nulls left out (a NULL warehouse column says nothing about the list).
+    """``{listId: bool}`` with nulls and blanks left out (a NULL or empty warehouse cell says nothing about the list).
 
     A flag that is not a boolean drops that list only (appended to ``partial``), as Loops' own Segment destination
     drops just the bad entry: the contact and its other lists are still sent. Values must be booleans
@@ -290,7 +290,7 @@ def mailing_lists(value: Any, partial: list[tuple[str, str]]) -> dict[str, bool]
         )
     lists: dict[str, bool] = {}
     for key, flag in value.items():
-        if flag is None:
+        if flag is None or (type(flag) is str and is_blank(flag)):
             continue
         list_id = str(key)
         read = read_boolean(flag)

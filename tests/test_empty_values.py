@@ -85,3 +85,10 @@ def test_the_preflight_never_turns_a_value_into_a_clear() -> None:
     out = {"userId": "u1", "logins": " ", "vip": "", "renewsAt": "", "plan": "pro"}
     preflight().enforce(out, "s")
     assert out == {"userId": "u1", "plan": "pro"}
+
+
+def test_an_empty_mailing_list_cell_says_nothing_about_the_list() -> None:
+    op = run("identifies", {"id": "m1", "user_id": "u1", "email": "a@example.com", "mailing_lists_news": "",
+                            "mailing_lists_promo": "true"})  # fmt: skip
+    assert op.request.body["mailingLists"] == {"promo": True}
+    assert op.partial == ()  # not a "not true or false" line in the rejects file
