@@ -3,10 +3,12 @@
 The same input goes through target-loops twice, alternately, against one sandbox that has the team's properties:
 the dry run (``dry_run: true``, the default ``new_contacts: create``: the plan of an import through the API) and
 the real run with ``new_contacts: csv``, which writes every person unknown to the ledger to one CSV for Loops' upload
-instead of sending a request. Each run starts from an empty ledger. Reported: rows/s of both (the CSV run must be no
-slower than the dry run), the write requests the sandbox received during the CSV run (must be 0), its peak RSS
-(must be under 500 MB), the CSV's rows (must be 200,000), and what the same import would take through the API at 10
-requests/s (one request per person: 200,000 people, about 5.6 hours; 1,000,000 people, about 28 hours).
+instead of sending a request. Each run starts from an empty ledger. Reported: rows/s of both, by the wall clock and
+per CPU second of the process (the CSV run must be no slower than the dry run; per CPU second, because the machine is
+shared and two runs minutes apart meet different loads), the write requests the sandbox received during the CSV
+run (must be 0), its peak RSS (must be under 500 MB), the CSV's rows (must be 200,000), and what the same import
+would take through the API at 10 requests/s (one request per person: 200,000 people, about 5.6 hours; 1,000,000
+people, about 28 hours).
 
 The rows are Segment ``identifies`` rows (``bench/gen.py``), five per person, spread through the input as a
 warehouse returns them, without the ``mailing_lists_*`` column: a CSV upload sets lists for a whole file in Loops'
@@ -59,6 +61,7 @@ def main() -> None:
             gen.write(data, {"identifies": schema}, rows(n, people), state_every=10_000)
             c.say(f"input: {n:,} rows, {data.stat().st_size / 1e6:.0f} MB")
             walls: dict[str, list[float]] = {"dry run": [], "csv": []}
+            cpus: dict[str, list[float]] = {"dry run": [], "csv": []}
             peaks: dict[str, int] = {"dry run": 0, "csv": 0}
             csv_writes: list[int] = []
             csv_rows = 0
@@ -81,8 +84,12 @@ def main() -> None:
                     before = len(c.writes(sandbox.store.requests()))
                     proc = c.run(c.loops_argv(config, data), cwd=wd.path, log_name=f"{name[:3]}-{run}").check()
                     walls[name].append(proc.wall)
+                    cpus[name].append(proc.extra["cpu"])
                     peaks[name] = max(peaks[name], proc.maxrss_kb)
-                    c.say(f"  {name}: {proc.wall:.1f}s, {n / proc.wall:,.0f} rows/s, peak RSS {c.mib(proc.maxrss_kb)}")
+                    c.say(
+                        f"  {name}: {proc.wall:.1f}s, {n / proc.wall:,.0f} rows/s; {proc.extra['cpu']:.1f} CPU s, "
+                        f"{n / proc.extra['cpu']:,.0f} rows per CPU s; peak RSS {c.mib(proc.maxrss_kb)}"
+                    )
                     if name == "csv":
                         csv_writes.append(len(c.writes(sandbox.store.requests())) - before)
                         with out.open(newline="", encoding="utf-8") as handle:
@@ -93,18 +100,22 @@ def main() -> None:
         sandbox.stop()
 
     dry, wrote = n / c.median(walls["dry run"]), n / c.median(walls["csv"])
+    dry_cpu, wrote_cpu = n / c.median(cpus["dry run"]), n / c.median(cpus["csv"])
     through_api = people / 10
     table = [
-        ("dry run (new_contacts: create)", f"{dry:,.0f}", c.mib(peaks["dry run"]), "-", "-"),
-        ("new_contacts: csv", f"{wrote:,.0f}", c.mib(peaks["csv"]), str(max(csv_writes)), f"{csv_rows:,}"),
-    ]
+        ("dry run (new_contacts: create)", f"{dry:,.0f}", f"{dry_cpu:,.0f}", c.mib(peaks["dry run"]), "-", "-"),
+        ("new_contacts: csv", f"{wrote:,.0f}", f"{wrote_cpu:,.0f}", c.mib(peaks["csv"]), str(max(csv_writes)),
+         f"{csv_rows:,}"),
+    ]  # fmt: skip
     c.say("")
-    c.say(c.table(table, ["run", "rows/s", "peak RSS", "write requests", "CSV rows"]))
-    ok = wrote >= dry and max(csv_writes) == 0 and peaks["csv"] < LIMIT_MB * 1024 and csv_rows == people
+    c.say(c.table(table, ["run", "rows/s", "rows per CPU s", "peak RSS", "write requests", "CSV rows"]))
+    # The rate compared is per CPU second: on this shared machine the two runs meet different loads.
+    ok = wrote_cpu >= dry_cpu and max(csv_writes) == 0 and peaks["csv"] < LIMIT_MB * 1024 and csv_rows == people
     c.say("")
     c.say(
         f"RESULT first import: CSV of {csv_rows:,} people in {c.median(walls['csv']):.0f} s ({wrote:,.0f} rows/s, "
-        f"{wrote / dry:.2f}x the dry run's {dry:,.0f}); {max(csv_writes)} write requests; peak RSS "
+        f"{wrote_cpu:,.0f} per CPU s: {wrote_cpu / dry_cpu:.2f}x the dry run's {dry_cpu:,.0f}; wall "
+        f"{wrote / dry:.2f}x); {max(csv_writes)} write requests; peak RSS "
         f"{c.mib(peaks['csv'])}; through the API at 10/s: {through_api / 3600:.1f} h for these {people:,} people. "
         f"Goals (>= dry run, 0 writes, < {LIMIT_MB} MB, one row per person): {'met' if ok else 'NOT met'}"
     )
