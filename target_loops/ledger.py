@@ -14,6 +14,7 @@ Storage is any SQLAlchemy URL: SQLite by default, PostgreSQL for runners without
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -31,7 +32,7 @@ import platformdirs
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from target_loops.serialization import canonical_json
+from target_loops.serialization import _SCALARS, _SORTED, canonical_json
 
 logger = logging.getLogger("target_loops.ledger")
 
@@ -163,6 +164,11 @@ def value_hashes(body: dict[str, Any]) -> dict[str, str]:
 
 
 def _short_hash(value: Any) -> str:
+    if type(value) in _SCALARS:
+        try:  # the bytes of canonical_json(value), without building the text (a first import hashes millions)
+            return hashlib.blake2b(_SORTED.encode(value), digest_size=8).hexdigest()
+        except UnicodeEncodeError:  # a lone surrogate: canonical_json writes it its own way
+            pass
     return hashlib.blake2b(canonical_json(value).encode("utf-8"), digest_size=8).hexdigest()
 
 
@@ -671,34 +677,46 @@ class Ledger:
 
     def record_exports(self, team: str, path: str, rows: Iterable[ContactRow]) -> int:
         """Remember people just written to the CSV at ``path`` (after the file is in place); their count."""
-        if self.read_only:
-            return 0
+        with self.exporting(team, path) as add:
+            for row in rows:
+                add(row)
+        return int(add.count)  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def exporting(self, team: str, path: str) -> Iterator[Callable[[ContactRow], None]]:
+        """A transaction that remembers people as exported to ``path``: ``add(row)`` for each, committed when the
+        block ends without an error (the CSV is moved into place inside it: no file, no rows; no rows, the file is
+        exported again by the next run)."""
         now = time.time()
-        written = 0
         batch: list[dict[str, Any]] = []
         statement = self._upsert_many(exports, ["team", "identity"], _EXPORT_COLUMNS)
+
+        def add(row: ContactRow) -> None:
+            batch.append(
+                {
+                    "team": team,
+                    "identity": row.identity,
+                    "email": row.email,
+                    "state": json.dumps(row.state, separators=(",", ":"), sort_keys=True),
+                    "fingerprint": row.fingerprint,
+                    "seen_at": row.seen_at,
+                    "path": path,
+                    "exported_at": now,
+                }
+            )
+            add.count += 1  # type: ignore[attr-defined]
+            if len(batch) >= 10_000:
+                conn.execute(statement, batch)
+                batch.clear()
+
+        add.count = 0  # type: ignore[attr-defined]
+        if self.read_only:
+            yield lambda row: None
+            return
         with self._lock, self.engine.begin() as conn:
-            for row in rows:
-                batch.append(
-                    {
-                        "team": team,
-                        "identity": row.identity,
-                        "email": row.email,
-                        "state": json.dumps(row.state, separators=(",", ":"), sort_keys=True),
-                        "fingerprint": row.fingerprint,
-                        "seen_at": row.seen_at,
-                        "path": path,
-                        "exported_at": now,
-                    }
-                )
-                if len(batch) >= 10_000:
-                    conn.execute(statement, batch)
-                    written += len(batch)
-                    batch = []
+            yield add
             if batch:
                 conn.execute(statement, batch)
-                written += len(batch)
-        return written
 
     def _upsert_many(self, table: sa.Table, keys: list[str], update: list[str]) -> Any:
         """One INSERT … ON CONFLICT DO UPDATE statement with bound parameters, to execute with many rows at once

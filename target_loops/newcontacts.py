@@ -23,6 +23,7 @@ nothing for them (their records go to the rejects file, ``pending_import``), and
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -31,7 +32,6 @@ import os
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -334,23 +334,30 @@ class NewContacts:
         handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - moved into place or removed below
             "w", encoding="utf-8", newline="", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
         )
+        path = str(target.resolve())
+        remember = (
+            ledger.exporting(team, path) if ledger is not None and team is not None else contextlib.nullcontext(None)
+        )
         try:
-            with handle:
+            # One pass: each row goes to the file and to the ledger's transaction, committed once the file is in
+            # place (no file, no rows; rows without their file cannot be, since the move comes first).
+            with remember as add, handle:
                 out = csv.writer(handle)
                 out.writerow(columns)
-                for _, _, text in self.rows.values():
+                for identity, (email_hash, latest, text) in self.rows.items():
                     values = json.loads(text)
                     out.writerow([_cell(values.get(c)) for c in columns])
+                    if add is not None:
+                        add(ContactRow(identity, email_hash, value_hashes(values), latest, fingerprint(values)))
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(handle.name, target)
+                handle.close()
+                os.replace(handle.name, target)
         except BaseException:
             Path(handle.name).unlink(missing_ok=True)
             raise
-        self.written_path = str(target.resolve())
+        self.written_path = path
         self.written_rows = len(self.rows)
-        if ledger is not None and team is not None:
-            ledger.record_exports(team, self.written_path, self._ledger_rows())
         logger.warning(
             "%d new contacts written to %s: upload it in Loops (Audience → Import → Upload CSV), then run again; "
             "their events are in the rejects file (%s)",
@@ -359,11 +366,6 @@ class NewContacts:
             PENDING_IMPORT,
         )
         return self.written_path
-
-    def _ledger_rows(self) -> Iterator[ContactRow]:
-        for identity, (email_hash, latest, text) in self.rows.items():
-            values = json.loads(text)
-            yield ContactRow(identity, email_hash, value_hashes(values), latest, fingerprint(values))
 
     # --- what the run says
 
