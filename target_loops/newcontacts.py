@@ -118,9 +118,9 @@ class NewContacts:
         self.found = 0
         self.not_found: set[str] = set()
         self.held: collections.Counter[str] = collections.Counter()  # reason → records held back
-        #: csv: per identity, [email hash, latest record time, the merged values as compact JSON]: kept as text,
+        #: csv: per identity, (email hash, latest record time, the merged values as compact JSON): kept as text,
         #: since a first import holds hundreds of thousands of people until the end of the run.
-        self.rows: dict[str, list[Any]] = {}
+        self.rows: dict[str, tuple[str | None, str | None, str]] = {}
         self.columns: set[str] = set()
         self.written_path: str | None = None
         self.written_rows = 0
@@ -306,7 +306,8 @@ class NewContacts:
         if isinstance(email, str):
             email_hash = keyed_hash(outbox.team, email.lower()) if outbox.ledger is not None else None
         self.columns.update(values)
-        self.rows[person.identity] = [email_hash, latest, json.dumps(values, separators=(",", ":"))]
+        # A tuple of strings: the garbage collector stops tracking it, so 200,000 of them cost no collection time.
+        self.rows[person.identity] = (email_hash, latest, json.dumps(values, separators=(",", ":")))
 
     def _hold(self, outbox: Any, h: Any, reason: str, message: str) -> None:
         self.held[reason] += 1
