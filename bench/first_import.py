@@ -110,14 +110,16 @@ def main() -> None:
     c.say("")
     c.say(c.table(table, ["run", "rows/s", "rows per CPU s", "peak RSS", "write requests", "CSV rows"]))
     # The rate compared is per CPU second: on this shared machine the two runs meet different loads.
-    ok = wrote_cpu >= dry_cpu and max(csv_writes) == 0 and peaks["csv"] < LIMIT_MB * 1024 and csv_rows == people
+    ok = max(csv_writes) == 0 and peaks["csv"] < LIMIT_MB * 1024 and csv_rows == people
     c.say("")
     c.say(
         f"RESULT first import: CSV of {csv_rows:,} people in {c.median(walls['csv']):.0f} s ({wrote:,.0f} rows/s, "
         f"{wrote_cpu:,.0f} per CPU s: {wrote_cpu / dry_cpu:.2f}x the dry run's {dry_cpu:,.0f}; wall "
         f"{wrote / dry:.2f}x); {max(csv_writes)} write requests; peak RSS "
         f"{c.mib(peaks['csv'])}; through the API at 10/s: {through_api / 3600:.1f} h for these {people:,} people. "
-        f"Goals (>= dry run, 0 writes, < {LIMIT_MB} MB, one row per person): {'met' if ok else 'NOT met'}"
+        f"Goals: 0 writes, < {LIMIT_MB} MB, one row per person: {'met' if ok else 'NOT met'}; no slower than the dry "
+        f"run: {'met' if wrote >= dry else 'NOT met'} by the wall clock, {'met' if wrote_cpu >= dry_cpu else 'NOT met'}"
+        " per CPU second"
     )
 
 
