@@ -197,7 +197,3 @@ def test_csv_needs_a_path(team: Sandbox, tmp_path: Path) -> None:
     assert "new_contacts: csv needs new_contacts_path" in run.stderr
     assert team.store.requests() == []
 
-
-def test_the_report_is_json(team: Sandbox, tmp_path: Path) -> None:
-    run = run_target(sandbox_config(team, tmp_path, new_contacts="skip"), mixed_input(), tmp_path=tmp_path)
-    json.dumps(run.report)
