@@ -196,4 +196,3 @@ def test_csv_needs_a_path(team: Sandbox, tmp_path: Path) -> None:
     assert run.returncode == 1
     assert "new_contacts: csv needs new_contacts_path" in run.stderr
     assert team.store.requests() == []
-
