@@ -226,6 +226,9 @@ def run(
         with contextlib.suppress(OSError, ValueError, IndexError):
             maxrss = int(rss.read_text().split()[-1])
     result = Proc(list(argv), proc.returncode, wall, maxrss, out, err)
+    # CPU seconds of the process and what it waited for (GNU time waits for the target): on a shared machine,
+    # a rate per CPU second compares two runs that met different loads.
+    result.extra["cpu"] = usage.ru_utime + usage.ru_stime
     if killed:
         result.extra["killed"] = killed["reason"]
     return result

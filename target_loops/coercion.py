@@ -36,17 +36,18 @@ class CoercionError(ValueError):
 
 
 def coerce(name: str, value: Any, loops_type: str) -> Any:
-    """``value`` as the JSON Loops expects for a ``loops_type`` property; None stays None (a clear)."""
+    """``value`` as the JSON Loops expects for a ``loops_type`` property; None stays None (a clear). A blank string
+    (any type) gives None too: the preflight then leaves the key out, since a ``null`` would clear Loops' value."""
     if value is None:
         return None
     if isinstance(value, decimal.Decimal):
         if not value.is_finite():
             raise CoercionError(f"property {name!r}: {value} is not a {loops_type} (not a finite number)")
         value = json_number(value)
+    if isinstance(value, str) and not value.strip():
+        return None  # an empty cell says nothing: the caller leaves it out, never sends it as a clear
     if loops_type == "string":
         return _to_string(value)
-    if isinstance(value, str) and not value.strip():
-        return None  # an empty cell says nothing about a number, a flag or a date
     try:
         if loops_type == "number":
             return _to_number(value)

@@ -27,6 +27,7 @@ from target_loops import defaults
 from target_loops.defaults import FLAT, NESTED
 from target_loops.operations import Action
 from target_loops.serialization import canonical_json
+from target_loops.values import is_blank
 
 
 class RuleError(ValueError):
@@ -212,7 +213,8 @@ FIELDS: tuple[RuleField, ...] = (
     _row("camel_case", None, _PROPERTY_SETS, Kind.SWITCH,
          "Send `first_name` as `firstName` (default: true for `\"*\"`, false for a path)."),
     _row("send_nulls", None, _PROPERTY_SETS, Kind.SWITCH,
-         "Send a NULL column as `null`, which clears the property in Loops (default false: left out)."),
+         "Send a NULL column as `null`, which clears the property in Loops (default false: left out). An empty "
+         "or blank string is never a clear: it is left out either way."),
     _row("order_by", None, _MAPPED, Kind.ORDER,
          "The record's time, which orders the updates of one contact.", ["timestamp"], ["timestamp"]),
     _row("on_leave", None, [UPSERT], Kind.AUDIENCE,
@@ -286,13 +288,14 @@ class FieldSpec:
             return found or None
         for getter in self.getters:
             value = getter(record)
-            if value is not None and value != "":
+            if value is not None and not (type(value) is str and is_blank(value)):
                 return value
         return None
 
     def holds_null(self, record: Mapping[str, Any]) -> bool:
-        """True when a path is present in ``record`` with a null value (a NULL column, as opposed to no column)."""
-        return any(_present(record, path) for path in self.paths)
+        """True when a path is present in ``record`` with a null value (a NULL column, as opposed to no column);
+        a blank string is not a null here: it never clears (``values.is_blank``)."""
+        return any(_present(record, path) and resolve_path(record, path) is None for path in self.paths)
 
     def top_level_keys(self) -> set[str]:
         """The record keys this spec reads, so that ``"*"`` does not send them a second time."""

@@ -14,6 +14,7 @@ Storage is any SQLAlchemy URL: SQLite by default, PostgreSQL for runners without
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -31,7 +32,7 @@ import platformdirs
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from target_loops.serialization import canonical_json
+from target_loops.serialization import _SCALARS, _SORTED, canonical_json
 
 logger = logging.getLogger("target_loops.ledger")
 
@@ -131,6 +132,22 @@ class MemberRow(NamedTuple):
     held: str | None
 
 
+#: People written to a CSV for Loops' web upload (``new_contacts: csv``) and not yet seen in Loops: what the CSV row
+#: carried (hashes, as for ``contacts``) and the file it went to. A later run that finds a sample of them in Loops
+#: moves them to ``contacts`` (the upload is done: only later changes are sent).
+exports = sa.Table(
+    "target_loops_exports",
+    metadata,
+    sa.Column("team", sa.String(64), primary_key=True),
+    sa.Column("identity", sa.String(32), primary_key=True),
+    sa.Column("email", sa.String(32)),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.String(32), nullable=False),
+    sa.Column("seen_at", sa.String(40)),
+    sa.Column("path", sa.String(1000), nullable=False),  # the CSV file the person was written to
+    sa.Column("exported_at", sa.Float, nullable=False),
+)
+
 _LEGACY_CONTACTS = "target_loops_contacts"
 _LEGACY_EVENTS = "target_loops_events"
 
@@ -187,6 +204,11 @@ def value_hashes(body: dict[str, Any]) -> dict[str, str]:
 
 
 def _short_hash(value: Any) -> str:
+    if type(value) in _SCALARS:
+        try:  # the bytes of canonical_json(value), without building the text (a first import hashes millions)
+            return hashlib.blake2b(_SORTED.encode(value), digest_size=8).hexdigest()
+        except UnicodeEncodeError:  # a lone surrogate: canonical_json writes it its own way
+            pass
     return hashlib.blake2b(canonical_json(value).encode("utf-8"), digest_size=8).hexdigest()
 
 
@@ -792,6 +814,118 @@ class Ledger:
                 ),
                 [{"a": a, "i": i} for a, i in rows],
             )
+    # --- people exported to a CSV (new_contacts: csv)
+
+    @functools.cached_property
+    def _has_exports(self) -> bool:
+        """False for a ledger opened read only that no run with ``new_contacts: csv`` has written yet."""
+        if not self.available:
+            return False
+        with self._lock, self.engine.connect() as conn:
+            return sa.inspect(conn).has_table(exports.name)
+
+    def exported(self, team: str, identities: Sequence[str]) -> dict[str, str]:
+        """Per identity hash among ``identities`` exported to a CSV and not yet seen in Loops, the file's path."""
+        if not identities or not self._has_exports:
+            return {}
+        found: dict[str, str] = {}
+        with self._lock, self.engine.connect() as conn:
+            for chunk in _chunks(list(set(identities))):
+                query = sa.select(exports.c.identity, exports.c.path).where(
+                    exports.c.team == team, exports.c.identity.in_(chunk)
+                )
+                found.update((identity, path) for identity, path in conn.execute(query))
+        return found
+
+    def pending_exports(self, team: str) -> dict[str, int]:
+        """Per CSV file, how many of the people written to it are not yet confirmed in Loops."""
+        if not self._has_exports:
+            return {}
+        with self._lock, self.engine.connect() as conn:
+            query = sa.select(exports.c.path, sa.func.count()).where(exports.c.team == team).group_by(exports.c.path)
+            return {path: count for path, count in conn.execute(query)}
+
+    def record_exports(self, team: str, path: str, rows: Iterable[ContactRow]) -> int:
+        """Remember people just written to the CSV at ``path`` (after the file is in place); their count."""
+        with self.exporting(team, path) as add:
+            for row in rows:
+                add(row)
+        return int(add.count)  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def exporting(self, team: str, path: str) -> Iterator[Callable[[ContactRow], None]]:
+        """A transaction that remembers people as exported to ``path``: ``add(row)`` for each, committed when the
+        block ends without an error (the CSV is moved into place inside it: no file, no rows; no rows, the file is
+        exported again by the next run)."""
+        now = time.time()
+        batch: list[tuple[Any, ...]] = []
+        # Plain SQL on the driver (as ``contact_states`` does): SQLAlchemy's per-row parameter handling cost as
+        # much as the insert itself for a first import's hundreds of thousands of rows.
+        mark = _PLACEHOLDER.get(self.engine.dialect.paramstyle, "?")
+        names = ["team", "identity", *_EXPORT_COLUMNS]
+        statement = (
+            f"INSERT INTO {exports.name} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))}) "
+            f"ON CONFLICT (team, identity) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in _EXPORT_COLUMNS)}"
+        )
+
+        def add(row: ContactRow) -> None:
+            state = json.dumps(row.state, separators=(",", ":"), sort_keys=True)
+            batch.append((team, row.identity, row.email, state, row.fingerprint, row.seen_at, path, now))
+            add.count += 1  # type: ignore[attr-defined]
+            if len(batch) >= 10_000:
+                conn.exec_driver_sql(statement, batch)
+                batch.clear()
+
+        add.count = 0  # type: ignore[attr-defined]
+        if self.read_only:
+            yield lambda row: None
+            return
+        with self._lock, self.engine.begin() as conn:
+            yield add
+            if batch:
+                conn.exec_driver_sql(statement, batch)
+
+    def _upsert_many(self, table: sa.Table, keys: list[str], update: list[str]) -> Any:
+        """One INSERT … ON CONFLICT DO UPDATE statement with bound parameters, to execute with many rows at once
+        (compiled once: a statement per chunk of literal rows cost more in compiling than in writing)."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect: Any = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(table)
+        return statement.on_conflict_do_update(
+            index_elements=keys, set_={name: statement.excluded[name] for name in update}
+        )
+
+    def confirm_exports(self, team: str, missing: Sequence[str] = ()) -> int:
+        """The CSV was uploaded: every exported person of ``team`` becomes a contact Loops holds (with the values the
+        CSV carried), except ``missing`` (looked up and not found: unknown again). Returns how many moved."""
+        if self.read_only or not self._has_exports:
+            return 0
+        with self._lock, self.engine.begin() as conn:
+            for chunk in _chunks(list(missing)):
+                conn.execute(exports.delete().where(exports.c.team == team, exports.c.identity.in_(chunk)))
+            columns = (exports.c.identity, exports.c.email, exports.c.state, exports.c.fingerprint, exports.c.seen_at)
+            rows = conn.execute(sa.select(*columns).where(exports.c.team == team)).all()
+            now = time.time()
+            moved = [
+                {"team": team, "identity": identity, "email": email, "state": state, "fingerprint": print_,
+                 "seen_at": seen_at, "delivered_at": now}
+                for identity, email, state, print_, seen_at in rows
+            ]  # fmt: skip
+            update = ["email", "state", "seen_at", "fingerprint", "delivered_at"]
+            statement = self._upsert_many(contacts, ["team", "identity"], update)
+            for chunk in _chunks(moved, 10_000):
+                conn.execute(statement, list(chunk))
+            conn.execute(exports.delete().where(exports.c.team == team))
+        return len(moved)
+
+    def forget_exports(self, team: str, identities: Sequence[str]) -> None:
+        """These people were looked up and are not in Loops: unknown again (``new_contacts`` decides anew)."""
+        if self.read_only or not identities or not self._has_exports:
+            return
+        with self._lock, self.engine.begin() as conn:
+            for chunk in _chunks(list(identities)):
+                conn.execute(exports.delete().where(exports.c.team == team, exports.c.identity.in_(chunk)))
 
     # --- figures
 
@@ -832,6 +966,7 @@ class Ledger:
 
 #: The writer's kinds for audience members (``record_members``, ``forget_members``).
 _AUDIENCE_KINDS = frozenset({"members", "left"})
+_EXPORT_COLUMNS = ["email", "state", "fingerprint", "seen_at", "path", "exported_at"]
 
 #: Queued by ``LedgerWriter.sync``: write what is gathered now instead of at the end of the interval.
 _WRITE_NOW = ("write-now", None)

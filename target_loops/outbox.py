@@ -72,7 +72,14 @@ class Rejects(Protocol):
         message: str | None,
         request: LoopsRequest | None = None,
         status: int | None = None,
+        held: bool = False,
     ) -> None: ...
+
+
+class NewContactPolicy(Protocol):
+    """What the outbox asks about people the ledger does not know (``newcontacts.NewContacts``)."""
+
+    def screen(self, outbox: Outbox, people: list[Person]) -> list[Person]: ...
 
 
 class UndeliveredError(RuntimeError):
@@ -151,6 +158,7 @@ class Outbox:
         stopping: Callable[[], bool] = lambda: False,
         on_stop: Callable[[], None] | None = None,
         audiences: Audiences | None = None,
+        new_contacts: NewContactPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.sender = sender
@@ -165,6 +173,8 @@ class Outbox:
         #: from the thread that waits for the flush (never from a signal handler): it stops the client.
         self.stopping = stopping
         self.on_stop = on_stop
+        #: ``new_contacts``: which people unknown to the ledger are planned, held back or exported (newcontacts.py).
+        self.new_contacts = new_contacts
         self.sending = False
         self.sending_seconds = 0.0  # time spent in flushes: the run's requests/s is over this
         self.clamped = 0
@@ -313,6 +323,9 @@ class Outbox:
     def _plan(self, held: list[Held]) -> list[list[Step]]:
         people = self._people(held)
         self._load_known(people)
+        if self.new_contacts is not None:
+            self._load_rest(people)
+            people = self.new_contacts.screen(self, people)
         delivered = self._delivered_events(held)
         seen_keys: set[str] = set()
         chains = []
@@ -429,6 +442,38 @@ class Outbox:
         known = self.ledger.contact_states(self.team, wanted)
         for person in people:
             person.known = known.get(person.identity)
+
+    def _load_rest(self, people: list[Person]) -> None:
+        """The ledger rows ``_load_known`` leaves out (people with only userId-only events): whether a person is new
+        is a ledger question first."""
+        if self.ledger is None:
+            return
+        rest = [p for p in people if p.known is None and not any(_needs_known(h.op) for h in p.members)]
+        if rest:
+            known = self.ledger.contact_states(self.team, [p.identity for p in rest])
+            for person in rest:
+                person.known = known.get(person.identity)
+
+    # --- for the new-contact policy (newcontacts.py)
+
+    @property
+    def writer(self) -> LedgerWriter | None:
+        """The ledger's write-behind (None in a dry run)."""
+        return self._writer
+
+    def hold(self, h: Held, reason: str, message: str) -> None:
+        """A record held back by the new-contact policy: to the rejects file with ``reason`` (replayable), counted on
+        its stream as rejected, but not against ``max_rejects`` (nothing was refused)."""
+        with self._settle_lock:
+            stats = self.counters(h.stream)
+            stats.rejected += 1
+            stats.reasons[reason] += 1
+            self.rejects.write(stream=h.stream, record=h.op.record, reason=reason, message=message,
+                               request=h.op.request, held=True)  # fmt: skip
+
+    def count(self, stream: str, name: str) -> None:
+        """Count a planning decision of the new-contact policy (``exported``) on its stream."""
+        self._count(stream, name)
 
     def _delivered_events(self, held: list[Held]) -> set[str]:
         """The hashed keys of the held events the ledger knows were delivered (by a 0.1 key too, after an upgrade)."""

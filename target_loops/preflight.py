@@ -361,10 +361,17 @@ class Preflight:
         unknown = {k: guess_type(v) for k, v in body.items() if k not in self.properties and k not in NOT_PROPERTIES}
         if unknown:
             self._resolve_revealed(body, unknown, f"stream {stream}")
+        blank: list[str] = []
         for key, value in body.items():
             kind = self.properties.get(key)
             if kind is not None and key not in NOT_PROPERTIES and key != "subscribed":
-                body[key] = coerce(key, value, kind)
+                fitted = coerce(key, value, kind)
+                if fitted is None and value is not None:
+                    blank.append(key)  # a blank value is not a clear: ``null`` would wipe Loops' value
+                else:
+                    body[key] = fitted
+        for key in blank:
+            del body[key]
         lists = body.get("mailingLists")
         if lists and self.lists:
             for list_id in [k for k in lists if k not in self.lists]:

@@ -71,6 +71,7 @@ class RejectsWriter:
         self.samples: dict[str, list[dict[str, Any]]] = {}
         #: Texts a sample must never show (the API key): replaced by ``***`` before a value is cut short.
         self.secrets: tuple[str, ...] = ()
+        self.held = 0  # records held back by new_contacts (not refused)
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
 
@@ -84,6 +85,7 @@ class RejectsWriter:
         request: LoopsRequest | None = None,
         status: int | None = None,
         partial: bool = False,
+        held: bool = False,
     ) -> None:
         """Append one line: which run, where the record came from, what was tried, and why it was refused.
 
@@ -91,7 +93,9 @@ class RejectsWriter:
         too), cut to what can be written (``limits.clipped``: nesting beyond ``limits.MAX_DEPTH`` and numbers JSON
         cannot carry become markers), so that writing any record is quick and cannot fail. A ``partial`` line is a
         record that was sent without one bad entry (a mailing list flag): the line says what was dropped; the
-        record itself is not counted as rejected.
+        record itself is not counted as rejected. A ``held`` line is a record the ``new_contacts`` policy held back
+        (``not_in_loops``, ``pending_import``): same format, replayable, counted in ``held`` and not against
+        ``max_rejects`` (Loops refused nothing).
         """
         if limits.problem(record) is not None:
             record = limits.clipped(record)
@@ -111,7 +115,9 @@ class RejectsWriter:
             entry["would_reject"] = True
         line = dumps(entry)
         with self._lock:
-            if not partial:
+            if held:
+                self.held += 1
+            elif not partial:
                 self.count += 1
             kept = self.samples.setdefault(reason, [])
             if len(kept) < SAMPLES_PER_REASON:

@@ -61,6 +61,7 @@ class StreamStats:
     planned: int = 0  # dry run: requests that would be sent
     unchanged: int = 0  # records whose contact payload Loops already has (ledger)
     resubscribe_blocked: int = 0  # subscribed: true dropped (the rule does not allow re-subscribing)
+    exported: int = 0  # new_contacts: csv: records written to the CSV for Loops' upload instead of sent
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     left_out: collections.Counter[str] = field(default_factory=collections.Counter)  # partial rejections by reason
     reserved_skipped: collections.Counter[str] = field(default_factory=collections.Counter)  # source key → records
@@ -106,6 +107,7 @@ def stream_report(stats: StreamStats) -> dict[str, Any]:
         "skipped": stats.skipped + sum(stats.skipped_calls.values()),
         "skipped_calls": dict(sorted(stats.skipped_calls.items())),
         "resubscribe_blocked": stats.resubscribe_blocked,
+        "exported": stats.exported,
         "reserved_not_sent": dict(sorted(stats.reserved_skipped.items())),
         "requests": stats.requests,
         "retries": stats.retried,

@@ -41,6 +41,7 @@ from target_loops.values import (
     camel_case,
     check_length,
     identifier,
+    is_blank,
     key_text,
     mailing_lists,
     read_boolean,
@@ -437,6 +438,8 @@ class StreamMapper:
                 if send_nulls:
                     out[name] = None
                 continue
+            if type(value) is str and is_blank(value):
+                continue  # an empty cell is not a value, and never a clear (see ``values.is_blank``)
             if isinstance(value, Mapping | list | tuple):
                 try:
                     scalar(value, f"{prefix}{key}")

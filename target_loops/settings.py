@@ -248,6 +248,22 @@ class Settings:
         "The records a real run would reject go beside it, to <name>.would_reject.jsonl (each line marked "
         '"would_reject": true); the rejects file is left alone.',
     )
+    new_contacts: str = _setting(
+        "create",
+        th.StringType(allowed_values=["create", "skip", "csv"]),
+        'A person the ledger does not know, whom Loops may not have yet. Loops starts the team\'s "Contact added" '
+        "loops for every contact created through the API (a CSV upload starts none). create: send as usual (Loops "
+        "creates whom it lacks). skip: look the person up once (contacts/find) and update only people Loops has; "
+        "the others' records and events go to the rejects file (not_in_loops). csv: write them to new_contacts_path "
+        "for Loops' CSV upload instead of the API, their events to the rejects file (pending_import).",
+    )
+    new_contacts_path: str | None = _setting(
+        None,
+        th.StringType(),
+        "With new_contacts: csv, the CSV file for Loops' upload (Audience → Import): one row per new person, columns "
+        "named by Loops' keys. Written to a temporary file and moved into place at the end of the run; an existing "
+        "file is never overwritten (the run writes <name>.<UTC time>.csv beside it and says so).",
+    )
     # --- SDK settings the target reads as well (validated by the SDK's own schema)
     add_record_metadata: bool = _sdk_setting(False)
 
@@ -283,6 +299,8 @@ class Settings:
         if self.dry_run_path is not None:
             paths["dry_run_path"] = self.dry_run_path
             paths["dry_run_path (its would_reject file)"] = str(self.would_reject_path)
+        if self.new_contacts == "csv" and self.new_contacts_path is not None:
+            paths["new_contacts_path"] = self.new_contacts_path
         return paths
 
 
@@ -423,6 +441,11 @@ def load_settings(config: Mapping[str, Any], accepted: Collection[str]) -> tuple
         path, _why = default_ledger_path()
         values["ledger_url"] = f"sqlite:///{path}"
     settings = Settings(**values)
+    if settings.new_contacts == "csv" and settings.new_contacts_path is None:
+        problems.append(
+            "new_contacts: csv needs new_contacts_path, the CSV file to write for Loops' upload "
+            '(e.g. "new_contacts.csv")'
+        )
     problems += check_paths(settings)
     return settings, problems
 

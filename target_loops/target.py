@@ -37,6 +37,7 @@ from target_loops.client import BaseUrlError, LoopsAuthError, LoopsClient, Loops
 from target_loops.event_patterns import EventPatterns
 from target_loops.html_report import render_report, write_report
 from target_loops.ledger import Ledger, LedgerError, TeamIdentityError, describe_url
+from target_loops.newcontacts import CONTACT_ADDED, NOT_IN_LOOPS, PENDING_IMPORT, NewContacts, UploadPending
 from target_loops.operations import LoopsRequest, Outcome, OutcomeKind
 from target_loops.outbox import Outbox, OutboxSettings, UndeliveredError
 from target_loops.preflight import Preflight, PreflightError
@@ -407,6 +408,7 @@ class TargetLoops(Target):
         self.ledger: Ledger | None = None
         self.team: str | None = None  # the ledger's namespace for this Loops team
         self.outbox: Outbox | None = None
+        self.new_contacts: NewContacts | None = None
         #: What every sink shares: the sinks' one collaborator.
         self.services = SinkServices(
             rule_for_stream=self.rule_for_stream,
@@ -587,6 +589,15 @@ class TargetLoops(Target):
             dry_run=self.dry_run,
         )
         self.services.audiences = self.audiences
+        self.new_contacts = NewContacts(
+            settings.new_contacts,
+            path=settings.new_contacts_path,
+            finder=self.client.get_json if self.client is not None else None,
+            dry_run=self.dry_run,
+            run_started=self._started_at,
+            workers=min(settings.max_concurrency, 16),
+        )
+        self._log_new_contacts()
         self.outbox = Outbox(
             audiences=self.audiences,
             settings=OutboxSettings(
@@ -604,8 +615,29 @@ class TargetLoops(Target):
             progress=self.progress if not self.dry_run else None,
             stopping=self._stop_requested,
             on_stop=self.client.abort if self.client is not None else None,
+            new_contacts=self.new_contacts,
         )
         self.services.outbox = self.outbox
+
+    def _log_new_contacts(self) -> None:
+        """The preflight's word on new contacts: what the policy does, and any CSV still waiting for its upload."""
+        policy = self.settings.new_contacts
+        if policy == "create":
+            self.logger.info(
+                "new_contacts: create: each person Loops does not have is created through the API, which %s; the "
+                "run counts the people unknown to the ledger (set new_contacts: skip or csv to create nobody)",
+                CONTACT_ADDED,
+            )
+        elif policy == "skip":
+            self.logger.info("new_contacts: skip: people Loops does not have are held back (%s)", NOT_IN_LOOPS)
+        else:
+            self.logger.info(
+                "new_contacts: csv: people unknown to the ledger go to %s for Loops' CSV upload, not the API",
+                self.settings.new_contacts_path,
+            )
+        if self.ledger is not None and self.team is not None:
+            for path, count in self.ledger.pending_exports(self.team).items():
+                self.logger.warning("%d people exported to %s are not confirmed in Loops yet", count, path)
 
     def _known_or_resolved(self, **kwargs: Any) -> str | None:
         """A dry run with a key: the namespace the real run would use (read only: nothing is recorded), None when
@@ -830,6 +862,11 @@ class TargetLoops(Target):
                 self.outbox.flush(final=True)
                 if self._latest_state:
                     self._write_state_message(copy.deepcopy(self._latest_state))
+            if self.new_contacts is not None and self.new_contacts.unwritten:
+                # The CSV is written once the whole input is in; only then is the STATE held back for it true.
+                self.new_contacts.write(self.ledger, self.team)
+                if self._latest_state:
+                    self._write_state_message(copy.deepcopy(self._latest_state))
             completed = True
         except BaseException as exc:
             if self._stop_signal is not None:
@@ -844,6 +881,14 @@ class TargetLoops(Target):
             raise MaxRejectsExceeded(
                 f"{self.rejects.count} records were rejected, more than max_rejects ({limit}); everything else was "
                 f"delivered and checkpointed. See {self.rejects.path}."
+            )
+        pending = self.new_contacts.pending_paths if self.new_contacts is not None else {}
+        if pending and not self.dry_run:
+            path, count = next(iter(pending.items()))
+            raise UploadPending(
+                f"upload {path} in Loops first: {count} people exported to it are not in Loops yet, so nothing was "
+                f"sent for them (their records are in {self.rejects.path}, reason {PENDING_IMPORT}); everything else "
+                "was delivered and checkpointed"
             )
 
     def _finish(self, *, completed: bool = False) -> None:
@@ -866,6 +911,11 @@ class TargetLoops(Target):
             lines.append(f"properties left out (unknown_properties: drop): {dict(self.preflight.dropped)}")
         if self.preflight.unknown_lists:
             lines.append(f"unknown mailing lists left out: {dict(self.preflight.unknown_lists)}")
+        if self.new_contacts is not None:
+            lines += self.new_contacts.lines()
+        if self.rejects.held:
+            where = f"see {self.rejects.path.resolve()}" if self.rejects.writes else "set dry_run_path to list them"
+            lines.append(f"{plural(self.rejects.held, 'record')} held back by new_contacts: {where}")
         if self.rejects.count:
             where = f"see {self.rejects.path.resolve()}" if self.rejects.writes else "set dry_run_path to list them"
             verb = "would be rejected" if self.rejects.dry_run else "rejected this run"
@@ -943,6 +993,10 @@ class TargetLoops(Target):
                 "would_reject": self.rejects.dry_run,  # a dry run: these were not sent, and nothing was refused yet
             },
             "max_rejects": self.settings.max_rejects,
+            "new_contacts": {
+                **(self.new_contacts.report() if self.new_contacts is not None else {}),
+                "held_back_records": self.rejects.held,
+            },
         }
 
     def _write_state_message(self, state: dict) -> None:
@@ -950,6 +1004,8 @@ class TargetLoops(Target):
         the tap's bookmark past rows Loops never got), never twice the same (frequent checkpoints repeat it)."""
         if self.dry_run or state == self._last_state_written:
             return
+        if self.new_contacts is not None and self.new_contacts.unwritten:
+            return  # people exported to the CSV are in memory only until the end of the input (process_endofpipe)
         if self.outbox is not None and self.outbox.waiting:
             if not self._state_held:
                 self._state_held = True
@@ -1056,6 +1112,9 @@ class TargetLoops(Target):
             super().invoke(*args, **kwargs)
         except StoppedBySignal as exc:
             cls.logger.warning("target-loops: %s", exc)
+            sys.exit(exc.exit_code)
+        except UploadPending as exc:
+            cls.logger.error("target-loops: %s", exc)
             sys.exit(exc.exit_code)
         except USER_ERRORS as exc:
             cls.logger.error("target-loops: %s", exc)

@@ -47,6 +47,21 @@ class ValueRejected(Exception):
         self.message = message
 
 
+# --- empty values
+
+
+def is_blank(text: str) -> bool:
+    """True for an empty or whitespace-only string: "nothing known", which target-loops treats like a null.
+
+    Loops clears a property that is sent ``null`` (https://loops.so/docs/contacts/properties) and would store an
+    empty string as the value; a warehouse writes ``""`` (or spaces, from a fixed-width export) where it means
+    nothing. So a blank value is left out of the request and out of the ledger, for every property type, contact and
+    event alike, and ``send_nulls`` (which clears for NULL columns) never turns one into a clear either: as in
+    Loops' own CSV upload, an empty cell does not overwrite (https://loops.so/docs/add-users/csv-upload).
+    """
+    return not text or (text[0].isspace() and not text.strip())
+
+
 # --- booleans
 
 
@@ -261,7 +276,7 @@ def scalar(value: Any, where: str) -> Any:
 
 
 def mailing_lists(value: Any, partial: list[tuple[str, str]]) -> dict[str, bool]:
-    """``{listId: bool}`` with nulls left out (a NULL warehouse column says nothing about the list).
+    """``{listId: bool}`` with nulls and blanks left out (a NULL or empty warehouse cell says nothing about the list).
 
     A flag that is not a boolean drops that list only (appended to ``partial``), as Loops' own Segment destination
     drops just the bad entry: the contact and its other lists are still sent. Values must be booleans
@@ -275,7 +290,7 @@ def mailing_lists(value: Any, partial: list[tuple[str, str]]) -> dict[str, bool]
         )
     lists: dict[str, bool] = {}
     for key, flag in value.items():
-        if flag is None:
+        if flag is None or (type(flag) is str and is_blank(flag)):
             continue
         list_id = str(key)
         read = read_boolean(flag)

@@ -132,13 +132,18 @@ def test_the_run_report_schema(make_sandbox: Any, tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     assert set(data) == {"run_id", "started_at", "finished_at", "elapsed_seconds", "completed", "dry_run", "streams",
                          "totals", "http", "event_properties", "event_definitions", "properties", "rejects",
-                         "max_rejects", "audiences"}  # fmt: skip
+                         "max_rejects", "audiences", "new_contacts"}  # fmt: skip
     (stream,) = data["streams"]
     assert set(stream) == {
         "stream", "action", "read", "sent", "planned", "unchanged", "coalesced", "folded", "duplicates", "rejected",
         "rejected_by_reason", "left_out", "skipped", "skipped_calls", "resubscribe_blocked", "reserved_not_sent",
-        "requests", "retries", "rate_limited", "joined", "left",
+        "requests", "retries", "rate_limited", "joined", "left", "exported",
     }  # fmt: skip
+    assert set(data["new_contacts"]) == {
+        "policy", "unknown_to_ledger", "looked_up", "found_in_loops", "not_in_loops", "exported", "csv_path",
+        "held_back", "upload_pending", "confirmed_uploaded", "held_back_records",
+    }  # fmt: skip
+    assert (data["new_contacts"]["policy"], data["new_contacts"]["unknown_to_ledger"]) == ("create", 1)
     assert set(TABLE_COLUMNS) <= set(stream)
     assert {"answer_ms_p50", "answer_ms_p95", "in_flight_level"} <= set(data["http"])
     assert (stream["stream"], stream["action"], stream["read"], stream["sent"]) == (

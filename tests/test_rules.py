@@ -1448,7 +1448,7 @@ def test_event_declared_properties_include_default_contact_properties() -> None:
         ("x" * 499, False),
         ('"' * 249, True),  # each quote is escaped: 2 * 249 + 2 = 500
         ('"' * 250, False),
-        ("\n" * 249, True),
+        ("a" + "\n" * 248 + "b", True),  # 2 + 2 * 248 + 2 = 500 (newlines alone would be blank: left out)
         ("a\n" + "x" * 496, False),  # 498 characters of text, 501 as JSON
         ("é" * 498, True),  # sent as UTF-8, not escaped
         ("😀" * 249, True),  # two UTF-16 units each, as JavaScript counts: 500

@@ -303,6 +303,9 @@ class Store:
         self._seed_patterns: dict[str, dict[str, Any]] = {}
         self._patterns: dict[str, dict[str, Any]] = {}
         self.configure_team(properties, lists, events)
+        #: Ids of the contacts created through the API: each one would start the team's "Contact added" loops
+        #: (https://loops.so/docs/loop-builder/loop-triggers); a CSV upload (``upload_csv``) adds none here.
+        self._created_through_api: list[str] = []
 
     # ----- configuration, clock, inspection -------------------------------------------------------------
 
@@ -352,6 +355,7 @@ class Store:
             self._events.clear()
             self._requests.clear()
             self._idempotency.clear()
+            self._created_through_api.clear()
             self._properties = copy.deepcopy(self._seed_properties)
             self._patterns = copy.deepcopy(self._seed_patterns)
 
@@ -367,6 +371,79 @@ class Store:
         with self._lock:
             found = self._lookup(email, user_id)
             return copy.deepcopy(found) if found is not None else None
+
+    def created_through_api(self) -> list[dict[str, Any]]:
+        """The contacts created through the API (each would have started "Contact added" loops), still present."""
+        with self._lock:
+            return [copy.deepcopy(self._contacts[i]) for i in self._created_through_api if i in self._contacts]
+
+    def upload_csv(self, text: str) -> dict[str, int]:
+        """Loops' CSV upload in the web app (https://loops.so/docs/add-users/csv-upload), for tests: one contact per
+        row, matched on userId first, then email, created when neither matches (source "CSV Upload", subscribed
+        unless a ``subscribed`` column says false). An empty cell leaves the property as it is; the text ``null``
+        clears it; a custom column is read as its property's type. Starts no "Contact added" loop. Returns
+        ``{"created", "updated", "errors"}``."""
+        import csv
+        import io
+
+        counts = {"created": 0, "updated": 0, "errors": 0}
+        with self._lock:
+            for row in csv.DictReader(io.StringIO(text)):
+                email = (row.pop("email", "") or "").strip() or None
+                user_id = (row.pop("userId", "") or "").strip() or None
+                contact = self._lookup(None, user_id) if user_id else None
+                if contact is None and email:
+                    contact = self._lookup(email, None)
+                if contact is not None and email and contact.get("email") and contact["email"].lower() != email.lower():
+                    counts["errors"] += 1  # an upload cannot change an email
+                    continue
+                if contact is None and not email:
+                    counts["errors"] += 1
+                    continue
+                values: dict[str, Any] = {}
+                for key, cell in row.items():
+                    if cell is None or cell == "":
+                        continue
+                    values[key] = None if cell == "null" else self._csv_value(key, cell)
+                if contact is None:
+                    contact = {
+                        "id": new_contact_id(),
+                        "email": None,
+                        "firstName": None,
+                        "lastName": None,
+                        "source": "CSV Upload",
+                        "subscribed": True,
+                        "userGroup": None,
+                        "userId": None,
+                        "mailingLists": {},
+                        "optInStatus": None,
+                        "createdAt": iso_timestamp(self.now()),
+                    }
+                    self._contacts[contact["id"]] = contact
+                    counts["created"] += 1
+                else:
+                    counts["updated"] += 1
+                self._unindex(contact)
+                if email:
+                    contact["email"] = email
+                if user_id:
+                    contact["userId"] = user_id
+                for key, value in values.items():
+                    if key == "subscribed" and value is True and contact.get("subscribed") is False:
+                        continue  # an upload cannot re-subscribe
+                    contact[key] = value
+                self._index(contact)
+        return counts
+
+    def _csv_value(self, key: str, cell: str) -> Any:
+        """A CSV cell as the value of property ``key`` (its type, when the team has it)."""
+        kind = "boolean" if key == "subscribed" else self._property_type(key)
+        if kind == "number":
+            number = float(cell)
+            return int(number) if number.is_integer() and "." not in cell else number
+        if kind == "boolean":
+            return cell.strip().lower() in ("true", "yes", "1")
+        return cell
 
     def events(self) -> list[dict[str, Any]]:
         """Every accepted event, in acceptance order."""
@@ -719,6 +796,7 @@ class Store:
             "createdAt": iso_timestamp(self.now()),
         }
         self._contacts[contact["id"]] = contact
+        self._created_through_api.append(contact["id"])
         self._apply(contact, change)
         return contact
 
