@@ -290,7 +290,8 @@ def test_ledger_unit(tmp_path: Path) -> None:
     many = [ContactRow(f"{i:032x}", None, {"p": f"{i:016x}"}, None, "f" * 32) for i in range(1200)]
     ledger.record_contacts(team, many)
     states = ledger.contact_states(team, [row.identity for row in many])
-    assert {i: (s.hashes, s.fingerprint) for i, s in states.items()} == {r.identity: (r.state, r.fingerprint) for r in many}
+    expected = {r.identity: (r.state, r.fingerprint) for r in many}
+    assert {i: (s.hashes, s.fingerprint) for i, s in states.items()} == expected
     assert ledger.size()["contacts"] == 1200
     ledger.close()
     missing = tmp_path / "none.sqlite"

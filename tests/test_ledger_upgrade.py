@@ -136,7 +136,8 @@ def test_after_the_upgrade_the_sample_streams_send_nothing_again(make_sandbox: A
     refused = json.loads((FIXTURE_0_2 / "refused.json").read_text())
     planned = [json.loads(line) for line in plan.read_text().splitlines()]
     assert {json.dumps({"path": p["path"], "body": p["body"]}, sort_keys=True) for p in planned} == {
-        json.dumps(r, sort_keys=True) for r in refused  # some twice: a userId-only 400 is tried once more
+        json.dumps(r, sort_keys=True)
+        for r in refused  # some twice: a userId-only 400 is tried once more
     }, "planned again what 0.2 delivered"
     assert "\n".join(sqlite3.connect(tmp_path / "ledger.sqlite").iterdump()) == before, "the dry run wrote"
     run = run_target(
