@@ -215,7 +215,7 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-CONTACTS = "target_loops_contacts_v2"
+CONTACTS = "target_loops_contacts_v3"
 
 
 class SqliteStore:
@@ -260,8 +260,10 @@ class PgStore:
             return result
 
     def reset(self) -> None:
-        self._sql(*(f"DROP TABLE IF EXISTS {t}" for t in (CONTACTS, "target_loops_events_v2", "target_loops_teams",
-                                                         "target_loops_meta", "bench_saved_contacts")))  # fmt: skip
+        self._sql(*(f"DROP TABLE IF EXISTS {t}" for t in (CONTACTS, "target_loops_events_v3", "target_loops_teams",
+                                                         "target_loops_namespaces", "target_loops_properties",
+                                                         "target_loops_names", "target_loops_meta",
+                                                         "bench_saved_contacts")))  # fmt: skip
 
     def figures(self) -> tuple[int, int]:
         count = int(self._sql(f"SELECT count(*) FROM {CONTACTS}").scalar_one())

@@ -15,6 +15,7 @@ Storage is any SQLAlchemy URL: SQLite by default, PostgreSQL for runners without
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import hashlib
 import json
@@ -37,7 +38,7 @@ from target_loops.serialization import _SCALARS, _SORTED, canonical_json
 logger = logging.getLogger("target_loops.ledger")
 
 #: Stored in ``target_loops_meta``; a ledger written by another version is upgraded (or refused) at open.
-SCHEMA_VERSION = 3  # 3: audiences and their members (issue 19); created in place, nothing else changes
+SCHEMA_VERSION = 3  # 3: digests as bytes, packed states (issue 25); audiences and their members (issue 19)
 CHUNK = 500  # keys per lookup: well under SQLite's bound-parameter limit
 #: The write-behind's longest wait: what a kill -9 can lose of what Loops accepted (plus requests in flight).
 WRITE_BEHIND_SECONDS = 0.5
@@ -62,23 +63,66 @@ teams = sa.Table(
     sa.Column("last_seen", sa.Float, nullable=False),
 )
 
-contacts = sa.Table(
-    "target_loops_contacts_v2",
+#: A small integer per namespace: every contact and event row carries it instead of the namespace's text.
+namespaces = sa.Table(
+    "target_loops_namespaces",
     metadata,
-    sa.Column("team", sa.String(64), primary_key=True),
-    sa.Column("identity", sa.String(32), primary_key=True),  # keyed hash of u:<userId> or e:<email, lowercased>
-    sa.Column("email", sa.String(32), index=True),  # keyed hash of the email, lowercased
-    sa.Column("state", sa.Text, nullable=False),  # JSON {property: short hash of its value}
-    sa.Column("fingerprint", sa.String(32), nullable=False),  # hash of the last payload accepted, whole
-    sa.Column("seen_at", sa.String(40)),  # the latest record timestamp applied (UTC ISO), when records had one
-    sa.Column("delivered_at", sa.Float, nullable=False),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("team", sa.String(64), nullable=False, unique=True),
+)
+
+#: A small integer per property name (``firstName``, ``mailingLists.<id>``): a contact's state stores the number.
+properties = sa.Table(
+    "target_loops_properties",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(500), nullable=False, unique=True),
+)
+
+# Schema 3 stores digests as bytes, times as integers and a contact's state packed (see ``pack_state``): about a
+# third of schema 2's bytes per contact. Both tables are keyed by their primary key alone (SQLite: WITHOUT ROWID,
+# so the key is not stored twice).
+contacts = sa.Table(
+    "target_loops_contacts_v3",
+    metadata,
+    sa.Column("ns", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("identity", sa.LargeBinary(16), primary_key=True),  # keyed hash of u:<userId> or e:<email, lowercased>
+    sa.Column("email", sa.LargeBinary(16)),  # keyed hash of the email, lowercased
+    sa.Column("state", sa.LargeBinary, nullable=False),  # packed {property id: 8-byte hash of its value}
+    sa.Column("fingerprint", sa.LargeBinary(16), nullable=False),  # hash of the last payload accepted, whole
+    sa.Column("seen_at", sa.BigInteger),  # the latest record timestamp applied, µs since 1970 UTC, when known
+    sa.Column("delivered_at", sa.Integer, nullable=False),  # seconds since 1970
+    sa.Index("ix_target_loops_contacts_v3_email", "email"),
+    sqlite_with_rowid=False,
 )
 
 events = sa.Table(
-    "target_loops_events_v2",
+    "target_loops_events_v3",
     metadata,
+    sa.Column("ns", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("key", sa.LargeBinary(16), primary_key=True),  # keyed hash of the idempotency key
+    sa.Column("delivered_at", sa.Integer, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+#: Schema 2 (0.2): read once to upgrade in place, then dropped.
+_v2 = sa.MetaData()
+_contacts_v2 = sa.Table(
+    "target_loops_contacts_v2",
+    _v2,
     sa.Column("team", sa.String(64), primary_key=True),
-    sa.Column("key", sa.String(32), primary_key=True),  # keyed hash of the idempotency key
+    sa.Column("identity", sa.String(32), primary_key=True),
+    sa.Column("email", sa.String(32)),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.String(32), nullable=False),
+    sa.Column("seen_at", sa.String(40)),
+    sa.Column("delivered_at", sa.Float, nullable=False),
+)
+_events_v2 = sa.Table(
+    "target_loops_events_v2",
+    _v2,
+    sa.Column("team", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(32), primary_key=True),
     sa.Column("delivered_at", sa.Float, nullable=False),
 )
 
@@ -160,20 +204,33 @@ class TeamIdentityError(RuntimeError):
     """The ledger cannot tell whether this API key belongs to a team it already knows; nothing was sent."""
 
 
+#: The fingerprint of a ledger row that says "deleted at ``seen_at``" (a tombstone): a record older than the delete,
+#: arriving later (another window, another run, a replay), must not bring the contact back.
+DELETED = "deleted"
+
+
 @dataclass
 class ContactState:
     """A contact's ledger entry: what Loops holds per property (short hashes), as of which record timestamp, and a
-    fingerprint of the last payload it accepted (the cheap check: a re-sent table repeats payloads exactly)."""
+    fingerprint of the last payload it accepted (the cheap check: a re-sent table repeats payloads exactly).
 
-    raw: str
+    ``raw`` is JSON text (a state the outbox projects in memory) or the ledger's packed bytes, which ``unpack``
+    reads; either is parsed only when the fingerprint does not settle it.
+    """
+
+    raw: str | bytes
     seen_at: str | None
     fingerprint: str
+    unpack: Callable[[bytes], dict[str, str]] | None = None
 
     @functools.cached_property
     def hashes(self) -> dict[str, str]:
-        """Per property, the hash of the value Loops holds (parsed only when the fingerprint does not settle it)."""
-        parsed: dict[str, str] = json.loads(self.raw)
-        return parsed
+        """Per property, the hash of the value Loops holds."""
+        if isinstance(self.raw, str):
+            parsed: dict[str, str] = json.loads(self.raw)
+            return parsed
+        assert self.unpack is not None, "packed state without its reader"
+        return self.unpack(self.raw)
 
 
 class ContactRow(NamedTuple):
@@ -216,6 +273,83 @@ def keyed_hash(team: str, text: str) -> str:
     """A 128-bit hash of ``text`` keyed by the team's namespace: what the ledger stores instead of an identity,
     an email or an idempotency key. Keyed, so the same email gives unrelated values in two teams' ledgers."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16, key=team.encode("utf-8")[:64]).hexdigest()
+
+
+#: The first byte of a packed state (``pack_state``); a state stored as JSON text starts with ``{``.
+_PACKED = 1
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def pack_state(state: dict[str, str], ids: dict[str, int]) -> bytes:
+    """A contact's state in few bytes: per property its id (``target_loops_properties``, a varint) and its 8-byte
+    hash. The property names are the same for most contacts; stored once, not per contact. A hash that is not the
+    16 hex digits ``value_hashes`` writes keeps the state as JSON text (never expected; never lost either)."""
+    out = bytearray((_PACKED,))
+    for name, digest in state.items():
+        if len(digest) != 16:
+            return canonical_json(state).encode("utf-8")
+        number = ids[name]
+        while number >= 0x80:
+            out.append((number & 0x7F) | 0x80)
+            number >>= 7
+        out.append(number)
+        try:
+            out += bytes.fromhex(digest)
+        except ValueError:
+            return canonical_json(state).encode("utf-8")
+    return bytes(out)
+
+
+def unpack_state(raw: bytes, names: Callable[[int], str]) -> dict[str, str]:
+    """``pack_state`` read back: {property name: 16 hex digits}."""
+    if raw[:1] != bytes((_PACKED,)):
+        parsed: dict[str, str] = json.loads(raw)
+        return parsed
+    state: dict[str, str] = {}
+    at, end = 1, len(raw)
+    while at < end:
+        number = shift = 0
+        while True:
+            byte = raw[at]
+            at += 1
+            number |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        state[names(number)] = raw[at : at + 8].hex()
+        at += 8
+    return state
+
+
+#: How a tombstone's fingerprint is stored: one byte no digest has (they are 16 bytes; "no fingerprint" is empty).
+_DELETED_BYTES = b"\x00"
+
+
+def _digest(text: str) -> bytes:
+    """A hex digest (an identity, an email, a fingerprint, an event key) as the bytes the ledger stores."""
+    return _DELETED_BYTES if text == DELETED else bytes.fromhex(text)
+
+
+def _text(digest: bytes) -> str:
+    """``_digest`` read back."""
+    digest = bytes(digest)
+    return DELETED if digest == _DELETED_BYTES else digest.hex()
+
+
+def _micros(moment: str | None) -> int | None:
+    """A ``seen_at`` (``values.sort_key``'s UTC ISO text) as microseconds since 1970: 8 bytes instead of 25-32."""
+    if moment is None:
+        return None
+    parsed = dt.datetime.fromisoformat(moment)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    delta = parsed - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _moment(micros: int | None) -> str | None:
+    """``_micros`` read back: the same text ``values.sort_key`` wrote (UTC, ``+00:00``)."""
+    return None if micros is None else (_EPOCH + dt.timedelta(microseconds=micros)).isoformat()
 
 
 def key_fingerprint(api_key: str) -> str:
@@ -283,8 +417,7 @@ _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 def _contact_states_sql(mark: str, count: int) -> str:
     marks = ", ".join([mark] * count)
     return (
-        f"SELECT identity, state, seen_at, fingerprint FROM {contacts.name} "
-        f"WHERE team = {mark} AND identity IN ({marks})"
+        f"SELECT identity, state, seen_at, fingerprint FROM {contacts.name} WHERE ns = {mark} AND identity IN ({marks})"
     )
 
 
@@ -315,6 +448,10 @@ class Ledger:
                 except OSError as exc:
                     raise LedgerError(f"cannot create the ledger's folder {path.parent}: {exc.strerror}") from None
         self._lock = threading.Lock()
+        self._namespace_ids: dict[str, int] = {}
+        self._v2 = False
+        self._property_ids: dict[str, int] = {}
+        self._property_names: dict[int, str] = {}
         try:
             self.engine = sa.create_engine(self.url, **({"connect_args": {"timeout": 30}} if self.is_sqlite else {}))
         except Exception as exc:  # a missing driver, an unknown dialect
@@ -325,7 +462,11 @@ class Ledger:
             if self.available and not read_only:
                 self._prepare()
             elif self.available:
-                self.available = sa.inspect(self.engine).has_table(contacts.name)
+                inspector = sa.inspect(self.engine)
+                self.available = inspector.has_table(contacts.name)
+                # A dry run before the first real run of this version reads a 0.2 ledger as it is (upgraded later).
+                self._v2 = not self.available and inspector.has_table(_contacts_v2.name)
+                self.available = self.available or self._v2
         except LedgerError:
             raise
         except sa.exc.SQLAlchemyError as exc:
@@ -361,6 +502,7 @@ class Ledger:
         metadata.create_all(self.engine)
         if version < SCHEMA_VERSION:
             self._upgrade_from_v1(inspector)
+            self._upgrade_from_v2(inspector)
             with self.engine.begin() as conn:
                 self._upsert(conn, meta, [{"key": "schema_version", "value": str(SCHEMA_VERSION)}], ["key"], ["value"])
 
@@ -370,9 +512,16 @@ class Ledger:
         if inspector.has_table(_LEGACY_EVENTS):
             with self.engine.begin() as conn:
                 rows = conn.execute(sa.text(f"SELECT team, idempotency_key, delivered_at FROM {_LEGACY_EVENTS}")).all()
-                migrated = [{"team": t, "key": keyed_hash(t, k), "delivered_at": d} for t, k, d in rows]
+                migrated = [
+                    {
+                        "ns": self._namespace(conn, t, create=True),
+                        "key": _digest(keyed_hash(t, k)),
+                        "delivered_at": int(d),
+                    }
+                    for t, k, d in rows
+                ]
                 for chunk in _chunks(migrated):
-                    self._upsert(conn, events, list(chunk), ["team", "key"], ["delivered_at"])
+                    self._upsert(conn, events, list(chunk), ["ns", "key"], ["delivered_at"])
                 conn.execute(sa.text(f"DROP TABLE {_LEGACY_EVENTS}"))
                 if rows:
                     self._upsert(conn, meta, [{"key": "legacy_event_keys", "value": "1"}], ["key"], ["value"])
@@ -383,6 +532,54 @@ class Ledger:
             logger.warning(
                 "Ledger upgraded: contacts are now kept per contact as hashes; each contact is sent once more"
             )
+
+    def _upgrade_from_v2(self, inspector: Any) -> None:
+        """Schema 2 (0.2) kept the same hashes as hex text: rewrite every row in schema 3's form, in one
+        transaction (a crash leaves schema 2 whole, upgraded again at the next start), then give the space back."""
+        if not (inspector.has_table(_contacts_v2.name) or inspector.has_table(_events_v2.name)):
+            return
+        moved = {"contacts": 0, "events": 0}
+        with self.engine.begin() as conn:
+            if inspector.has_table(_contacts_v2.name):
+                result = conn.execution_options(stream_results=True).execute(sa.select(_contacts_v2))
+                for batch in result.partitions(CHUNK):
+                    converted = []
+                    states = [json.loads(r.state) for r in batch]
+                    ids = self._property_ids_for(conn, {name for state in states for name in state})
+                    for row, state in zip(batch, states, strict=True):
+                        converted.append(
+                            {
+                                "ns": self._namespace(conn, row.team, create=True),
+                                "identity": _digest(row.identity),
+                                "email": None if row.email is None else _digest(row.email),
+                                "state": pack_state(state, ids),
+                                "seen_at": _micros(row.seen_at),
+                                "fingerprint": _digest(row.fingerprint),
+                                "delivered_at": int(row.delivered_at),
+                            }
+                        )
+                    self._upsert(conn, contacts, converted, ["ns", "identity"], ["state"])
+                    moved["contacts"] += len(converted)
+                conn.execute(sa.text(f"DROP TABLE {_contacts_v2.name}"))
+            if inspector.has_table(_events_v2.name):
+                result = conn.execution_options(stream_results=True).execute(sa.select(_events_v2))
+                for batch in result.partitions(CHUNK):
+                    rows = [
+                        {"ns": self._namespace(conn, t, create=True), "key": _digest(k), "delivered_at": int(d)}
+                        for t, k, d in batch
+                    ]
+                    self._upsert(conn, events, rows, ["ns", "key"], ["delivered_at"])
+                    moved["events"] += len(rows)
+                conn.execute(sa.text(f"DROP TABLE {_events_v2.name}"))
+        if self.is_sqlite:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM")
+        logger.warning(
+            "Ledger upgraded in place to schema %d: %d contacts and %d delivered events kept (nothing is sent again)",
+            SCHEMA_VERSION,
+            moved["contacts"],
+            moved["events"],
+        )
 
     @functools.cached_property
     def legacy_event_keys(self) -> bool:
@@ -554,8 +751,11 @@ class Ledger:
     def _held(self, team: str) -> tuple[int, int]:
         """How many contacts and events the ledger holds for ``team``."""
         with self._lock, self.engine.connect() as conn:
+            ns = self._namespace(conn, team)
+            if ns is None:
+                return 0, 0
             held = [
-                int(conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.team == team)).scalar_one())
+                int(conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.ns == ns)).scalar_one())
                 for t in (contacts, events)
             ]
         return held[0], held[1]
@@ -592,77 +792,92 @@ class Ledger:
         """What Loops was last told, per identity hash among ``identities`` that the ledger knows."""
         if not self.available or not identities:
             return {}
+        if self._v2:
+            return self._v2_contact_states(team, identities)
         found: dict[str, ContactState] = {}
         mark = _PLACEHOLDER.get(self.engine.dialect.paramstyle)
         columns = (contacts.c.identity, contacts.c.state, contacts.c.seen_at, contacts.c.fingerprint)
+        unpack = self._unpack
         with self._lock, self.engine.connect() as conn:
-            for chunk in _chunks(list(set(identities))):
+            ns = self._namespace(conn, team)
+            if ns is None:
+                return {}
+            for chunk in _chunks([_digest(i) for i in set(identities)]):
                 if mark is not None:
                     # Every row of a nightly re-sync is looked up here: plain SQL (built once per chunk size) on the
                     # driver's cursor costs half of what building the query and its result rows per chunk does.
                     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
                     try:
-                        cursor.execute(_contact_states_sql(mark, len(chunk)), (team, *chunk))
+                        cursor.execute(_contact_states_sql(mark, len(chunk)), (ns, *chunk))
                         rows: Iterable[Any] = cursor.fetchall()
                     finally:
                         cursor.close()
                 else:
-                    query = sa.select(*columns).where(contacts.c.team == team, contacts.c.identity.in_(chunk))
+                    query = sa.select(*columns).where(contacts.c.ns == ns, contacts.c.identity.in_(chunk))
                     rows = conn.execute(query)
                 for identity, state, seen_at, print_ in rows:
-                    found[identity] = ContactState(state, seen_at, print_)
+                    found[bytes(identity).hex()] = ContactState(bytes(state), _moment(seen_at), _text(print_), unpack)
         return found
 
     def identities_by_email(self, team: str, emails: Sequence[str]) -> dict[str, set[str]]:
         """Per email hash, the identity hashes of the contacts Loops accepted with that email."""
         if not self.available or not emails:
             return {}
+        if self._v2:
+            return self._v2_identities_by_email(team, emails)
         found: dict[str, set[str]] = {}
         with self._lock, self.engine.connect() as conn:
-            for chunk in _chunks(list(set(emails))):
+            ns = self._namespace(conn, team)
+            if ns is None:
+                return {}
+            for chunk in _chunks([_digest(e) for e in set(emails)]):
                 query = sa.select(contacts.c.email, contacts.c.identity).where(
-                    contacts.c.team == team, contacts.c.email.in_(chunk)
+                    contacts.c.ns == ns, contacts.c.email.in_(chunk)
                 )
                 for email, identity in conn.execute(query):
-                    found.setdefault(email, set()).add(identity)
+                    found.setdefault(bytes(email).hex(), set()).add(bytes(identity).hex())
         return found
 
     def record_contacts(self, team: str, items: Iterable[ContactRow]) -> None:
         """Remember contacts Loops has just accepted."""
-        now = time.time()
-        rows = [
-            {
-                "team": team,
-                "identity": row.identity,
-                "email": row.email,
-                "state": json.dumps(row.state, separators=(",", ":"), sort_keys=True),
-                "seen_at": row.seen_at,
-                "fingerprint": row.fingerprint,
-                "delivered_at": now,
-            }
-            for row in items
-        ]
-        if self.read_only or not rows:
+        items = list(items)
+        if self.read_only or not items:
             return
+        now = int(time.time())
         with self._lock, self.engine.begin() as conn:
+            ns = self._namespace(conn, team, create=True)
+            ids = self._property_ids_for(conn, {name for row in items for name in row.state})
+            rows = [
+                {
+                    "ns": ns,
+                    "identity": _digest(row.identity),
+                    "email": None if row.email is None else _digest(row.email),
+                    "state": pack_state(row.state, ids),
+                    "seen_at": _micros(row.seen_at),
+                    "fingerprint": _digest(row.fingerprint),
+                    "delivered_at": now,
+                }
+                for row in items
+            ]
             # A request without an email (by userId alone) leaves the email the ledger linked to the contact.
             for with_email in (True, False):
                 part = [row for row in rows if (row["email"] is not None) is with_email]
                 update = ["state", "seen_at", "fingerprint", "delivered_at"]
                 for chunk in _chunks(part):
-                    self._upsert(
-                        conn, contacts, list(chunk), ["team", "identity"], ["email", *update][not with_email :]
-                    )
+                    self._upsert(conn, contacts, list(chunk), ["ns", "identity"], ["email", *update][not with_email :])
 
     def forget_contacts(self, team: str, identities: Sequence[str], emails: Sequence[str]) -> None:
         """A deleted contact is unknown again: its next upsert must be sent."""
         if self.read_only or not (identities or emails):
             return
         with self._lock, self.engine.begin() as conn:
-            for chunk in _chunks(list(identities)):
-                conn.execute(contacts.delete().where(contacts.c.team == team, contacts.c.identity.in_(chunk)))
-            for chunk in _chunks(list(emails)):
-                conn.execute(contacts.delete().where(contacts.c.team == team, contacts.c.email.in_(chunk)))
+            ns = self._namespace(conn, team)
+            if ns is None:
+                return
+            for chunk in _chunks([_digest(i) for i in identities]):
+                conn.execute(contacts.delete().where(contacts.c.ns == ns, contacts.c.identity.in_(chunk)))
+            for chunk in _chunks([_digest(e) for e in emails]):
+                conn.execute(contacts.delete().where(contacts.c.ns == ns, contacts.c.email.in_(chunk)))
 
     # --- events
 
@@ -670,22 +885,109 @@ class Ledger:
         """The event key hashes among ``keys`` that Loops has already accepted (ever, not just for 24 hours)."""
         if not self.available or not keys:
             return set()
+        if self._v2:
+            return self._v2_delivered_events(team, keys)
         found: set[str] = set()
         with self._lock, self.engine.connect() as conn:
-            for chunk in _chunks(list(set(keys))):
-                query = sa.select(events.c.key).where(events.c.team == team, events.c.key.in_(chunk))
-                found.update(row[0] for row in conn.execute(query))
+            ns = self._namespace(conn, team)
+            if ns is None:
+                return set()
+            for chunk in _chunks([_digest(k) for k in set(keys)]):
+                query = sa.select(events.c.key).where(events.c.ns == ns, events.c.key.in_(chunk))
+                found.update(bytes(row[0]).hex() for row in conn.execute(query))
         return found
 
     def record_events(self, team: str, keys: Iterable[str]) -> None:
         """Remember events Loops has accepted (200) or had already accepted (409), by key hash."""
-        now = time.time()
-        rows = [{"team": team, "key": key, "delivered_at": now} for key in set(keys)]
-        if self.read_only or not rows:
+        unique = set(keys)
+        if self.read_only or not unique:
             return
+        now = int(time.time())
         with self._lock, self.engine.begin() as conn:
+            ns = self._namespace(conn, team, create=True)
+            rows = [{"ns": ns, "key": _digest(key), "delivered_at": now} for key in unique]
             for chunk in _chunks(rows):
-                self._upsert(conn, events, list(chunk), ["team", "key"], ["delivered_at"])
+                self._upsert(conn, events, list(chunk), ["ns", "key"], ["delivered_at"])
+
+    # --- a 0.2 ledger read by a dry run (schema 2, not upgraded: a dry run writes nothing)
+
+    def _v2_contact_states(self, team: str, identities: Sequence[str]) -> dict[str, ContactState]:
+        t = _contacts_v2
+        found: dict[str, ContactState] = {}
+        with self._lock, self.engine.connect() as conn:
+            for chunk in _chunks(list(set(identities))):
+                query = sa.select(t.c.identity, t.c.state, t.c.seen_at, t.c.fingerprint)
+                for identity, state, seen_at, print_ in conn.execute(
+                    query.where(t.c.team == team, t.c.identity.in_(chunk))
+                ):
+                    found[identity] = ContactState(state, seen_at, print_)
+        return found
+
+    def _v2_identities_by_email(self, team: str, emails: Sequence[str]) -> dict[str, set[str]]:
+        t = _contacts_v2
+        found: dict[str, set[str]] = {}
+        with self._lock, self.engine.connect() as conn:
+            for chunk in _chunks(list(set(emails))):
+                query = sa.select(t.c.email, t.c.identity).where(t.c.team == team, t.c.email.in_(chunk))
+                for email, identity in conn.execute(query):
+                    found.setdefault(email, set()).add(identity)
+        return found
+
+    def _v2_delivered_events(self, team: str, keys: Sequence[str]) -> set[str]:
+        t = _events_v2
+        found: set[str] = set()
+        with self._lock, self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(t.name):
+                return found
+            for chunk in _chunks(list(set(keys))):
+                found.update(r[0] for r in conn.execute(sa.select(t.c.key).where(t.c.team == team, t.c.key.in_(chunk))))
+        return found
+
+    # --- ids
+
+    def _namespace(self, conn: sa.Connection, team: str, *, create: bool = False) -> int | None:
+        """The small number rows of namespace ``team`` carry; None when it has none yet and ``create`` is off."""
+        number = self._namespace_ids.get(team)
+        if number is None:
+            if create:
+                from sqlalchemy.dialects import postgresql, sqlite
+
+                dialect: Any = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+                conn.execute(dialect.insert(namespaces).values(team=team).on_conflict_do_nothing())
+            if self.read_only and not sa.inspect(conn).has_table(namespaces.name):
+                return None
+            number = conn.execute(sa.select(namespaces.c.id).where(namespaces.c.team == team)).scalar()
+            if number is None:
+                return None
+            self._namespace_ids[team] = number
+        return number
+
+    def _property_ids_for(self, conn: sa.Connection, wanted: set[str]) -> dict[str, int]:
+        """Ids of the property names ``wanted``, numbering the new ones (once, whichever run comes first)."""
+        missing = sorted(wanted - self._property_ids.keys())
+        if missing:
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            dialect: Any = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+            for chunk in _chunks(missing):
+                conn.execute(dialect.insert(properties).values([{"name": n} for n in chunk]).on_conflict_do_nothing())
+                for number, name in conn.execute(
+                    sa.select(properties.c.id, properties.c.name).where(properties.c.name.in_(chunk))
+                ):
+                    self._property_ids[name], self._property_names[number] = number, name
+        return self._property_ids
+
+    def _property_name(self, number: int) -> str:
+        name = self._property_names.get(number)
+        if name is None:  # numbered by another run since this one last read the names
+            with self._lock, self.engine.connect() as conn:
+                for found, text in conn.execute(sa.select(properties.c.id, properties.c.name)):
+                    self._property_ids[text], self._property_names[found] = found, text
+            name = self._property_names[number]
+        return name
+
+    def _unpack(self, raw: bytes) -> dict[str, str]:
+        return unpack_state(raw, self._property_name)
 
     # --- audiences
 
@@ -906,14 +1208,18 @@ class Ledger:
                 conn.execute(exports.delete().where(exports.c.team == team, exports.c.identity.in_(chunk)))
             columns = (exports.c.identity, exports.c.email, exports.c.state, exports.c.fingerprint, exports.c.seen_at)
             rows = conn.execute(sa.select(*columns).where(exports.c.team == team)).all()
-            now = time.time()
+            now = int(time.time())
+            ns = self._namespace(conn, team, create=True)
+            states = [json.loads(state) for _, _, state, _, _ in rows]
+            ids = self._property_ids_for(conn, {name for state in states for name in state})
             moved = [
-                {"team": team, "identity": identity, "email": email, "state": state, "fingerprint": print_,
-                 "seen_at": seen_at, "delivered_at": now}
-                for identity, email, state, print_, seen_at in rows
+                {"ns": ns, "identity": _digest(identity), "email": None if email is None else _digest(email),
+                 "state": pack_state(state, ids), "fingerprint": _digest(print_), "seen_at": _micros(seen_at),
+                 "delivered_at": now}
+                for (identity, email, _, print_, seen_at), state in zip(rows, states, strict=True)
             ]  # fmt: skip
             update = ["email", "state", "seen_at", "fingerprint", "delivered_at"]
-            statement = self._upsert_many(contacts, ["team", "identity"], update)
+            statement = self._upsert_many(contacts, ["ns", "identity"], update)
             for chunk in _chunks(moved, 10_000):
                 conn.execute(statement, list(chunk))
             conn.execute(exports.delete().where(exports.c.team == team))

@@ -26,7 +26,16 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from target_loops.ledger import ContactRow, ContactState, Ledger, LedgerWriter, fingerprint, keyed_hash, value_hashes
+from target_loops.ledger import (
+    DELETED,
+    ContactRow,
+    ContactState,
+    Ledger,
+    LedgerWriter,
+    fingerprint,
+    keyed_hash,
+    value_hashes,
+)
 from target_loops.operations import SENDING_STREAM, Action, LoopsRequest, Operation, Outcome, OutcomeKind
 
 if TYPE_CHECKING:
@@ -39,9 +48,6 @@ IDENTITY_KEYS = frozenset({"email", "userId"})
 #: The keys of an events/send body that belong to the event; every other key writes to the contact (Loops' events
 #: take contact properties and mailing lists beside the event: https://loops.so/docs/api-reference/send-event).
 EVENT_KEYS = frozenset({"eventName", "eventProperties"})
-#: The fingerprint of a ledger row that says "deleted at ``seen_at``" (a tombstone): a record older than the delete,
-#: arriving later (another window, another run, a replay), must not bring the contact back.
-DELETED = "deleted"
 #: A record time further ahead than this is clamped to now for ordering (clock skew between systems is normal).
 FUTURE_SKEW = dt.timedelta(minutes=5)
 

@@ -201,10 +201,14 @@ def test_an_existing_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
         conn.execute("DROP TABLE target_loops_members")
         conn.execute("DROP TABLE target_loops_audiences")
         conn.execute("UPDATE target_loops_meta SET value = '2' WHERE key = 'schema_version'")
-        conn.execute("INSERT INTO target_loops_contacts_v2 VALUES ('t', 'i', NULL, '{}', 'f', NULL, 1.0)")
+        conn.execute(
+            "CREATE TABLE target_loops_contacts_v2 (team VARCHAR(64), identity VARCHAR(32), email VARCHAR(32), "
+            "state TEXT, fingerprint VARCHAR(32), seen_at VARCHAR(40), delivered_at FLOAT)"
+        )
+        conn.execute("INSERT INTO target_loops_contacts_v2 VALUES ('t', ?, NULL, '{}', ?, NULL, 1.0)", ("a" * 32, "f" * 32))
     ledger = Ledger(f"sqlite:///{path}")
     assert ledger.audience("t", "a") == (1, None)
-    assert ledger.contact_states("t", ["i"])["i"].fingerprint == "f"
+    assert ledger.contact_states("t", ["a" * 32])["a" * 32].fingerprint == "f" * 32
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM target_loops_meta WHERE key='schema_version'").fetchone() == (
             str(SCHEMA_VERSION),

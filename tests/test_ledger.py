@@ -288,13 +288,16 @@ def test_ledger_unit(tmp_path: Path) -> None:
     assert (state.hashes, state.seen_at, state.fingerprint) == (hashes, "2026-01-01T00:00:00+00:00", fingerprint(body))
     assert ledger.contact_states("other-team", [who]) == {}
     assert ledger.identities_by_email(team, [mail]) == {mail: {who}}
-    ledger.record_events(team, ["k1", "k2", "k1"])
-    assert ledger.delivered_events(team, ["k1", "k3"]) == {"k1"}
+    k1, k2, k3 = (keyed_hash(team, k) for k in ("k1", "k2", "k3"))
+    ledger.record_events(team, [k1, k2, k1])
+    assert ledger.delivered_events(team, [k1, k3]) == {k1}
     ledger.forget_contacts(team, [], [mail])
     assert ledger.contact_states(team, [who]) == {}
-    many = [ContactRow(f"{i:032x}", None, {"p": "h"}, None, "f") for i in range(1200)]
+    many = [ContactRow(f"{i:032x}", None, {"p": f"{i:016x}"}, None, "f" * 32) for i in range(1200)]
     ledger.record_contacts(team, many)
-    assert len(ledger.contact_states(team, [row.identity for row in many])) == 1200
+    states = ledger.contact_states(team, [row.identity for row in many])
+    expected = {r.identity: (r.state, r.fingerprint) for r in many}
+    assert {i: (s.hashes, s.fingerprint) for i, s in states.items()} == expected
     assert ledger.size()["contacts"] == 1200
     ledger.close()
     missing = tmp_path / "none.sqlite"
@@ -308,25 +311,26 @@ def test_ledger_writer_lands_writes_within_its_interval_and_sync_does_not_wait_i
     a checkpoint's sync() writes at once: a flush must not idle out the interval before its STATE."""
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
     team = ledger.resolve_team(base_url="https://app.loops.so/api", team_name="Acme", api_key="sk_1", list_ids=[])
+    e1, e2, e3 = (keyed_hash(team, k) for k in ("e1", "e2", "e3"))
     writer = LedgerWriter(ledger, team, interval=0.2)
-    writer.events(["e1"])
+    writer.events([e1])
     deadline = time.monotonic() + 5
-    while not ledger.delivered_events(team, ["e1"]) and time.monotonic() < deadline:
+    while not ledger.delivered_events(team, [e1]) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert ledger.delivered_events(team, ["e1"]) == {"e1"}, "a write did not land within the write-behind interval"
+    assert ledger.delivered_events(team, [e1]) == {e1}, "a write did not land within the write-behind interval"
     writer.close()
 
     slow = LedgerWriter(ledger, team, interval=30)
-    slow.events(["e2"])
+    slow.events([e2])
     started = time.monotonic()
     slow.sync()
     assert time.monotonic() - started < 10, "sync() waited out the write-behind interval instead of writing now"
-    assert ledger.delivered_events(team, ["e2"]) == {"e2"}
-    slow.events(["e3"])
+    assert ledger.delivered_events(team, [e2]) == {e2}
+    slow.events([e3])
     started = time.monotonic()
     slow.close()
     assert time.monotonic() - started < 10
-    assert ledger.delivered_events(team, ["e3"]) == {"e3"}
+    assert ledger.delivered_events(team, [e3]) == {e3}
     ledger.close()
 
 
@@ -427,7 +431,8 @@ def test_an_event_a_0_1_ledger_delivered_is_not_sent_again_after_the_upgrade(loo
         (team,) = conn.execute("SELECT team FROM target_loops_teams").fetchone()
         conn.executescript(
             """
-            DROP TABLE target_loops_meta; DROP TABLE target_loops_events_v2; DROP TABLE target_loops_contacts_v2;
+            DROP TABLE target_loops_meta; DROP TABLE target_loops_events_v3; DROP TABLE target_loops_contacts_v3;
+            DROP TABLE target_loops_namespaces; DROP TABLE target_loops_properties;
             CREATE TABLE target_loops_events (team VARCHAR(64), idempotency_key VARCHAR(100), delivered_at FLOAT,
                 PRIMARY KEY (team, idempotency_key));
             """

@@ -507,7 +507,7 @@ def canonical(items: Sequence[Any]) -> list[str]:
 
 
 def ledger_events(url: str) -> int:
-    return query(url, "SELECT count(*) FROM target_loops_events_v2")[0][0]
+    return query(url, "SELECT count(*) FROM target_loops_events_v3")[0][0]
 
 
 def meltano_state(url: str) -> dict[str, Any]:
