@@ -1116,6 +1116,7 @@ class Ledger:
                 ),
                 [{"a": a, "i": i} for a, i in rows],
             )
+
     # --- people exported to a CSV (new_contacts: csv)
 
     @functools.cached_property

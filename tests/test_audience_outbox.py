@@ -205,7 +205,8 @@ def test_an_existing_ledger_is_upgraded_in_place(tmp_path: Path) -> None:
             "CREATE TABLE target_loops_contacts_v2 (team VARCHAR(64), identity VARCHAR(32), email VARCHAR(32), "
             "state TEXT, fingerprint VARCHAR(32), seen_at VARCHAR(40), delivered_at FLOAT)"
         )
-        conn.execute("INSERT INTO target_loops_contacts_v2 VALUES ('t', ?, NULL, '{}', ?, NULL, 1.0)", ("a" * 32, "f" * 32))
+        row = ("a" * 32, "f" * 32)
+        conn.execute("INSERT INTO target_loops_contacts_v2 VALUES ('t', ?, NULL, '{}', ?, NULL, 1.0)", row)
     ledger = Ledger(f"sqlite:///{path}")
     assert ledger.audience("t", "a") == (1, None)
     assert ledger.contact_states("t", ["a" * 32])["a" * 32].fingerprint == "f" * 32
