@@ -594,8 +594,12 @@ class Outbox:
             if now is not None:
                 request = _without_stale_writes(request, now, None if event.clamped else event.at)
             writes = _contact_writes(request.body)
-            if writes:
-                written.append((writes, None if event.clamped else event.at, False))
+            # An event with both userId and email matches as an update does and gives the contact the other value
+            # (https://loops.so/docs/api-reference/send-event, https://loops.so/docs/api-reference/update-contact):
+            # the contact now holds the event's email, so a later update back to the old email is a change.
+            moved = {"email": request.body["email"]} if {"userId", "email"} <= request.body.keys() else {}
+            if writes or moved:
+                written.append(({**writes, **moved}, None if event.clamped else event.at, False))
             if update is not None and self._can_fold(update, request.body):
                 steps.append(self._fold(update, event, request))
                 continue
