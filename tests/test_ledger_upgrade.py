@@ -135,10 +135,10 @@ def test_after_the_upgrade_the_sample_streams_send_nothing_again(make_sandbox: A
     # Only what Loops refused to 0.2 (a colon in an event name, people by userId alone it did not have) is planned.
     refused = json.loads((FIXTURE_0_2 / "refused.json").read_text())
     planned = [json.loads(line) for line in plan.read_text().splitlines()]
-    assert {json.dumps({"path": p["path"], "body": p["body"]}, sort_keys=True) for p in planned} == {
-        json.dumps(r, sort_keys=True)
-        for r in refused  # some twice: a userId-only 400 is tried once more
-    }, "planned again what 0.2 delivered"
+    # Some of those are refused locally now (a ":" in an event name is never sent); some were tried twice by 0.2.
+    again = {json.dumps({"path": p["path"], "body": p["body"]}, sort_keys=True) for p in planned}
+    assert again <= {json.dumps(r, sort_keys=True) for r in refused}, "planned again what 0.2 delivered"
+    assert planned, "not vacuous: the records 0.2 could not deliver are planned again"
     assert "\n".join(sqlite3.connect(tmp_path / "ledger.sqlite").iterdump()) == before, "the dry run wrote"
     run = run_target(
         sandbox_config(loops, tmp_path, **rules), input_path=FIXTURE_0_2 / "input.singer", tmp_path=tmp_path
