@@ -336,6 +336,19 @@ def _text(digest: bytes) -> str:
     return DELETED if digest == _DELETED_BYTES else digest.hex()
 
 
+def _stored(ns: int | None, row: ContactRow, ids: dict[str, int], delivered_at: int) -> dict[str, Any]:
+    """A contact as a ``contacts`` row stores it (schema 3); ``ids`` numbers every property name in ``row.state``."""
+    return {
+        "ns": ns,
+        "identity": _digest(row.identity),
+        "email": None if row.email is None else _digest(row.email),
+        "state": pack_state(row.state, ids),
+        "seen_at": _micros(row.seen_at),
+        "fingerprint": _digest(row.fingerprint),
+        "delivered_at": delivered_at,
+    }
+
+
 def _micros(moment: str | None) -> int | None:
     """A ``seen_at`` (``values.sort_key``'s UTC ISO text) as microseconds since 1970: 8 bytes instead of 25-32."""
     if moment is None:
@@ -449,7 +462,7 @@ class Ledger:
                     raise LedgerError(f"cannot create the ledger's folder {path.parent}: {exc.strerror}") from None
         self._lock = threading.Lock()
         self._namespace_ids: dict[str, int] = {}
-        self._v2 = False
+        self._reads_v2 = False
         self._property_ids: dict[str, int] = {}
         self._property_names: dict[int, str] = {}
         try:
@@ -465,8 +478,8 @@ class Ledger:
                 inspector = sa.inspect(self.engine)
                 self.available = inspector.has_table(contacts.name)
                 # A dry run before the first real run of this version reads a 0.2 ledger as it is (upgraded later).
-                self._v2 = not self.available and inspector.has_table(_contacts_v2.name)
-                self.available = self.available or self._v2
+                self._reads_v2 = not self.available and inspector.has_table(_contacts_v2.name)
+                self.available = self.available or self._reads_v2
         except LedgerError:
             raise
         except sa.exc.SQLAlchemyError as exc:
@@ -547,17 +560,9 @@ class Ledger:
                     states = [json.loads(r.state) for r in batch]
                     ids = self._property_ids_for(conn, {name for state in states for name in state})
                     for row, state in zip(batch, states, strict=True):
-                        converted.append(
-                            {
-                                "ns": self._namespace(conn, row.team, create=True),
-                                "identity": _digest(row.identity),
-                                "email": None if row.email is None else _digest(row.email),
-                                "state": pack_state(state, ids),
-                                "seen_at": _micros(row.seen_at),
-                                "fingerprint": _digest(row.fingerprint),
-                                "delivered_at": int(row.delivered_at),
-                            }
-                        )
+                        contact = ContactRow(row.identity, row.email, state, row.seen_at, row.fingerprint)
+                        ns = self._namespace(conn, row.team, create=True)
+                        converted.append(_stored(ns, contact, ids, int(row.delivered_at)))
                     self._upsert(conn, contacts, converted, ["ns", "identity"], ["state"])
                     moved["contacts"] += len(converted)
                 conn.execute(sa.text(f"DROP TABLE {_contacts_v2.name}"))
@@ -792,7 +797,7 @@ class Ledger:
         """What Loops was last told, per identity hash among ``identities`` that the ledger knows."""
         if not self.available or not identities:
             return {}
-        if self._v2:
+        if self._reads_v2:
             return self._v2_contact_states(team, identities)
         found: dict[str, ContactState] = {}
         mark = _PLACEHOLDER.get(self.engine.dialect.paramstyle)
@@ -823,7 +828,7 @@ class Ledger:
         """Per email hash, the identity hashes of the contacts Loops accepted with that email."""
         if not self.available or not emails:
             return {}
-        if self._v2:
+        if self._reads_v2:
             return self._v2_identities_by_email(team, emails)
         found: dict[str, set[str]] = {}
         with self._lock, self.engine.connect() as conn:
@@ -847,18 +852,7 @@ class Ledger:
         with self._lock, self.engine.begin() as conn:
             ns = self._namespace(conn, team, create=True)
             ids = self._property_ids_for(conn, {name for row in items for name in row.state})
-            rows = [
-                {
-                    "ns": ns,
-                    "identity": _digest(row.identity),
-                    "email": None if row.email is None else _digest(row.email),
-                    "state": pack_state(row.state, ids),
-                    "seen_at": _micros(row.seen_at),
-                    "fingerprint": _digest(row.fingerprint),
-                    "delivered_at": now,
-                }
-                for row in items
-            ]
+            rows = [_stored(ns, row, ids, now) for row in items]
             # A request without an email (by userId alone) leaves the email the ledger linked to the contact.
             for with_email in (True, False):
                 part = [row for row in rows if (row["email"] is not None) is with_email]
@@ -885,7 +879,7 @@ class Ledger:
         """The event key hashes among ``keys`` that Loops has already accepted (ever, not just for 24 hours)."""
         if not self.available or not keys:
             return set()
-        if self._v2:
+        if self._reads_v2:
             return self._v2_delivered_events(team, keys)
         found: set[str] = set()
         with self._lock, self.engine.connect() as conn:
@@ -1214,11 +1208,9 @@ class Ledger:
             states = [json.loads(state) for _, _, state, _, _ in rows]
             ids = self._property_ids_for(conn, {name for state in states for name in state})
             moved = [
-                {"ns": ns, "identity": _digest(identity), "email": None if email is None else _digest(email),
-                 "state": pack_state(state, ids), "fingerprint": _digest(print_), "seen_at": _micros(seen_at),
-                 "delivered_at": now}
+                _stored(ns, ContactRow(identity, email, state, seen_at, print_), ids, now)
                 for (identity, email, _, print_, seen_at), state in zip(rows, states, strict=True)
-            ]  # fmt: skip
+            ]
             update = ["email", "state", "seen_at", "fingerprint", "delivered_at"]
             statement = self._upsert_many(contacts, ["ns", "identity"], update)
             for chunk in _chunks(moved, 10_000):
