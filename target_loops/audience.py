@@ -170,7 +170,11 @@ class Audiences:
             if self.tracked and self.ledger is not None:
                 found = self.ledger.audience(self.team, keyed_hash(self.team, f"audience|{stream}"))
             audience_id, closed = found if found is not None else (None, None)
-            stamp = max(int(self.now()), (closed or 0) + 1)
+            # Newer than every version already held, not only the last closed one: a run stopped by the guard
+            # closes nothing, and the next run may start within the same second of the clock (or after it stepped
+            # back); holding people at the stopped run's version again would make nobody look gone.
+            newest = self.ledger.newest_member_version(audience_id) if audience_id is not None and self.ledger else None
+            stamp = max(int(self.now()), (closed or 0) + 1, (newest or 0) + 1)
             self._by_stream[stream] = _Audience(stream, spec, audience_id, closed, stamp)
             if not self.tracked:
                 logger.warning(

@@ -1009,6 +1009,15 @@ class Ledger:
             conn.execute(audiences.update().where(audiences.c.id == audience).values(closed_version=version))
             conn.execute(members.update().where(members.c.audience == audience, members.c.joined == 1).values(joined=0))
 
+    def newest_member_version(self, audience: int) -> int | None:
+        """The newest version any member of the audience was seen at (None: no members)."""
+        if not self.available:
+            return None
+        with self._lock, self.engine.connect() as conn:
+            newest = conn.execute(sa.select(sa.func.max(members.c.version)).where(members.c.audience == audience))
+            value = newest.scalar()
+        return None if value is None else int(value)
+
     def member_counts(self, audience: int, version: int) -> tuple[int, int]:
         """(members, members last seen before ``version``): the guard's figures, counted in the database."""
         if not self.available:

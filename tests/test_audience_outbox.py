@@ -115,6 +115,23 @@ def test_members_not_seen_in_a_complete_run_leave_and_only_they(ledger: Ledger) 
     assert loops.seen == []  # nobody leaves twice
 
 
+def test_runs_within_one_second_after_a_guarded_run_still_tell_who_is_gone(ledger: Ledger) -> None:
+    """A run stopped by the guard leaves the audience unclosed: the next run, started within the same second of the
+    clock, must still hold its people at a newer version than the stopped run saw them at, or nobody ever leaves."""
+    loops = FakeLoops()
+    first = Run(ledger, loops, rule(), now=1000)
+    first.rows(range(20))
+    first.end()
+    cut = Run(ledger, loops, rule(), now=1001)
+    cut.rows(range(3))  # 17 of 20: stopped by the guard
+    cut.end()
+    assert leaves(loops) == [] and cut.audiences.problems
+    again = Run(ledger, loops, rule(), now=1001)  # the same second as the cut run
+    again.rows(range(1, 20))
+    again.end()
+    assert [b["userId"] for b in leaves(loops)] == ["u0"]
+
+
 def test_the_guard_holds_every_leave_back_above_max_leave_fraction_but_not_below_the_floor(ledger: Ledger) -> None:
     loops = FakeLoops()
     first = Run(ledger, loops, rule(), now=1000)
