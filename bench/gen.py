@@ -218,6 +218,36 @@ def segment_export(path: Path, n: int, *, users: int = 20_000, seed: int = 1, st
     return {"records": n, "identify": n // 2, "track": n - n // 2, "users": users}
 
 
+def small_export(path: Path, n: int, *, users: int = 20_000, seed: int = 2, state_every: int = 5_000) -> dict:
+    """``n`` small Segment calls: half ``identify`` with two traits, half ``track`` with one property, over
+    ``users`` users, shuffled, in the ``identify`` and ``track`` streams (their default rules). The shape where a
+    target's fixed cost per record shows most (the no-op target's validation has little to do)."""
+    rng = random.Random(seed)
+    kinds = [True] * (n // 2) + [False] * (n - n // 2)
+    rng.shuffle(kinds)
+
+    def records() -> Iterator[tuple[str, dict[str, Any]]]:
+        for i, is_identify in enumerate(kinds):
+            user = rng.randrange(users)
+            call: dict[str, Any] = {"messageId": f"m-{i}", "userId": f"u_{user}", "timestamp": iso(i, millis=True)}
+            if is_identify:
+                call.update(type="identify", traits={"email": email(user), "plan": rng.choice(PLANS)})
+                yield "identify", call
+            else:
+                call.update(type="track", event=rng.choice(EVENTS), properties={"plan": rng.choice(PLANS)})
+                yield "track", call
+
+    write(path, SMALL_SCHEMAS, records(), state_every=state_every)
+    return {"records": n, "identify": n // 2, "track": n - n // 2, "users": users}
+
+
+_SMALL_COMMON = {"type": _S, "messageId": _S, "userId": _S, "timestamp": _DT}
+SMALL_SCHEMAS: dict[str, dict[str, Any]] = {
+    "identify": {"properties": {**_SMALL_COMMON, "traits": _OBJ}, "key_properties": ["messageId"]},
+    "track": {"properties": {**_SMALL_COMMON, "event": _S, "properties": _OBJ}, "key_properties": ["messageId"]},
+}
+
+
 # --- warehouse rows
 
 
@@ -349,7 +379,7 @@ def head(source: Path, dest: Path, records: int) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("kind", choices=["segment", "identifies"])
+    p.add_argument("kind", choices=["segment", "small", "identifies"])
     p.add_argument("records", type=int)
     p.add_argument("path", type=Path)
     p.add_argument("--users", type=int, default=20_000, help="segment: distinct users")
@@ -357,6 +387,8 @@ def main() -> None:
     args = p.parse_args()
     if args.kind == "segment":
         print(segment_export(args.path, args.records, users=args.users))
+    elif args.kind == "small":
+        print(small_export(args.path, args.records, users=args.users))
     else:
         print(f"{len(identifies_versions(args.path, args.records, changed_every=args.changed_every))} changed rows")
 

@@ -273,24 +273,19 @@ class FieldSpec:
     constant: Any = None
     has_constant: bool = False
     prefix: str | None = None
-    getters: tuple[Callable[[Mapping[str, Any]], Any], ...] = field(default=(), init=False, repr=False, compare=False)
+    #: ``get(record)``: the value, or None when every path is absent or null (an empty string counts as absent).
+    #: Compiled for this spec's paths (``_compiled_get``), since it runs for every field of every record.
+    get: Callable[[Mapping[str, Any]], Any] = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        # One compiled getter per path: this runs for every field of every record.
-        object.__setattr__(self, "getters", tuple(_getter(path) for path in self.paths))
-
-    def get(self, record: Mapping[str, Any]) -> Any:
-        """The value for ``record``, or None when every path is absent or null (an empty string counts as absent)."""
         if self.has_constant:
-            return self.constant
-        if self.prefix is not None:
-            found = {k[len(self.prefix) :]: v for k, v in record.items() if k.startswith(self.prefix)}
-            return found or None
-        for getter in self.getters:
-            value = getter(record)
-            if value is not None and not (type(value) is str and is_blank(value)):
-                return value
-        return None
+            constant = self.constant
+            getter: Callable[[Mapping[str, Any]], Any] = lambda record: constant  # noqa: E731
+        elif self.prefix is not None:
+            getter = functools.partial(_prefixed, self.prefix)
+        else:
+            getter = _compiled_get(self.paths)
+        object.__setattr__(self, "get", getter)
 
     def holds_null(self, record: Mapping[str, Any]) -> bool:
         """True when a path is present in ``record`` with a null value (a NULL column, as opposed to no column);
@@ -330,23 +325,37 @@ def _split(path: str) -> tuple[str, ...]:
     return tuple(path.split("."))
 
 
-def _getter(path: str) -> Callable[[Mapping[str, Any]], Any]:
-    """A function reading ``path`` from a record: the same as ``resolve_path``, with the common shapes unrolled."""
-    if "." not in path:
-        return lambda record: record.get(path)
-    parts = path.split(".")
-    if len(parts) == 2:
-        head, tail = parts
+def _prefixed(prefix: str, record: Mapping[str, Any]) -> Any:
+    """The columns starting with ``prefix``, keyed by the rest of their name, or None when there are none."""
+    found = {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
+    return found or None
 
-        def two(record: Mapping[str, Any]) -> Any:
-            value = record.get(path)
-            if value is not None:
-                return value
-            inner = record.get(head)
-            return inner.get(tail) if isinstance(inner, dict) else resolve_path(record, path)
 
-        return two
-    return lambda record: resolve_path(record, path)
+@functools.lru_cache(maxsize=512)
+def _compiled_get(paths: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Any]:
+    """One function reading ``paths`` in turn from a record (the first value that is not null or blank), with each
+    path unrolled into plain lookups: the same result as ``resolve_path`` on each path and ``is_blank`` on each
+    value, without a call per path. Generated once per distinct tuple of paths; each path is embedded as a string
+    literal (``repr``), never as code."""
+    lines = ["def get(record):"]
+    for path in paths:
+        lines.append(f"    value = record.get({path!r})")
+        parts = path.split(".")
+        if len(parts) == 2:
+            lines.append("    if value is None:")
+            lines.append(f"        inner = record.get({parts[0]!r})")
+            lines.append(f"        if isinstance(inner, dict): value = inner.get({parts[1]!r})")
+            lines.append(f"        else: value = resolve_path(record, {path!r})")
+        elif len(parts) > 2:
+            lines.append("    if value is None:")
+            lines.append(f"        value = resolve_path(record, {path!r})")
+        lines.append("    if value is not None and not (type(value) is str and is_blank(value)):")
+        lines.append("        return value")
+    lines.append("    return None")
+    namespace: dict[str, Any] = {"resolve_path": resolve_path, "is_blank": is_blank}
+    exec(compile("\n".join(lines), f"<field spec {paths!r}>", "exec"), namespace)
+    getter: Callable[[Mapping[str, Any]], Any] = namespace["get"]
+    return getter
 
 
 def _present(record: Mapping[str, Any], path: str) -> bool:

@@ -90,7 +90,7 @@ def problem(value: Any, max_depth: int = MAX_DEPTH) -> Problem | None:
     Iterative (no recursion, whatever the depth) and converting nothing: it compares, so that ``1E+100000000`` or an
     integer of 4,000 digits costs what ``1.5`` costs. Runs on every record: the common types are tested first.
     """
-    if not _is_container(value):
+    if type(value) is not dict and not _is_container(value):
         what = _bad_number(value)
         return Problem(INVALID_NUMBER, "", what) if what is not None else None
     stack: list[tuple[Any, int, Any]] = [(value, 1, None)]

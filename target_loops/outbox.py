@@ -123,7 +123,7 @@ class Person:
     known: ContactState | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """One request of a person's chain and the records it carries."""
 
@@ -135,15 +135,16 @@ class Step:
     fallback: LoopsRequest | None = None  # a delete by userId: the same delete by email, if Loops has no such userId
     latest: str | None = None  # an update: the latest record time it carries
     advanced_only: bool = False
+    #: The record whose stream the request is counted on (the event, else the latest update). Read at every
+    #: settling, so found once.
+    lead: Held = field(init=False, repr=False)
 
-    @property
-    def lead(self) -> Held:
-        """The record whose stream the request is counted on (the event, else the latest update)."""
-        return self.members[-1] if self.action is not Action.SEND_EVENT else self._event
-
-    @property
-    def _event(self) -> Held:
-        return next(h for h in self.members if h.op.action is Action.SEND_EVENT)
+    def __post_init__(self) -> None:
+        last = self.members[-1]  # an event step's event comes last (a folded update rides before it)
+        if self.action is not Action.SEND_EVENT or last.op.action is Action.SEND_EVENT:
+            self.lead = last
+        else:
+            self.lead = next(h for h in self.members if h.op.action is Action.SEND_EVENT)
 
 
 class Outbox:
@@ -168,7 +169,8 @@ class Outbox:
     ) -> None:
         self.settings = settings
         self.sender = sender
-        self.counters = counters
+        self._counters = counters
+        self._stats: dict[str, Counters] = {}
         self.rejects = rejects
         self.ledger = ledger if ledger is not None and team is not None else None
         self.team = team or ""
@@ -211,27 +213,36 @@ class Outbox:
 
     # --- public
 
+    def counters(self, stream: str) -> Counters:
+        """The counters of ``stream`` (the same object for a stream all run long, so asked for once)."""
+        stats = self._stats.get(stream)
+        if stats is None:
+            stats = self._stats[stream] = self._counters(stream)
+        return stats
+
     def add(self, stream: str, ops: Iterable[Operation]) -> None:
         """Hold operations (thread-safe); flush when ``hold_rows`` are held."""
         horizon = (self.now() + FUTURE_SKEW).isoformat()
         now_text = self.now().isoformat()
         with self._lock:
+            held = self._held
             for op in ops:
                 at = op.sort_key
-                if at is not None and at > horizon:
-                    self.clamped += 1
-                    if stream not in self._warned_future:
-                        self._warned_future.add(stream)
-                        logger.warning(
-                            "Stream %s: a record is dated %s, in the future; for ordering it counts as now (%s), so "
-                            "that it cannot make every later real change look older",
-                            stream,
-                            at,
-                            now_text,
-                        )
-                    self._held.append(Held(op, stream, self._seq, now_text, clamped=True))
-                else:
-                    self._held.append(Held(op, stream, self._seq, at))
+                if at is None or at <= horizon:
+                    held.append(Held(op, stream, self._seq, at))
+                    self._seq += 1
+                    continue
+                self.clamped += 1
+                if stream not in self._warned_future:
+                    self._warned_future.add(stream)
+                    logger.warning(
+                        "Stream %s: a record is dated %s, in the future; for ordering it counts as now (%s), so "
+                        "that it cannot make every later real change look older",
+                        stream,
+                        at,
+                        now_text,
+                    )
+                held.append(Held(op, stream, self._seq, now_text, clamped=True))
                 self._seq += 1
             if len(self._held) >= self.settings.hold_rows:
                 self.flush()
@@ -538,17 +549,14 @@ class Outbox:
         that still carried the old one: Loops then moved the email back, or created a second contact for an
         email-only event. An update never passes another group of updates either (the later one must win).
         """
+        if len(part) == 1:
+            return self._alone(person, part[0], known, delivered, seen)
         # Slots in send order: each a group of updates (merged into one request) and the event after it, if any.
         slots: list[tuple[list[Held], Held | None]] = [([], None)]
         for h in part:
             if h.op.action is Action.SEND_EVENT:
-                key = h.op.request.idempotency_key
-                hashed = keyed_hash(self.team, key) if key else None
-                if hashed is not None and (hashed in delivered or hashed in seen):
-                    self._count(h.stream, "duplicates")
+                if self._duplicate(h, delivered, seen):
                     continue
-                if hashed is not None:
-                    seen.add(hashed)
                 slots[-1] = (slots[-1][0], h)
                 slots.append(([], None))
                 continue
@@ -608,6 +616,36 @@ class Outbox:
             steps.append(Step(Action.SEND_EVENT, request, [event], person))
         return steps
 
+    def _alone(
+        self, person: Person, h: Held, known: ContactState | None, delivered: set[str], seen: set[str]
+    ) -> list[Step]:
+        """``_part`` for a part of one record (most parts of a window): the same steps, minus the slots."""
+        if h.op.action is Action.SEND_EVENT:
+            if self._duplicate(h, delivered, seen):
+                return []
+            request = h.op.request
+            if h.waited and known is not None:
+                request = _without_stale_writes(request, known, None if h.clamped else h.at)
+            return [Step(Action.SEND_EVENT, request, [h], person)]
+        update = self._update_step(person, [h], known)
+        if update is not None and update.advanced_only:
+            self._advance(update, known)
+            return []
+        return [update] if update is not None else []
+
+    def _duplicate(self, h: Held, delivered: set[str], seen: set[str]) -> bool:
+        """True (and counted) when the event's key was delivered before (the ledger) or is already in this run's
+        plan; else its key is noted as planned. Without a ledger the key itself is the mark: nothing is stored."""
+        key = h.op.request.idempotency_key
+        if not key:
+            return False
+        hashed = keyed_hash(self.team, key) if self.ledger is not None else key
+        if hashed in delivered or hashed in seen:
+            self._count(h.stream, "duplicates")
+            return True
+        seen.add(hashed)
+        return False
+
     def _update_step(self, person: Person, updates: list[Held], known: ContactState | None) -> Step | None:
         """The person's updates of one part merged into one request (later records win, lists merged per list),
         minus what the ledger says Loops holds; None when Loops holds all of it."""
@@ -666,7 +704,11 @@ class Outbox:
     @staticmethod
     def _update(person: Person, updates: list[Held], body: dict[str, Any], latest: str | None) -> Step:
         first = updates[0].op.request
-        return Step(Action.UPSERT_CONTACT, LoopsRequest(first.method, first.path, body), updates, person, latest=latest)
+        if body is first.body and first.idempotency_key is None and not first.also_done:
+            request = first  # one update sent as it came: the same request
+        else:
+            request = LoopsRequest(first.method, first.path, body)
+        return Step(Action.UPSERT_CONTACT, request, updates, person, latest=latest)
 
     def _advance(self, step: Step, known: ContactState | None) -> None:
         if self._writer is None or known is None:
@@ -715,6 +757,8 @@ class Outbox:
         types = self.event_properties.get(body["eventName"])
         if types is None:
             types = self.event_properties.setdefault(body["eventName"], {})
+        elif props.keys() <= types.keys():
+            return
         for key in props.keys() - types.keys():  # called under the settle lock
             types[key] = _json_type(props[key])
 
@@ -866,10 +910,12 @@ class Outbox:
             stats.rate_limited += outcome.rate_limited
 
     def _settle(self, step: Step, outcome: Outcome) -> None:
-        self._settle_costs(step, outcome)
         kind = outcome.kind
         with self._settle_lock:
             stats = self.counters(step.lead.stream)
+            stats.requests += outcome.attempts
+            stats.retried += outcome.retries
+            stats.rate_limited += outcome.rate_limited
             if kind is OutcomeKind.PLANNED:
                 stats.planned += 1
             elif kind in (OutcomeKind.DELIVERED, OutcomeKind.ALREADY_DONE):
@@ -899,6 +945,8 @@ class Outbox:
         unchanged).
         """
         writer = self._writer
+        if writer is None and kind is not OutcomeKind.DELIVERED and kind is not OutcomeKind.ALREADY_DONE:
+            return  # a plan, a duplicate or a refusal with no ledger to write: Loops' picture did not change
         person = step.person
         if step.action is Action.DELETE_CONTACT:
             if kind in (OutcomeKind.DELIVERED, OutcomeKind.ALREADY_DONE):

@@ -41,7 +41,6 @@ from target_loops.values import (
     camel_case,
     check_length,
     identifier,
-    is_blank,
     key_text,
     mailing_lists,
     read_boolean,
@@ -135,6 +134,11 @@ class StreamMapper:
     key_properties: tuple[str, ...] = ()
     _plans: dict[str, _Plan] = field(default_factory=dict)
     _routes: dict[str, StreamMapper] = field(default_factory=dict)
+    #: The Segment call types this rule's action refuses (``defaults.WRONG_CALLS``), looked up once.
+    _wrong_calls: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._wrong_calls = frozenset(defaults.WRONG_CALLS.get(self.rule.action.value, ()))
 
     def map(self, record: dict[str, Any]) -> Operation | Rejection | Skipped:
         """Apply the rule to one record. Never raises for bad data: a bad record is a ``Rejection``.
@@ -149,7 +153,7 @@ class StreamMapper:
         shape = self.rule.shape or (NESTED if defaults.looks_nested(record) else FLAT)
         plan = self._plans.get(shape) or self._compile(shape)
         call = record.get("type") if shape == NESTED else None
-        if isinstance(call, str) and call in defaults.WRONG_CALLS.get(self.rule.action.value, ()):
+        if type(call) is str and call in self._wrong_calls:
             return Rejection(
                 "wrong_call_type",
                 f"a Segment {call!r} call in a stream whose rule is {self.rule.action.value}: it would be "
@@ -256,8 +260,13 @@ class StreamMapper:
     # ----- actions
 
     def _identity(self, plan: _Plan, record: dict[str, Any], body: dict[str, Any]) -> str:
-        email = identifier(plan.fields["email"][1].get(record), "email", "invalid_email")
-        user_id = identifier(plan.fields["user_id"][1].get(record), "user id", "invalid_user_id")
+        email = plan.fields["email"][1].get(record)
+        email = (email.strip() or None) if type(email) is str else identifier(email, "email", "invalid_email")
+        user_id = plan.fields["user_id"][1].get(record)
+        if type(user_id) is not str:
+            user_id = identifier(user_id, "user id", "invalid_user_id")
+        else:
+            user_id = user_id.strip() or None
         if email is None and user_id is None and plan.email_fallback is not None:
             email = identifier(plan.email_fallback.get(record), "email", "invalid_email")
         if email is None and user_id is None:
@@ -272,10 +281,12 @@ class StreamMapper:
         if email is not None:
             if not EMAIL_RE.match(email):
                 raise ValueRejected("invalid_email", f"{email!r} is not an email address")
-            check_length("email", email)
+            if len(email) > 82:
+                check_length("email", email)
             body["email"] = email
         if user_id is not None:
-            check_length("userId", user_id)
+            if len(user_id) > 82:
+                check_length("userId", user_id)
             body["userId"] = user_id
         return f"u:{user_id}" if user_id is not None else f"e:{email.lower()}"  # type: ignore[union-attr]
 
@@ -349,31 +360,11 @@ class StreamMapper:
             lists = mailing_lists(plan.fields["mailing_lists"][1].get(record), partial)
             if lists:
                 body["mailingLists"] = lists
-        key = self._idempotency_key(plan, record, name)
+        id_value = plan.idempotency_key.get(record) if plan.idempotency_key is not None else None
+        key = self._idempotency_key(record, name, id_value)
         request = LoopsRequest("POST", EVENT_PATH, body, key, EVENT_ALSO_DONE)
-        legacy_key = self._legacy_key(plan, record, key)
+        legacy_key = _legacy_key(id_value, key)
         return _operation(plan, record, request, contact_key, body, skipped, partial, legacy_key=legacy_key)
-
-    @staticmethod
-    def _legacy_key(plan: _Plan, record: dict[str, Any], key: str) -> str | None:
-        """The key target-loops 0.1 sent for this event, when it is not ``key``: a ledger written by 0.1 holds
-        only that text (hashed at the upgrade), so an event 0.1 delivered is known after the upgrade too.
-
-        0.1 took the id, mapped or default, as Python's own text of the value the reader and sink handed over,
-        stripped (``str(value).strip()``), and hashed it only when over 100 characters. That text is rebuilt here
-        as 0.1 wrote it, not as 0.2 reads ids: a number with a fraction stays as written (the reader gives a
-        ``Decimal``: ``1234.00``, ``1.5E+3``, ``-0.0``, where ``key_text`` gives ``1234``), a boolean is ``True``,
-        an object is its Python repr, and a mapped key outside visible ASCII is kept (0.2 hashes it). Without an id
-        0.1 hashed the stream and key properties or the record, as 0.2 does, so no legacy key is needed there (as
-        long as the record reaches the rule as it reached 0.1's). Tested against a ledger written by 0.1.0's own
-        code (tests/fixtures/ledger_0_1).
-        """
-        value = plan.idempotency_key.get(record) if plan.idempotency_key is not None else None
-        text = str(value).strip() if value is not None else ""
-        if not text:
-            return None
-        legacy = text if len(text) <= MAX_IDEMPOTENCY_KEY else "tl-" + stable_hash(text)[:64]
-        return legacy if legacy != key else None
 
     def _delete(self, plan: _Plan, record: dict[str, Any]) -> Operation:
         found: dict[str, Any] = {}
@@ -434,12 +425,21 @@ class StreamMapper:
             if skip is not None and name in skip:
                 skipped.append(key)
                 continue
+            kind = type(value)
+            if kind is str:
+                if not value or (value[0].isspace() and not value.strip()):
+                    continue  # an empty cell is not a value, and never a clear (see ``values.is_blank``)
+                if len(value) > 82:  # as in ``check_length``: shorter text is always within Loops' limit
+                    check_length(f"{prefix}{key}", value)
+                out[name] = value
+                continue
+            if kind is int or kind is bool:
+                out[name] = value
+                continue
             if value is None:
                 if send_nulls:
                     out[name] = None
                 continue
-            if type(value) is str and is_blank(value):
-                continue  # an empty cell is not a value, and never a clear (see ``values.is_blank``)
             if isinstance(value, Mapping | list | tuple):
                 try:
                     scalar(value, f"{prefix}{key}")
@@ -479,7 +479,7 @@ class StreamMapper:
                 lists.update(k[len(prefix_) :] for k in props if k.startswith(prefix_))
         return found, lists
 
-    def _idempotency_key(self, plan: _Plan, record: dict[str, Any], event_name: str) -> str:
+    def _idempotency_key(self, record: dict[str, Any], event_name: str, value: Any) -> str:
         """The event's Idempotency-Key: at most 100 visible ASCII characters, the same for every copy of one event.
 
         - A key the rule maps (``idempotency_key``) is sent as given when it is a safe header value of at most 100
@@ -489,7 +489,6 @@ class StreamMapper:
           Segment's ``tracks`` row and the per-event table row of one event (same name, same id) still do.
         - Without an id: a hash of the stream and its key properties, else of the whole record.
         """
-        value = plan.idempotency_key.get(record) if plan.idempotency_key is not None else None
         text = key_text(value)
         if text is not None:
             if "idempotency_key" in self.rule.fields:
@@ -525,18 +524,41 @@ def _operation(
     **extra: Any,
 ) -> Operation:
     """A mapped record: its request, who it is for (``who``: the identities found, as sent) and its time."""
-    return Operation(
+    operation = Operation(
         _ACTIONS[request.path],
         request,
         record,
         contact_key,
         sort_key(plan.order_by.get(record)),
-        tuple(skipped),
-        email=who.get("email"),
-        user_id=who.get("userId"),
-        partial=tuple(partial),
-        **extra,
+        tuple(skipped) if skipped else (),
+        False,
+        who.get("email"),
+        who.get("userId"),
+        tuple(partial) if partial else (),
     )
+    for name, value in extra.items():
+        setattr(operation, name, value)
+    return operation
+
+
+def _legacy_key(value: Any, key: str) -> str | None:
+    """The key target-loops 0.1 sent for this event, when it is not ``key``: a ledger written by 0.1 holds
+    only that text (hashed at the upgrade), so an event 0.1 delivered is known after the upgrade too.
+
+    0.1 took the id, mapped or default, as Python's own text of the value the reader and sink handed over,
+    stripped (``str(value).strip()``), and hashed it only when over 100 characters. That text is rebuilt here
+    as 0.1 wrote it, not as 0.2 reads ids: a number with a fraction stays as written (the reader gives a
+    ``Decimal``: ``1234.00``, ``1.5E+3``, ``-0.0``, where ``key_text`` gives ``1234``), a boolean is ``True``,
+    an object is its Python repr, and a mapped key outside visible ASCII is kept (0.2 hashes it). Without an id
+    0.1 hashed the stream and key properties or the record, as 0.2 does, so no legacy key is needed there (as
+    long as the record reaches the rule as it reached 0.1's). Tested against a ledger written by 0.1.0's own
+    code (tests/fixtures/ledger_0_1).
+    """
+    text = str(value).strip() if value is not None else ""
+    if not text:
+        return None
+    legacy = text if len(text) <= MAX_IDEMPOTENCY_KEY else "tl-" + stable_hash(text)[:64]
+    return legacy if legacy != key else None
 
 
 def _property_name(plan: _Plan, source: PropertySource, key: str, prefix: str) -> str | None:

@@ -101,4 +101,10 @@ _SCALARS = frozenset({str, int, bool, type(None)})
 
 def stable_hash(*parts: Any) -> str:
     """A sha256 hex digest over the canonical JSON of ``parts``: deterministic across runs and machines."""
-    return hashlib.sha256(canonical_json(list(parts)).encode("utf-8")).hexdigest()
+    value = list(parts)
+    if _plain(value):
+        try:  # canonical_json's own bytes, without the round trip through str (an event key hashes per record)
+            return hashlib.sha256(_SORTED.encode(value)).hexdigest()
+        except UnicodeEncodeError:
+            pass
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()

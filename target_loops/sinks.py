@@ -99,7 +99,15 @@ class LoopsSink(BatchSink):
             )  # fmt: skip
         for key in keys:
             value = record.get(key)
-            if isinstance(value, str):
+            if type(value) is str:
+                try:  # the usual form first (Segment's and the loaders': an offset or Z), without the checks
+                    parsed = _fromisoformat(value)
+                except ValueError:
+                    parsed = None
+                if parsed is None or parsed.tzinfo is None:
+                    parsed = parse_datetime(key, value)  # any other form, or the error that names the value
+                record[key] = parsed
+            elif isinstance(value, str):
                 record[key] = parse_datetime(key, value)
 
     def _validate_and_parse(self, record: dict) -> dict:
@@ -237,6 +245,9 @@ class LoopsSink(BatchSink):
                 self.stream_name,
                 sorted(new),
             )
+
+
+_fromisoformat = dt.datetime.fromisoformat
 
 
 def _never_read(key: str) -> bool:

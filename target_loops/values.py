@@ -162,6 +162,8 @@ def sort_key(value: Any) -> str | None:
             return None
     if not isinstance(value, dt.datetime):
         return None
+    if value.tzinfo is dt.timezone.utc:
+        return value.isoformat()  # already UTC: what ``as_utc`` would give back
     try:
         return as_utc(value).isoformat()
     except ValueError as exc:
@@ -199,6 +201,8 @@ def _kind_of(value: Mapping[str, Any] | list[Any] | tuple[Any, ...]) -> str:
 def identifier(value: Any, what: str, reason: str) -> str | None:
     """A scalar identifier as text; an object, a list or a boolean is refused rather than sent as its Python repr
     or silently ignored (a boolean in an id column is a broken row, and it is counted as one)."""
+    if type(value) is str:
+        return value.strip() or None
     if value is None:
         return None
     if isinstance(value, bool):
@@ -218,6 +222,8 @@ def identifier(value: Any, what: str, reason: str) -> str | None:
 
 def key_text(value: Any) -> str | None:
     """An idempotency id as text (``42`` and ``"42"`` alike), or None when it is absent or blank."""
+    if type(value) is str:
+        return value.strip() or None
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, Mapping | list | tuple):
