@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from target_loops import defaults
@@ -34,7 +35,7 @@ from target_loops.fields import (
     suggest_rule,
 )
 from target_loops.operations import Action, LoopsRequest, Operation, OutcomeKind, Rejection, Skipped
-from target_loops.serialization import stable_hash
+from target_loops.serialization import json_number, stable_hash
 from target_loops.values import (
     EMAIL_RE,
     ValueRejected,
@@ -435,6 +436,9 @@ class StreamMapper:
                 continue
             if kind is int or kind is bool:
                 out[name] = value
+                continue
+            if kind is Decimal and value.is_finite():  # the reader's numbers with a fraction (as ``scalar``)
+                out[name] = json_number(value)
                 continue
             if value is None:
                 if send_nulls:

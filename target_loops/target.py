@@ -751,15 +751,18 @@ class TargetLoops(Target):
         ):
             super()._process_record_message(message_dict)
             return
-        context = sink._get_context(record)
-        sink._remove_sdc_metadata_from_record(record)
-        sink._validate_and_parse(record)
-        record = sink.preprocess_record(record, context)
-        sink._singer_validate_message(record)
-        sink.tally_record_read()
-        sink.process_record(record, context)
-        sink.record_counter_metric.increment()
-        sink._after_process_record(context)
+        if type(sink) is LoopsSink:
+            sink.take(record)
+        else:
+            context = sink._get_context(record)
+            sink._remove_sdc_metadata_from_record(record)
+            sink._validate_and_parse(record)
+            record = sink.preprocess_record(record, context)
+            sink._singer_validate_message(record)
+            sink.tally_record_read()
+            sink.process_record(record, context)
+            sink.record_counter_metric.increment()
+            sink._after_process_record(context)
         if sink.is_full:
             self.logger.info("Target sink for '%s' is full. Draining...", stream)
             self.drain_one(sink)
