@@ -16,8 +16,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import pendulum
-
 from target_loops.serialization import canonical_json, json_number
 
 #: Loops refuses a string value longer than 500 characters *including its opening and closing quotes*, so at most
@@ -105,6 +103,8 @@ def parse_datetime(key: str, value: str) -> dt.datetime:
     except ValueError:
         parsed = None
         if _STARTS_WITH_YEAR.match(text):
+            import pendulum  # only for the rarer forms: imported when the first one is met (start-up)
+
             try:
                 parsed = pendulum.parse(text, strict=True, tz="UTC")
             except Exception:  # pendulum raises its own ParserError, and others for odd input
