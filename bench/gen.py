@@ -364,6 +364,50 @@ def write(
     return count
 
 
+def as_batch(source: Path, dest: Path, folder: Path, *, rows_per_file: int = 5_000) -> Path:
+    """The same records as BATCH messages, as a singer-sdk tap with ``batch_config`` writes them: SCHEMA messages as
+    they are, then per chunk of ``rows_per_file`` input records, one gzipped JSONL file per stream and a BATCH
+    message naming it (``file://``), with the input's STATE messages after the chunk they follow."""
+    import gzip
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = 0
+
+    with source.open("rb") as lines, dest.open("wb") as out:
+        chunk: dict[str, list[bytes]] = {}
+        states: list[bytes] = []
+        count = 0
+
+        def flush() -> None:
+            nonlocal files
+            for stream, rows in chunk.items():
+                files += 1
+                path = folder / f"{stream}-{files:05d}.jsonl.gz"
+                path.write_bytes(gzip.compress(b"".join(rows), compresslevel=1))
+                message = {"type": "BATCH", "stream": stream, "encoding": {"format": "jsonl", "compression": "gzip"},
+                           "manifest": [path.as_uri()]}  # fmt: skip
+                out.write(_encode(message) + b"\n")
+            out.writelines(states)
+            chunk.clear()
+            states.clear()
+
+        for line in lines:
+            message = json.loads(line)
+            if message["type"] == "RECORD":
+                chunk.setdefault(message["stream"], []).append(_encode(message["record"]) + b"\n")
+                count += 1
+                if count % rows_per_file == 0:
+                    flush()
+            elif message["type"] == "STATE":
+                states.append(line if line.endswith(b"\n") else line + b"\n")
+            else:
+                flush()
+                out.write(line if line.endswith(b"\n") else line + b"\n")
+        flush()
+    return dest
+
+
 def head(source: Path, dest: Path, records: int) -> Path:
     """The SCHEMA messages of ``source`` and its first ``records`` RECORDs (a startup-cost baseline input)."""
     with source.open("rb") as src, dest.open("wb") as out:

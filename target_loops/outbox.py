@@ -166,9 +166,13 @@ class Outbox:
         on_stop: Callable[[], None] | None = None,
         audiences: Audiences | None = None,
         new_contacts: NewContactPolicy | None = None,
+        names_stream: bool = True,
     ) -> None:
         self.settings = settings
         self.sender = sender
+        #: Whether the sender reads ``SENDING_STREAM`` (the client names the stream in a header; a dry run's plan
+        #: does not, and setting the variable costs as much as planning the request).
+        self.names_stream = names_stream
         self._counters = counters
         self._stats: dict[str, Counters] = {}
         self.rejects = rejects
@@ -880,6 +884,8 @@ class Outbox:
 
     def _send_for(self, stream: str, request: LoopsRequest) -> Outcome:
         """Send ``request`` on behalf of ``stream`` (the client names it in a header; see ``SENDING_STREAM``)."""
+        if not self.names_stream:
+            return self.sender(request)
         token = SENDING_STREAM.set(stream)
         try:
             return self.sender(request)

@@ -606,6 +606,7 @@ class TargetLoops(Target):
                 workers=settings.max_concurrency if not self.dry_run else 1,
             ),
             sender=self._plan_request if self.dry_run else self._send_request,
+            names_stream=not self.dry_run,
             counters=lambda stream: self.stats.for_stream(stream, None),
             rejects=self.rejects,
             ledger=self.ledger,
