@@ -208,6 +208,7 @@ class Outbox:
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="loops-contact")
         self._failures: list[str] = []
         self._planned_counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._hashes: dict[str, str] = {}  # see ``_keyed``; emptied at the end of each flush
         self._warned_future: set[str] = set()
         #: Audience membership (``audience.py``): rows of audience streams are recorded as seen when planned, and
         #: with what their rule set once Loops holds it.
@@ -307,6 +308,7 @@ class Outbox:
             finally:
                 self.sending = False
                 self.sending_seconds += time.monotonic() - started
+                self._hashes = {}
             if self._waiting:
                 logger.info(
                     "%d request(s) sent by userId alone wait for their contact's upsert later in the input (Loops "
@@ -365,6 +367,14 @@ class Outbox:
                     setattr(stats, name, getattr(stats, name) + n)
         return chains
 
+    def _keyed(self, text: str) -> str:
+        """``keyed_hash`` for this team, remembered for the flush: a person's identity, an event key and an email
+        are each hashed several times while one window is planned, sent and settled."""
+        found = self._hashes.get(text)
+        if found is None:
+            found = self._hashes[text] = keyed_hash(self.team, text)
+        return found
+
     def _note_members(self, people: list[Person]) -> None:
         """Every audience row planned holds its person at its version (what Loops holds of it is recorded when Loops
         accepts it, or was recorded in planning when the ledger shows Loops already has it)."""
@@ -415,7 +425,7 @@ class Outbox:
                     email_only[email].append(h)
         if self.ledger is not None:
             for person in people.values():
-                person.identity = keyed_hash(self.team, person.key)
+                person.identity = self._keyed(person.key)
         else:
             for person in people.values():
                 person.identity = person.key  # no ledger: nothing is stored, so no hash is needed
@@ -428,7 +438,7 @@ class Outbox:
                     by_identity[identity].members.extend(members)
                     continue
                 key = f"e:{email}"
-                default = keyed_hash(self.team, key) if self.ledger is not None else key
+                default = self._keyed(key) if self.ledger is not None else key
                 person = Person(key, identity or default, list(members))
                 people[person.key] = person
                 by_identity[person.identity] = person
@@ -446,12 +456,12 @@ class Outbox:
         """Email → the one identity the ledger has accepted it with (when it is not the email itself)."""
         if self.ledger is None:
             return {}
-        hashes = {keyed_hash(self.team, e): e for e in emails}
+        hashes = {self._keyed(e): e for e in emails}
         found = self.ledger.identities_by_email(self.team, list(hashes))
         linked = {}
         for email_hash, identities in found.items():
             email = hashes[email_hash]
-            others = identities - {keyed_hash(self.team, f"e:{email}")}
+            others = identities - {self._keyed(f"e:{email}")}
             if len(others) == 1:
                 linked[email] = next(iter(others))
         return linked
@@ -463,6 +473,41 @@ class Outbox:
         known = self.ledger.contact_states(self.team, wanted)
         for person in people:
             person.known = known.get(person.identity)
+        asked = set(wanted)
+        self._load_by_email([p for p in people if p.known is None and p.key.startswith("u:") and p.identity in asked])
+
+    def _load_by_email(self, people: list[Person]) -> None:
+        """People by userId the ledger does not know, whose email Loops holds as an email-only contact (an
+        email-only row sent in an earlier window): Loops matches their requests to that contact by email
+        (https://loops.so/docs/api-reference/update-contact), so what it holds is that contact's state. Without it,
+        an older row of the person would overwrite a newer value the email-only row set. Only a contact that is
+        the email's alone (no userId of the ledger has the email) and not deleted stands in."""
+        assert self.ledger is not None
+        candidates: dict[str, set[str]] = {}  # email identity → people keys
+        emails: dict[str, str] = {}  # email identity → email hash
+        for person in people:
+            for h in person.members:
+                if h.op.email:
+                    email = h.op.email.lower()
+                    identity = self._keyed(f"e:{email}")
+                    candidates.setdefault(identity, set()).add(person.key)
+                    emails[identity] = self._keyed(email)
+        if not candidates:
+            return
+        states = self.ledger.contact_states(self.team, list(candidates))
+        states = {k: v for k, v in states.items() if v.fingerprint != DELETED and len(candidates[k]) == 1}
+        if not states:
+            return
+        owners = self.ledger.identities_by_email(self.team, [emails[k] for k in states])
+        by_key = {p.key: p for p in people}
+        borrowed: dict[str, list[ContactState]] = {}
+        for identity, state in states.items():
+            if owners.get(emails[identity], set()) - {identity}:
+                continue  # another identity has this email too: Loops' match is not this contact for sure
+            borrowed.setdefault(next(iter(candidates[identity])), []).append(state)
+        for key, found in borrowed.items():
+            if len(found) == 1:
+                by_key[key].known = found[0]
 
     def _load_rest(self, people: list[Person]) -> None:
         """The ledger rows ``_load_known`` leaves out (people with only userId-only events): whether a person is new
@@ -501,14 +546,14 @@ class Outbox:
         if self.ledger is None:
             return set()
         events = [h.op for h in held if h.op.action is Action.SEND_EVENT and h.op.request.idempotency_key]
-        keys = {keyed_hash(self.team, op.request.idempotency_key or ""): op for op in events}
+        keys = {self._keyed(op.request.idempotency_key or ""): op for op in events}
         # 0.1 keyed events by the bare id, so one 0.1 key can stand for several events now (two streams' row 1) and
         # be another event's own key: a found hash counts for each event it stands for, and as itself.
         legacy: dict[str, set[str]] = {}
         if self.ledger.legacy_event_keys:
             for hashed, op in keys.items():
                 if op.legacy_key:
-                    legacy.setdefault(keyed_hash(self.team, op.legacy_key), set()).add(hashed)
+                    legacy.setdefault(self._keyed(op.legacy_key), set()).add(hashed)
         found = self.ledger.delivered_events(self.team, [*keys, *legacy])
         return {k for k in found if k in keys}.union(*(legacy.get(k, ()) for k in found))
 
@@ -643,7 +688,7 @@ class Outbox:
         key = h.op.request.idempotency_key
         if not key:
             return False
-        hashed = keyed_hash(self.team, key) if self.ledger is not None else key
+        hashed = self._keyed(key) if self.ledger is not None else key
         if hashed in delivered or hashed in seen:
             self._count(h.stream, "duplicates")
             return True
@@ -681,7 +726,7 @@ class Outbox:
             if latest is not None and known.seen_at is not None and latest < known.seen_at:
                 # Older than what Loops has (a replay after a crash): it may only add what Loops lacks.
                 body = _missing_from(body, known.hashes)
-                if body.keys() <= IDENTITY_KEYS:
+                if body.keys() <= IDENTITY_KEYS and ("userId" not in body or "userId" in known.hashes):
                     self._count(updates[-1].stream, "unchanged")
                     self._unchanged_members(person, updates)
                     return None
@@ -958,7 +1003,7 @@ class Outbox:
             if kind in (OutcomeKind.DELIVERED, OutcomeKind.ALREADY_DONE):
                 at = None if step.lead.clamped else step.lead.at
                 if writer is not None:
-                    emails = [keyed_hash(self.team, h.op.email.lower()) for h in step.members if h.op.email]
+                    emails = [self._keyed(h.op.email.lower()) for h in step.members if h.op.email]
                     writer.forget([person.identity], emails)
                     if at is not None:
                         writer.contacts([ContactRow(person.identity, None, {}, at, DELETED)])
@@ -966,7 +1011,7 @@ class Outbox:
             return
         event_key = step.lead.op.request.idempotency_key if step.action is Action.SEND_EVENT else None
         if writer is not None and event_key and kind in (OutcomeKind.DELIVERED, OutcomeKind.DUPLICATE):
-            writer.events([keyed_hash(self.team, event_key)])
+            writer.events([self._keyed(event_key)])
         if kind is not OutcomeKind.DELIVERED:
             return
         body = step.request.body
@@ -1003,7 +1048,7 @@ class Outbox:
 
     def _email_hash(self, body: dict[str, Any]) -> str | None:
         email = body.get("email")
-        return keyed_hash(self.team, email.lower()) if isinstance(email, str) else None
+        return self._keyed(email.lower()) if isinstance(email, str) else None
 
     def _reject(self, h: Held, reason: str, outcome: Outcome, request: LoopsRequest) -> None:
         stats = self.counters(h.stream)
