@@ -1,7 +1,8 @@
 """The run report as one self-contained HTML page (``report_html_path``): what a person opens after a run.
 
 It shows the run's JSON report (``report_path``; the same dict, not a recount): the outcome in one sentence, the
-end-of-run table's cells (:func:`target_loops.report.table_rows`), every other counter a stream has, the
+end-of-run table's cells (:func:`target_loops.report.table_rows`) and its lines of what became of each stream's
+records (:func:`target_loops.report.fates_line`), every other counter a stream has, the
 requests-per-second chart with the 429s, retries and the rate limit, answer times over the run, rejections by reason
 with a few samples (values cut short by :func:`target_loops.rejects.sample_value`), the event properties to add in
 Loops and the properties created. Inline CSS and SVG only: no script, nothing fetched, so the file can be mailed,
@@ -25,7 +26,7 @@ from typing import Any
 
 from target_loops import __version__
 from target_loops.charts import answer_chart, rate_chart
-from target_loops.report import TABLE_COLUMNS, human_duration, plural, table_rows
+from target_loops.report import TABLE_COLUMNS, fates_line, human_duration, plural, table_rows
 from target_loops.templating import render
 
 #: Per-stream keys that are not counters, or are shown elsewhere on the page.
@@ -67,6 +68,13 @@ def other_counters(stream: Mapping[str, Any]) -> list[tuple[str, str]]:
         elif isinstance(value, Mapping) and value:
             found.append((key, ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in value.items())))
     return found
+
+
+def record_fate_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(stream, the printed table's line of what became of its records): the very lines of :func:`fates_line`, so
+    that a reader of the page sees why ``sent 2`` of 200 identifies is no failure, in the table's words."""
+    lines = ((s["stream"], fates_line(s, dry=report["dry_run"])) for s in report["streams"])
+    return [(stream, line) for stream, line in lines if line is not None]
 
 
 #: The report's own top-level keys, shown in their sections; any other (a counter a later change adds) is listed
@@ -156,6 +164,7 @@ def render_report(
         header=header,
         rows=rows,
         others=[(s["stream"], other_counters(s)) for s in report["streams"] if other_counters(s)],
+        fates=record_fate_lines(report),
         extras=run_extras(report),
         chart=chart,
         answers=answers,

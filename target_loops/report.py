@@ -353,11 +353,15 @@ class Progress:
         left = max(self.planned - self.done, 0)
         eta = human_duration(left / rate) if rate > 0 else "?"
         percent = f" ({100 * self.done / self.planned:.0f}%)" if self.planned else ""
+        stats = self.http_stats() if self.http_stats is not None else {}
+        # The client counts a 429 or a retry when it happens, just before its "Retrying" line; an outcome carries
+        # them only once its request ends, which lags by a whole backoff. The client's counts win when there are.
+        rate_limited = stats.get("rate_limited", self.rate_limited)
+        retries = stats.get("retries", self.retries)
         text = (
             f"Progress: {self.done:,}/{self.planned:,} requests{percent}, {rate:.1f} requests/s, ETA {eta}; "
-            f"rate_limited {self.rate_limited:,}, retries {self.retries:,}, rejected {self.rejected:,}"
+            f"rate_limited {rate_limited:,}, retries {retries:,}, rejected {self.rejected:,}"
         )
-        stats = self.http_stats() if self.http_stats is not None else {}
         if stats.get("answer_ms_p50") is not None:
             text += (
                 f"; answers {stats['answer_ms_p50']:,.0f} ms (p95 {stats['answer_ms_p95']:,.0f} ms), "

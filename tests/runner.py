@@ -13,14 +13,20 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_streams"
 SANDBOX_KEY = "sandbox-key"
+#: ``requests_per_second`` of a test's run unless it says otherwise. The sandbox (``rate_limit=0``) has no limit, and
+#: Loops' 10/s (the setting's default) would make a 40-request test wait 4 s; a test about pacing or about Loops'
+#: real limit sets ``requests_per_second`` (and the sandbox's ``rate_limit``) itself.
+FAST_PACE = 1000
 
 
 def sandbox_config(sandbox: Any, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    """The usual config of a run against ``sandbox`` (a ``Sandbox``): its URL and key, a ledger in ``tmp_path``."""
+    """The usual config of a run against ``sandbox`` (a ``Sandbox``): its URL and key, a ledger in ``tmp_path``,
+    paced at ``FAST_PACE``."""
     return {
         "api_key": SANDBOX_KEY,
         "base_url": sandbox.url,
         "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        "requests_per_second": FAST_PACE,
         **extra,
     }
 
@@ -70,13 +76,15 @@ def start_target(
 
     With ``stdin=True`` the target reads its standard input instead, left open for the test to write to.
 
-    The rejects file goes to ``tmp_path`` and retries back off in hundredths of a second, unless the config says
-    otherwise; no ``TARGET_LOOPS_*`` variable of the developer's reaches the process.
+    The rejects file goes to ``tmp_path``, retries back off in hundredths of a second and requests are paced at
+    ``FAST_PACE``, unless the config says otherwise; no ``TARGET_LOOPS_*`` variable of the developer's reaches the
+    process.
     """
     config = {
         "rejects_path": str(tmp_path / "rejects.jsonl"),
         "report_path": str(tmp_path / "report.json"),
         "retry_backoff_seconds": 0.01,
+        "requests_per_second": FAST_PACE,
         **config,
     }
     config_path = tmp_path / "config.json"

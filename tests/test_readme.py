@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runner import REPO, SAMPLES, SANDBOX_KEY
+from runner import FAST_PACE, REPO, SAMPLES, SANDBOX_KEY
 
 README = REPO / "README.md"
 
@@ -157,7 +157,8 @@ def test_the_sandbox_block_runs_as_written_and_stops_its_sandbox(clone: Path) ->
 
 def backfill_block(archive: Path, base_url: str) -> str:
     """The backfill recipe with what only a user has replaced: their bucket (the sample archive), their key (the
-    sandbox's, through LOOPS_API_KEY as the block reads it) and Loops' URL (the sandbox's); no pip, no AWS profile."""
+    sandbox's, through LOOPS_API_KEY as the block reads it) and Loops' URL (the sandbox's, which has no rate limit:
+    paced at ``FAST_PACE``); no pip, no AWS profile."""
     text = block("Backfill from a Segment export")
     lines = [line for line in text.splitlines() if not line.startswith((".venv/bin/pip install", "export AWS_PROFILE"))]
     text = "\n".join(lines) + "\n"
@@ -166,7 +167,8 @@ def backfill_block(archive: Path, base_url: str) -> str:
     assert '"max_event_age_hours": 24}\\n\' "$LOOPS_API_KEY" > loops.json' in text
     return text.replace(
         '"max_event_age_hours": 24}\\n\' "$LOOPS_API_KEY" > loops.json',
-        f'"max_event_age_hours": 24, "base_url": "{base_url}"}}\\n\' "$LOOPS_API_KEY" > loops.json',
+        f'"max_event_age_hours": 24, "base_url": "{base_url}", "requests_per_second": {FAST_PACE}}}\\n\' '
+        '"$LOOPS_API_KEY" > loops.json',
     )
 
 

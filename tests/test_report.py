@@ -92,7 +92,9 @@ def test_the_dry_run_plan_is_a_plain_block_that_matches_the_real_run(make_sandbo
     text = identifies(rows)
     dry_report, real_report, plan = tmp_path / "dry.json", tmp_path / "real.json", tmp_path / "plan.jsonl"
     dry = run_target(
-        config_for(team, tmp_path, dry_run=True, dry_run_path=str(plan), report_path=str(dry_report)),
+        config_for(
+            team, tmp_path, dry_run=True, dry_run_path=str(plan), report_path=str(dry_report), requests_per_second=10
+        ),
         text,
         tmp_path=tmp_path,
     )
@@ -168,6 +170,40 @@ def test_progress_lines_keep_the_whole_run_in_view(make_sandbox: Any, tmp_path: 
     assert "/40 requests (" in lines[0]
     for words in ("requests/s, ETA", "rate_limited 0", "retries 0", "rejected 0", "answers", "in flight up to"):
         assert words in lines[0], words
+
+
+def test_progress_lines_count_retries_when_they_happen_not_when_their_request_ends(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A progress line printed while a request waits to be sent again already counts that retry: never fewer
+    retries than the "Retrying ..." lines logged before it (0.x counted a retry only once its request ended, so a
+    line printed during a long backoff said ``retries 0`` under the retry's own log line)."""
+    sandbox = make_sandbox(lenient=True)
+    sandbox.inject("500", count=2, path="/v1/contacts/update")  # the first two requests: back off 2 to 4 s
+    rows = [{"id": f"i{i}", "user_id": f"u{i}", "email": f"u{i}@example.com", "plan": "p"} for i in range(40)]
+    run = run_target(
+        config_for(
+            sandbox,
+            tmp_path,
+            progress_seconds=1,
+            requests_per_second=10,
+            retry_backoff_seconds=4,
+            unknown_properties="drop",
+        ),
+        identifies(rows),
+        tmp_path=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert sum(1 for r in sandbox.store.requests() if r["status"] == 500) == 2
+    retried, seen = 0, []
+    for line in run.stderr.splitlines():
+        if "Retrying " in line:
+            retried += 1
+        elif "Progress:" in line:
+            seen.append((retried, int(line.split("retries ")[1].split(",")[0])))
+    assert retried == 2 and run.report["totals"]["retries"] == 2, run.stderr
+    assert any(logged for logged, _ in seen), f"no progress line during the backoff: {run.stderr}"
+    assert all(shown >= logged for logged, shown in seen), seen
 
 
 def test_progress_line_in_memory() -> None:

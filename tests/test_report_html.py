@@ -7,6 +7,7 @@ fetches nothing, and never shows the API key, even when a rejected record holds 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import signal
@@ -153,6 +154,43 @@ def test_a_run_with_rejections_and_429s_writes_the_page(finished: tuple[Sandbox,
     # The outcome in one sentence, and what to add in Loops.
     assert re.search(r"Run completed in [^:]+: Loops accepted [\d,]+ requests, 3 records rejected", text)
     assert "Order Completed" in text and "revenue" in text and "Settings → Events" in text
+
+
+def fate_lines(text: str) -> dict[str, str]:
+    """The page's "what became of each record" lines, by ``data-stream``, as text."""
+    block = re.search(r'<ul class="kv" id="record-fates">(.*?)</ul>', text, re.DOTALL)
+    assert block, "the page has no record-fates list"
+    found = re.findall(r'<li data-stream="([^"]*)">(.*?)</li>', block.group(1), re.DOTALL)
+    return {html.unescape(stream): html.unescape(line) for stream, line in found}
+
+
+def fate_counts(line: str) -> dict[str, int]:
+    """``s: 14 read = 12 sent on their own + 2 rejected`` → ``{"sent on their own": 12, "rejected": 2}``."""
+    rest = line.partition(" read = ")[2]
+    return {words: int(n.replace(",", "")) for n, words in re.findall(r"([\d,]+) ([a-z ]+?)(?: \+ |$)", rest)}
+
+
+def test_the_page_says_what_became_of_each_record_as_the_printed_table_does(
+    finished: tuple[Sandbox, Run, Path],
+) -> None:
+    """Per stream, the page shows the printed table's line of what became of the records (sent on their own, folded
+    into an event, rejected...): the same words and numbers, adding up to what was read, and what the sandbox holds."""
+    loops, run, html_path = finished
+    report = json.loads(run.report_path.read_text())
+    shown = fate_lines(html_path.read_text(encoding="utf-8"))
+    printed = dict(re.findall(r"^(?:.*\s)?(\w+): ([\d,]+ read = .*)$", run.stderr, re.MULTILINE))
+    assert set(shown) == {"identifies", "order_completed"} == set(printed), (shown, run.stderr)
+    for stream in report["streams"]:
+        name = stream["stream"]
+        assert shown[name] == f"{name}: {printed[name]}"
+        assert shown[name].startswith(f"{name}: {stream['read']:,} read = ")
+        assert sum(fate_counts(shown[name]).values()) == stream["read"], shown[name]
+    identifies, events = fate_counts(shown["identifies"]), fate_counts(shown["order_completed"])
+    # Counted from the sandbox: every person with an email is a contact (on their own or folded into an event),
+    # every event with a name was sent; the two people without one, and the nameless event, were rejected.
+    people_sent = identifies.get("sent on their own", 0) + identifies.get("folded into an event", 0)
+    assert people_sent == len(loops.store.contacts()) == 12
+    assert identifies["rejected"] == 2 and events == {"sent": len(loops.store.events()), "rejected": 1}
 
 
 def test_a_dry_run_writes_the_page_too(make_sandbox: Any, tmp_path: Path) -> None:
