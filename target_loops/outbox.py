@@ -647,8 +647,10 @@ class Outbox:
                     steps.append(update)
                 continue
             request = event.op.request
-            now = holds() if event.waited else None
+            now = holds()
             if now is not None:
+                # Older than what Loops holds (it waited, or came in a later window than newer records): sent
+                # without the values those records set since.
                 request = _without_stale_writes(request, now, None if event.clamped else event.at)
             writes = _contact_writes(request.body)
             # An event with both userId and email matches as an update does and gives the contact the other value
@@ -673,7 +675,7 @@ class Outbox:
             if self._duplicate(h, delivered, seen):
                 return []
             request = h.op.request
-            if h.waited and known is not None:
+            if known is not None:
                 request = _without_stale_writes(request, known, None if h.clamped else h.at)
             return [Step(Action.SEND_EVENT, request, [h], person)]
         update = self._update_step(person, [h], known)
@@ -1162,12 +1164,19 @@ def _projected(known: ContactState | None, written: dict[str, Any], at: str | No
 
 
 def _without_stale_writes(request: LoopsRequest, known: ContactState, at: str | None) -> LoopsRequest:
-    """An event that waited for its contact, sent after newer writes were accepted: it keeps its event and its
-    identity, and drops the contact values a newer record has set since (they would move Loops back in time)."""
+    """An event older than what Loops holds of its contact (it waited for the contact, or arrived in a later window
+    than newer records): it keeps its event and its identity, and drops the contact values a newer record has set
+    since (they would move Loops back in time). That includes its email when it also carries the userId Loops
+    knows the contact by and Loops holds another email: an event with both gives the contact its email
+    (https://loops.so/docs/api-reference/send-event), and the userId alone finds the contact."""
     if at is None or known.seen_at is None or known.seen_at <= at:
         return request
     held = known.hashes
     body = {k: v for k, v in request.body.items() if k in EVENT_KEYS or k in IDENTITY_KEYS or k not in held}
+    if "userId" in body and "email" in body and "email" in held:
+        hashes = value_hashes({"userId": body["userId"], "email": body["email"]})
+        if held.get("userId") == hashes["userId"] and held["email"] != hashes["email"]:
+            del body["email"]
     if isinstance(body.get("mailingLists"), dict):
         lists = {k: v for k, v in body["mailingLists"].items() if f"mailingLists.{k}" not in held}
         if lists:
