@@ -643,7 +643,14 @@ def test_killed_run_resumes_with_nothing_lost_and_no_event_twice(
         assert "'web_app-identifies' with bookmark value: 2026-11-03T08:35:02" in rerun.stdout + rerun.stderr
 
     assert loops_contacts(loops) == expected_contacts(FINAL_CONTACTS)
-    assert loops_events(loops) == sorted(DAY1_EVENTS + DAY2_EVENTS, key=lambda e: e["idempotencyKey"])
+    # An event older than an email change the killed run already delivered (tr-0005 carries alan@, id-0103 moved
+    # u_1003 to alan.turing@) goes by userId alone in the rerun: with its old email beside the userId it would move
+    # the email back (https://loops.so/docs/api-reference/send-event). Whether the kill came before or after that
+    # change is timing, so such an event may carry its row's email or none; every other field must match.
+    expected = sorted(DAY1_EVENTS + DAY2_EVENTS, key=lambda e: e["idempotencyKey"])
+    held = loops_events(loops)
+    assert [{**e, "email": None} for e in held] == [{**e, "email": None} for e in expected]
+    assert all(h["email"] in (e["email"], None) for h, e in zip(held, expected, strict=True)), held
     accepted = collections.Counter(
         r["idempotencyKey"] for r in loops.store.requests() if r["path"] == "/api/v1/events/send" and r["status"] == 200
     )
