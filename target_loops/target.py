@@ -746,7 +746,7 @@ class TargetLoops(Target):
         sink = self._sinks_active.get(stream)  # type: ignore[arg-type]
         maps = self.mapper.stream_maps.get(stream) if sink is not None else None  # type: ignore[arg-type]
         if (
-            sink is None
+            not isinstance(sink, LoopsSink)
             or not self.fast_record_path
             or self._with_metadata
             or not isinstance(record, dict)
@@ -757,18 +757,7 @@ class TargetLoops(Target):
         ):
             super()._process_record_message(message_dict)
             return
-        if type(sink) is LoopsSink:
-            sink.take(record)
-        else:
-            context = sink._get_context(record)
-            sink._remove_sdc_metadata_from_record(record)
-            sink._validate_and_parse(record)
-            record = sink.preprocess_record(record, context)
-            sink._singer_validate_message(record)
-            sink.tally_record_read()
-            sink.process_record(record, context)
-            sink.record_counter_metric.increment()
-            sink._after_process_record(context)
+        sink.take(record)
         if sink.is_full:
             self.logger.info("Target sink for '%s' is full. Draining...", stream)
             self.drain_one(sink)

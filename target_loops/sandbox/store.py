@@ -406,19 +406,7 @@ class Store:
                         continue
                     values[key] = None if cell == "null" else self._csv_value(key, cell)
                 if contact is None:
-                    contact = {
-                        "id": new_contact_id(),
-                        "email": None,
-                        "firstName": None,
-                        "lastName": None,
-                        "source": "CSV Upload",
-                        "subscribed": True,
-                        "userGroup": None,
-                        "userId": None,
-                        "mailingLists": {},
-                        "optInStatus": None,
-                        "createdAt": iso_timestamp(self.now()),
-                    }
+                    contact = self._blank_contact("CSV Upload")
                     self._contacts[contact["id"]] = contact
                     counts["created"] += 1
                 else:
@@ -780,14 +768,14 @@ class Store:
         self._apply(contact, change)
         return contact
 
-    def _create(self, change: ContactChange) -> dict[str, Any]:
-        """A new contact with Loops' defaults (subscribed, source "API"), then the change applied."""
-        contact: dict[str, Any] = {
+    def _blank_contact(self, source: str) -> dict[str, Any]:
+        """A new contact with Loops' defaults (subscribed, no values) and ``source``: "API" or "CSV Upload"."""
+        return {
             "id": new_contact_id(),
             "email": None,
             "firstName": None,
             "lastName": None,
-            "source": "API",
+            "source": source,
             "subscribed": True,
             "userGroup": None,
             "userId": None,
@@ -795,6 +783,10 @@ class Store:
             "optInStatus": None,
             "createdAt": iso_timestamp(self.now()),
         }
+
+    def _create(self, change: ContactChange) -> dict[str, Any]:
+        """A new contact with Loops' defaults (subscribed, source "API"), then the change applied."""
+        contact = self._blank_contact("API")
         self._contacts[contact["id"]] = contact
         self._created_through_api.append(contact["id"])
         self._apply(contact, change)
